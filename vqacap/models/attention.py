@@ -38,11 +38,20 @@ class AdditiveAttention(nn.Module):
     def forward(
         self, projected_regions: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """projected_regions (B, K, A), query (B, H), mask (B, K) -> weights (B, K)."""
-        hidden = torch.tanh(projected_regions + self.query_proj(query).unsqueeze(1))  # (B, K, A)
-        return masked_softmax(self.score(hidden).squeeze(-1), mask)  # (B, K)
+        """projected_regions (B, K, A), query (B, H) or (B, G, H), mask (B, K) -> weights (B, K) or (B, G, K).
+
+        G queries per image (beam hypotheses) share the image's regions by broadcasting: regions are never copied.
+        """
+        grouped = query.dim() == 3
+        q = self.query_proj(query if grouped else query.unsqueeze(1))  # (B, G, A)
+        hidden = torch.tanh(projected_regions.unsqueeze(1) + q.unsqueeze(2))  # (B, G, K, A)
+        scores = self.score(hidden).squeeze(-1)  # (B, G, K)
+        weights = masked_softmax(scores, None if mask is None else mask.unsqueeze(1))
+        return weights if grouped else weights.squeeze(1)
 
 
 def attend(weights: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Attended feature v_hat = sum_i a_i v_i: weights (B, K), regions (B, K, D) -> (B, D)."""
-    return torch.bmm(weights.unsqueeze(1), regions).squeeze(1)
+    """Attended feature v_hat = sum_i a_i v_i: weights (B, K) or (B, G, K), regions (B, K, D) -> (B, D) or (B, G, D)."""
+    if weights.dim() == 2:
+        return torch.bmm(weights.unsqueeze(1), regions).squeeze(1)
+    return torch.bmm(weights, regions)
