@@ -1,0 +1,320 @@
+"""`vqacap prepare features` on small files written in the public formats (TSV, bottom-up-attention-vqa HDF5, npz)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from vqacap.cli import main
+from vqacap.data.store import RegionStore
+from vqacap.prepare.features import Source, convert, h5_source, npz_source, tsv_source
+
+D = 2048
+
+
+def make_image(image_id: int, k: int, w: int = 640, h: int = 480) -> tuple[np.ndarray, np.ndarray, int, int]:
+    rng = np.random.default_rng(image_id)
+    x1, y1 = rng.uniform(0, w / 2, k), rng.uniform(0, h / 2, k)
+    boxes = np.stack([x1, y1, x1 + rng.uniform(1, w / 2, k), y1 + rng.uniform(1, h / 2, k)], 1).astype(
+        np.float32
+    )
+    features = rng.uniform(0, 10, (k, D)).astype(np.float32)  # ReLU outputs: non-negative
+    return features, boxes, w, h
+
+
+def tsv_line(
+    image_id: int, features: np.ndarray, boxes: np.ndarray, w: int, h: int, num_boxes: int | None = None
+) -> str:
+    b64 = [base64.b64encode(a.astype(np.float32).tobytes()).decode() for a in (boxes, features)]
+    return "\t".join(
+        [str(image_id), str(w), str(h), str(len(boxes) if num_boxes is None else num_boxes), *b64]
+    )
+
+
+@pytest.fixture
+def tsv_file(tmp_path):
+    """Good rows (36 boxes and adaptive 12), plus each kind of corrupt row the public files have or could have."""
+    lines = [
+        tsv_line(1, *make_image(1, 36)),
+        tsv_line(2, *make_image(2, 12)),
+    ]
+    padding = tsv_line(3, *make_image(3, 36)).split("\t")
+    padding[4] = padding[4][:-2]  # as the 3 bad rows of test2014: "Incorrect padding"
+    lines.append("\t".join(padding))
+    lines.append(tsv_line(5, *make_image(5, 10), num_boxes=11))  # num_boxes disagrees with the arrays
+    features, boxes, w, h = make_image(6, 20)
+    boxes[3] = [10, 10, w + 50, h]  # outside the image
+    lines.append(tsv_line(6, features, boxes, w, h))
+    lines.append(tsv_line(1, *make_image(1, 36)))  # duplicate id
+    lines.append(tsv_line(7, *make_image(7, 36)))
+    lines.append(tsv_line(4, *make_image(4, 36))[:5000])  # truncated line: the file ends mid-row
+    path = tmp_path / "test2014_resnet101_faster_rcnn_genome.tsv"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_tsv_converts_good_rows_and_reports_corrupt_ones(tsv_file, tmp_path):
+    out = tmp_path / "store.h5"
+    summary = convert(tsv_source([tsv_file]), out, progress=False)
+    assert (summary.converted, summary.skipped, len(summary.corrupt)) == (3, 0, 5)
+    report = "\n".join(summary.corrupt)
+    assert f"image 3 ({tsv_file}:3): boxes: bad base64 (Incorrect padding)" in report
+    assert f"image 5 ({tsv_file}:4): boxes hold 40 floats, num_boxes=11 needs 44" in report
+    assert f"image 6 ({tsv_file}:5): box 3" in report
+    assert f"image 1 ({tsv_file}:6): duplicate image id (first at {tsv_file}:1)" in report
+    assert f"image 4 ({tsv_file}:8)" in report
+
+    store = RegionStore(out)
+    assert sorted(store.image_ids.tolist()) == [1, 2, 7]
+    features, boxes = store.read(2)
+    want_features, want_boxes, w, h = make_image(2, 12)
+    assert features.dtype == np.float16 and features.shape == (12, D)
+    np.testing.assert_allclose(features, want_features, rtol=1e-3)
+    np.testing.assert_array_equal(boxes, want_boxes)
+    assert (store.image_w[store.row(2)], store.image_h[store.row(2)]) == (w, h)
+
+
+def test_rerun_skips_what_the_store_holds(tsv_file, tmp_path):
+    out = tmp_path / "store.h5"
+    convert(tsv_source([tsv_file]), out, progress=False)
+    again = convert(tsv_source([tsv_file]), out, progress=False)
+    assert (again.converted, again.skipped) == (0, 3)
+    assert len(RegionStore(out)) == 3
+
+
+def test_interrupted_conversion_resumes(tmp_path):
+    images = {i: make_image(i, 10 + i) for i in range(1, 9)}
+    tsv = tmp_path / "features.tsv"
+    tsv.write_text("\n".join(tsv_line(i, *image) for i, image in images.items()) + "\n")
+    out = tmp_path / "store.h5"
+
+    source = tsv_source([tsv])
+
+    def interrupted_rows():
+        for n, row in enumerate(source.rows):
+            if n == 5:
+                raise KeyboardInterrupt
+            yield row
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(Source(interrupted_rows(), source.total, source.unit), out, progress=False)
+    # A hard kill can also leave regions (and part of the index) of an image that was being written.
+    with h5py.File(out, "a") as f:
+        end = f["features"].shape[0]
+        f["features"].resize((end + 7, D))
+        f["boxes"].resize((end + 7, 4))
+        f["image_ids"].resize((len(f["image_ids"]) + 1,))
+        f["image_ids"][-1] = 6
+
+    resumed = convert(tsv_source([tsv]), out, progress=False)
+    assert (resumed.converted, resumed.skipped, resumed.corrupt) == (3, 5, [])
+    store = RegionStore(out)
+    assert sorted(store.image_ids.tolist()) == list(images)
+    for i, (features, boxes, _, _) in images.items():
+        got_features, got_boxes = store.read(i)
+        np.testing.assert_allclose(got_features, features, rtol=1e-3)
+        np.testing.assert_array_equal(got_boxes, boxes)
+    assert store.region_start[-1] + store.num_regions[-1] == sum(10 + i for i in images)
+
+
+def spatial_features(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
+    """As bottom-up-attention-vqa's converter: (x1/w, y1/h, x2/w, y2/h, bw/w, bh/h)."""
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.stack([boxes[:, 0] / w, boxes[:, 1] / h, boxes[:, 2] / w, boxes[:, 3] / h, bw / w, bh / h], 1)
+
+
+def test_bottom_up_attention_vqa_hdf5_recovers_image_sizes(tmp_path):
+    sizes = {9: (640, 480), 25: (500, 375), 30: (427, 640)}
+    images = {i: make_image(i, 36, *wh) for i, wh in sizes.items()}
+    order = [25, 9, 30]  # file rows
+    path = tmp_path / "train36.hdf5"
+    with h5py.File(path, "w") as f:
+        f["image_features"] = np.stack([images[i][0] for i in order])
+        f["image_bb"] = np.stack([images[i][1] for i in order])
+        f["spatial_features"] = np.stack([spatial_features(images[i][1], *sizes[i]) for i in order])
+    ids = tmp_path / "train36_imgid2idx.pkl"
+    # Python 2 cPickle protocol, numpy ids as some forks write them.
+    ids.write_bytes(pickle.dumps({np.int64(i): row for row, i in enumerate(order)} | {99: 7}, protocol=2))
+
+    out = tmp_path / "store.h5"
+    summary = convert(h5_source(path, ids, {}), out, progress=False)
+    assert (summary.converted, len(summary.corrupt)) == (3, 1)
+    assert "image 99" in summary.corrupt[0] and "row 7 is outside the file's 3 images" in summary.corrupt[0]
+    store = RegionStore(out)
+    assert store.image_ids.tolist() == order
+    for i, (w, h) in sizes.items():
+        n = store.row(i)
+        assert (store.image_w[n], store.image_h[n]) == (w, h)
+        np.testing.assert_array_equal(store.read(i)[1], images[i][1])
+
+
+def test_adaptive_hdf5_with_pos_boxes_and_coco_sizes(tmp_path):
+    images = {1: make_image(1, 10, 300, 200), 2: make_image(2, 100, 320, 240)}
+    path = tmp_path / "train.hdf5"
+    with h5py.File(path, "w") as f:
+        f["image_features"] = np.concatenate([images[1][0], images[2][0]])
+        f["image_bb"] = np.concatenate([images[1][1], images[2][1]])
+        f["pos_boxes"] = np.array([[0, 10], [10, 110]], dtype=np.int32)
+    ids = tmp_path / "train_imgid2idx.pkl"
+    ids.write_bytes(pickle.dumps({1: 0, 2: 1}))
+    coco = tmp_path / "captions_train2014.json"
+    coco.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "width": 300, "height": 200}, {"id": 2, "width": 320, "height": 240}]}
+        )
+    )
+
+    out = tmp_path / "store.h5"
+    assert (
+        main(
+            [
+                "prepare",
+                "features",
+                "--h5",
+                str(path),
+                "--ids",
+                str(ids),
+                "--image-sizes",
+                str(coco),
+                "--out",
+                str(out),
+                "--dtype",
+                "float32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    store = RegionStore(out)
+    assert store.num_regions.tolist() == [10, 100]
+    np.testing.assert_array_equal(store.read(2)[0], images[2][0])
+
+
+def test_hdf5_without_sizes_or_spatial_features_is_reported(tmp_path, capsys):
+    path = tmp_path / "val36.hdf5"
+    with h5py.File(path, "w") as f:
+        f["image_features"] = make_image(1, 36)[0][None]
+        f["image_bb"] = make_image(1, 36)[1][None]
+    ids = tmp_path / "val36_imgid2idx.pkl"
+    ids.write_bytes(pickle.dumps({1: 0}))
+    code = main(
+        [
+            "prepare",
+            "features",
+            "--h5",
+            str(path),
+            "--ids",
+            str(ids),
+            "--out",
+            str(tmp_path / "s.h5"),
+            "--no-progress",
+        ]
+    )
+    assert code == 1
+    assert "image size unknown" in capsys.readouterr().out
+
+
+def test_id_pickle_that_runs_code_is_refused(tmp_path, capsys):
+    ids = tmp_path / "evil.pkl"
+    ids.write_bytes(pickle.dumps({1: print}))
+    assert (
+        main(
+            [
+                "prepare",
+                "features",
+                "--h5",
+                str(tmp_path / "x.h5"),
+                "--ids",
+                str(ids),
+                "--out",
+                str(tmp_path / "s.h5"),
+            ]
+        )
+        == 2
+    )
+    assert "refusing to load builtins.print" in capsys.readouterr().err
+
+
+def test_npz_directories_of_both_popular_layouts(tmp_path):
+    # ruotianluo/self-critical.pytorch: cocobu_att/<id>.npz (feat) + cocobu_box/<id>.npy, sizes from COCO JSON.
+    att, box = tmp_path / "cocobu_att", tmp_path / "cocobu_box"
+    att.mkdir()
+    box.mkdir()
+    images = {42: make_image(42, 36, 500, 333), 7: make_image(7, 36, 640, 427)}
+    for i, (features, boxes, _, _) in images.items():
+        np.savez_compressed(att / f"{i}", feat=features)
+        np.save(box / f"{i}", boxes)
+    coco = tmp_path / "instances_val2014.json"
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "width": w, "height": h, "file_name": f"{i}.jpg"}
+                    for i, (_, _, w, h) in images.items()
+                ]
+            }
+        )
+    )
+    out = tmp_path / "store.h5"
+    summary = convert(npz_source(att, box, {42: (500, 333), 7: (640, 427)}), out, progress=False)
+    assert (summary.converted, summary.corrupt) == (2, [])
+    store = RegionStore(out)
+    assert store.image_ids.tolist() == [42, 7]  # sorted by file name
+    np.testing.assert_array_equal(store.read(42)[1], images[42][1])
+    store.close()  # before the next conversion opens the file for writing
+
+    # MILVLG/airsplay style: x (here stored (D, k) as MCAN's files), bbox, num_bbox, image_w, image_h, info.
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    features, boxes, w, h = make_image(391895, 23, 640, 360)
+    np.savez_compressed(
+        npz / "COCO_val2014_000000391895.jpg.npz",
+        x=features.T,
+        bbox=boxes,
+        num_bbox=23,
+        image_w=w,
+        image_h=h,
+        info={"objects_id": [1, 2]},
+    )
+    features2, boxes2, w2, h2 = make_image(9, 15)
+    np.savez_compressed(
+        npz / "COCO_val2014_000000000009.jpg.npz",
+        x=features2,
+        bbox=boxes2,
+        num_bbox=16,
+        image_w=w2,
+        image_h=h2,
+    )
+    (npz / "notes.npz").write_bytes(b"not a zip")
+    summary = convert(npz_source(npz, None, {}), out, progress=False)
+    assert summary.converted == 1
+    assert sorted(summary.corrupt) == [
+        f"image 9 ({npz}/COCO_val2014_000000000009.jpg.npz): num_bbox=16 but 15 boxes",
+        f"image ? ({npz}/notes.npz): no image id (digits) in the file name",
+    ]
+    store = RegionStore(out)
+    np.testing.assert_allclose(store.read(391895)[0], features, rtol=1e-3)
+    assert (store.image_w[store.row(391895)], store.image_h[store.row(391895)]) == (640, 360)
+
+
+def test_cli_summary_and_exit_status(tsv_file, tmp_path, capsys):
+    out = tmp_path / "store.h5"
+    assert main(["prepare", "features", "--tsv", str(tsv_file), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "converted 3, skipped 0 already in the store, corrupt 5" in printed
+    assert f"corrupt: image 3 ({tsv_file}:3): boxes: bad base64 (Incorrect padding)" in printed
+
+    only_bad = tmp_path / "bad.tsv"
+    only_bad.write_text("123\t640\t480\t36\tAAA\tAAA\n")
+    assert (
+        main(
+            ["prepare", "features", "--tsv", str(only_bad), "--out", str(tmp_path / "s.h5"), "--no-progress"]
+        )
+        == 1
+    )
+    assert main(["prepare", "features", "--tsv", str(tmp_path / "missing.tsv"), "--out", str(out)]) == 2

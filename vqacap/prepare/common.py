@@ -1,0 +1,59 @@
+"""Small helpers shared by the prepare steps and the extractor: image ids from file names, COCO image sizes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+_DIGITS = re.compile(r"\d+")
+
+
+class PrepareError(ValueError):
+    """Bad input to a prepare step; the message is one line naming the file (and the record) at fault."""
+
+
+def image_id_from_name(path: str | os.PathLike) -> int | None:
+    """The last run of digits before the first dot: 'COCO_val2014_000000391895.jpg.npz' -> 391895, '42.npz' -> 42."""
+    stem = Path(path).name.split(".", 1)[0]
+    runs = _DIGITS.findall(stem)
+    return int(runs[-1]) if runs else None
+
+
+def load_image_sizes(paths: list[str | os.PathLike]) -> dict[int, tuple[int, int]]:
+    """image id -> (width, height) from COCO-format annotation files (instances_*.json, captions_*.json)."""
+    sizes: dict[int, tuple[int, int]] = {}
+    for path in paths:
+        data = read_json(path)
+        images = data.get("images") if isinstance(data, dict) else None
+        if not isinstance(images, list):
+            raise PrepareError(f"{path}: not a COCO annotation file (no 'images' list)")
+        for image in images:
+            try:
+                sizes[int(image["id"])] = (int(image["width"]), int(image["height"]))
+            except (KeyError, TypeError, ValueError):
+                raise PrepareError(
+                    f"{path}: image entry {image!r:.80} lacks an integer id, width or height"
+                ) from None
+    return sizes
+
+
+def read_json(path: str | os.PathLike):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise PrepareError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise PrepareError(f"{path}: not valid JSON ({err})") from None
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write through a temporary file and rename, so an interrupted run never leaves half a file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
