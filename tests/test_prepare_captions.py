@@ -1,0 +1,127 @@
+"""`vqacap prepare coco-captions` on small Karpathy split files, read back through the caption DataModule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vqacap.cli import main
+from vqacap.data.captions import CaptionDataModule
+from vqacap.data.store import RegionStoreWriter
+from vqacap.data.vocab import Vocabulary
+
+CAPTIONS = {  # split -> [(cocoid, [raw captions])]
+    "train": [(9, ["A dog runs on the grass.", "A brown dog running.", "The dog is on grass"])],
+    "restval": [(25, ["A dog and a cat.", "Two animals, a dog and a cat!"])],
+    "val": [(30, ["A zebra stands alone."])],
+    "test": [(42, ["A giraffe eats leaves.", "giraffe"])],
+}
+
+
+def karpathy_file(tmp_path, dataset: str = "coco") -> tuple:
+    images, imgid, sentid = [], 0, 0
+    for split, entries in CAPTIONS.items():
+        for cocoid, raws in entries:
+            folder = "val2014" if split != "train" else "train2014"
+            sentences = []
+            for raw in raws:
+                tokens = raw.lower().replace(".", "").replace(",", "").replace("!", "").split()
+                sentences.append({"tokens": tokens, "raw": raw, "imgid": imgid, "sentid": sentid})
+                sentid += 1
+            image = {
+                "filepath": folder,
+                "sentids": [s["sentid"] for s in sentences],
+                "filename": f"COCO_{folder}_{cocoid:012d}.jpg",
+                "imgid": imgid,
+                "split": split,
+                "sentences": sentences,
+                "cocoid": cocoid,
+            }
+            if dataset != "coco":
+                del image["cocoid"], image["filepath"]
+                image["filename"] = f"{1000 + cocoid}.jpg"
+            images.append(image)
+            imgid += 1
+    path = tmp_path / f"dataset_{dataset}.json"
+    path.write_text(json.dumps({"images": images, "dataset": dataset}))
+    return path
+
+
+def test_splits_merge_restval_into_train_and_keep_raw_captions(tmp_path):
+    out = tmp_path / "coco"
+    assert (
+        main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(out)]) == 0
+    )
+    train = json.loads((out / "captions_train.json").read_text())
+    assert train["type"] == "captions" and train["info"]["split"] == "train"
+    assert train["images"] == [
+        {"id": 9, "file_name": "train2014/COCO_train2014_000000000009.jpg"},
+        {"id": 25, "file_name": "val2014/COCO_val2014_000000000025.jpg"},
+    ]
+    assert train["annotations"][0] == {"id": 0, "image_id": 9, "caption": "A dog runs on the grass."}
+    assert len(train["annotations"]) == 5
+    test = json.loads((out / "captions_test.json").read_text())
+    assert [a["caption"] for a in test["annotations"]] == ["A giraffe eats leaves.", "giraffe"]
+    assert {a["id"] for a in test["annotations"]} == {6, 7}
+
+
+def test_vocabulary_counts_training_words_only(tmp_path):
+    out = tmp_path / "coco"
+    main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(out),
+          "--min-count", "2", "--max-length", "12"])  # fmt: skip
+    vocab = Vocabulary.load(out / "caption_vocab.json")
+    # dog x5, a x5 ... in train + restval; zebra and giraffe occur only in val / test.
+    assert vocab.words[4:6] == ["a", "dog"]
+    assert "zebra" not in vocab.index and "giraffe" not in vocab.index and "runs" not in vocab.index
+    assert set(vocab.words[4:]) == {"a", "dog", "cat", "on", "grass", "and", "the"}
+    assert vocab.max_length == 12 and vocab.min_count == 2
+
+
+def test_flickr_uses_karpathy_imgid_and_coco_sizes_when_given(tmp_path):
+    sizes = tmp_path / "sizes.json"
+    sizes.write_text(json.dumps({"images": [{"id": 2, "width": 500, "height": 375}]}))
+    out = tmp_path / "flickr"
+    assert main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path, "flickr30k")), "--out",
+                 str(out), "--image-sizes", str(sizes)]) == 0  # fmt: skip
+    val = json.loads((out / "captions_val.json").read_text())
+    assert val["images"] == [{"id": 2, "file_name": "1030.jpg", "width": 500, "height": 375}]
+
+
+def test_output_loads_in_the_caption_datamodule(tmp_path):
+    out = tmp_path / "coco"
+    main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(out)])
+    with RegionStoreWriter(out / "regions.h5", feature_dim=8) as writer:
+        for image_id in (9, 25, 30, 42):
+            writer.add(image_id, np.ones((3, 8), np.float32), np.array([[0, 0, 10, 10]] * 3), 64, 48)
+    data = CaptionDataModule(str(out), min_count=1, batch_size=5)
+    data.prepare_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch.tokens.shape[0] == 5 and batch.regions.features.shape == (5, 3, 8)
+    assert sorted(data.references["val"]) == [30]
+
+
+def test_bad_karpathy_files_fail_with_one_line(tmp_path, capsys):
+    path = tmp_path / "dataset_coco.json"
+    data = json.loads(karpathy_file(tmp_path).read_text())
+    del data["images"][1]["cocoid"]
+    path.write_text(json.dumps(data))
+    assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"error: {path}: image 1 lacks 'cocoid' (or has an unknown split)"
+    )
+
+    data["images"][1]["cocoid"] = 9
+    path.write_text(json.dumps(data))
+    assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "image id 9 appears twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["[]", "{not json"])
+def test_not_a_karpathy_file(tmp_path, capsys, content):
+    path = tmp_path / "x.json"
+    path.write_text(content)
+    assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert str(path) in capsys.readouterr().err
