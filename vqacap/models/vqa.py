@@ -1,0 +1,169 @@
+"""Top-down attention VQA over bottom-up regions (Anderson et al. 2018, Sec. 3.3; Teney et al. 2018).
+
+Dims: B batch, K regions, D region feature dim (+6 with box geometry), T question tokens, E word embedding (300),
+H hidden, A candidate answers.
+
+Both variants read the question with a GRU, attend over the regions with the question as context, fuse question and
+attended feature by an element-wise product and score every candidate answer:
+
+    q = GRU(embed(question))                       final state of the real tokens
+    a_i = w_a^T f_att(v_i, q);   alpha = softmax(a) over the valid regions;   v_hat = sum_i alpha_i v_i
+    h = f_q(q) * f_v(v_hat)
+    s = W_o dropout(f_o(h))                        logits; sigmoid(s) is p(y), applied by the loss
+
+- `updown` (the paper): every non-linear layer f is a gated tanh, y = tanh(W x + b) * sigmoid(W' x + b'), and the
+  attention reads the concatenation [v_i; q].
+- `reference` (hengyuan-hu/bottom-up-attention-vqa, 63.5 on VQA v2 val): every f is a weight-normalised linear layer
+  with ReLU, the attention reads f(v_i) * f(q) with dropout 0.2, and the classifier is H -> 2H -> A with dropout 0.5.
+
+Not for: the loss (binary cross-entropy against soft scores), the answer vocabulary or the tokenizer; those live in the
+LightningModule and `vqacap.data`. Box geometry, when used, is concatenated to the features by the caller
+(`Regions.spatial()`), and `spatial=True` makes room for its 6 dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from vqacap.data.vocab import PAD_ID
+from vqacap.models.attention import attend, masked_softmax
+
+VARIANTS = ("updown", "reference")
+SPATIAL_DIM = 6  # Regions.spatial(): x1/w, y1/h, x2/w, y2/h, box w/w, box h/h
+
+
+@dataclass
+class VQAOutput:
+    logits: torch.Tensor  # (B, A) answer scores before the sigmoid
+    attention: torch.Tensor  # (B, K) attention weights, exactly 0 on padded regions
+
+
+class GatedTanh(nn.Module):
+    """f(x) = tanh(W x + b) * sigmoid(W' x + b'), the non-linear layer of Anderson et al. 2018 Sec. 3.3."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)  # W, b
+        self.gate = nn.Linear(in_dim, out_dim)  # W', b'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(x)) * torch.sigmoid(self.gate(x))
+
+
+def wn_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
+    """Linear layer with weight normalisation over the whole matrix (dim=None), as the reference implementation."""
+    return weight_norm(nn.Linear(in_dim, out_dim, bias=bias), dim=None)
+
+
+def wn_relu(in_dim: int, out_dim: int) -> nn.Sequential:
+    """The reference implementation's non-linear layer: weight-normalised linear + ReLU."""
+    return nn.Sequential(wn_linear(in_dim, out_dim), nn.ReLU())
+
+
+class ConcatAttention(nn.Module):
+    """a_i = w_a^T f_a([v_i; q]), f_a a gated tanh (Anderson et al. 2018 Sec. 3.3)."""
+
+    def __init__(self, feature_dim: int, query_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.f_a = GatedTanh(feature_dim + query_dim, hidden_dim)
+        self.w_a = nn.Linear(hidden_dim, 1, bias=False)  # a bias would cancel in the softmax
+
+    def forward(self, regions: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """regions (B, K, D), query (B, H), mask (B, K) -> weights (B, K)."""
+        query = query.unsqueeze(1).expand(-1, regions.size(1), -1)  # (B, K, H)
+        scores = self.w_a(self.f_a(torch.cat([regions, query], dim=-1))).squeeze(-1)  # (B, K)
+        return masked_softmax(scores, mask)
+
+
+class ProductAttention(nn.Module):
+    """a_i = w_a^T dropout(f_v(v_i) * f_q(q)), weight-normalised (the reference implementation's attention)."""
+
+    def __init__(self, feature_dim: int, query_dim: int, hidden_dim: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.f_v = wn_relu(feature_dim, hidden_dim)
+        self.f_q = wn_relu(query_dim, hidden_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.w_a = wn_linear(hidden_dim, 1, bias=False)  # a bias would cancel in the softmax
+
+    def forward(self, regions: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """regions (B, K, D), query (B, H), mask (B, K) -> weights (B, K)."""
+        joint = self.f_v(regions) * self.f_q(query).unsqueeze(1)  # (B, K, H)
+        scores = self.w_a(self.dropout(joint)).squeeze(-1)  # (B, K)
+        return masked_softmax(scores, mask)
+
+
+class UpDownVQA(nn.Module):
+    """Answer scores for a question about an image given as bottom-up regions.
+
+    vocab_size: question words, id 0 = <pad>. word_embeddings: optional (vocab_size, embedding_dim) initialisation
+    (GloVe). feature_dim: region feature size D, without box geometry; `spatial=True` adds its 6 dims. dropout: before
+    the answer layer; None takes the variant's value (0 for updown, 0.5 for reference).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_answers: int,
+        feature_dim: int = 2048,
+        variant: str = "updown",
+        hidden_size: int = 1024,
+        embedding_dim: int = 300,
+        spatial: bool = False,
+        dropout: float | None = None,
+        word_embeddings: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.region_dim = feature_dim + (SPATIAL_DIM if spatial else 0)
+        hid = hidden_size
+
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        if word_embeddings is not None:
+            if tuple(word_embeddings.shape) != (vocab_size, embedding_dim):
+                raise ValueError(
+                    f"word_embeddings have shape {tuple(word_embeddings.shape)}, expected ({vocab_size}, {embedding_dim})"
+                )
+            with torch.no_grad():
+                self.embedding.weight.copy_(word_embeddings)
+                self.embedding.weight[PAD_ID].zero_()
+        self.question_encoder = nn.GRU(embedding_dim, hid, batch_first=True)
+
+        if variant == "updown":
+            layer, out_hidden, out_linear = GatedTanh, hid, nn.Linear
+            self.attention: nn.Module = ConcatAttention(self.region_dim, hid, hid)
+            dropout = 0.0 if dropout is None else dropout
+        else:
+            layer, out_hidden, out_linear = wn_relu, 2 * hid, wn_linear
+            self.attention = ProductAttention(self.region_dim, hid, hid)
+            dropout = 0.5 if dropout is None else dropout
+        self.f_q = layer(hid, hid)
+        self.f_v = layer(self.region_dim, hid)
+        self.f_o = layer(hid, out_hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.w_o = out_linear(out_hidden, num_answers)
+
+    def encode_question(self, question: torch.Tensor) -> torch.Tensor:
+        """question (B, T) ids, 0 = <pad> after the words -> q (B, H), the GRU state after the last real word."""
+        lengths = (question != PAD_ID).sum(dim=1).clamp(min=1).cpu()  # (B,)
+        words = self.embedding(question)  # (B, T, E)
+        packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
+        _, state = self.question_encoder(packed)  # (1, B, H)
+        return state.squeeze(0)
+
+    def forward(
+        self, regions: torch.Tensor, region_mask: torch.Tensor | None, question: torch.Tensor
+    ) -> VQAOutput:
+        """regions (B, K, region_dim), region_mask (B, K) True for real regions, question (B, T) -> VQAOutput."""
+        q = self.encode_question(question)  # (B, H)
+        alpha = self.attention(regions, q, region_mask)  # (B, K), a_i and softmax over the valid regions
+        v_hat = attend(alpha, regions)  # (B, D)
+        h = self.f_q(q) * self.f_v(v_hat)  # (B, H), h = f_q(q) * f_v(v_hat)
+        logits = self.w_o(self.dropout(self.f_o(h)))  # (B, A), s = W_o f_o(h)
+        return VQAOutput(logits=logits, attention=alpha)
