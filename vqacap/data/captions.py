@@ -194,6 +194,10 @@ class CaptionDataModule(pl.LightningDataModule):
     def feature_dim(self) -> int:
         return self.store.feature_dim
 
+    def model_kwargs(self) -> dict:
+        """What the LightningModule needs to know about the data to build its model."""
+        return {"words": self.vocab.words, "feature_dim": self.feature_dim}
+
     def _split(self, split: str) -> dict[int, list[str]]:
         if split not in self.references:
             refs, images = load_caption_annotations(self.annotation_paths[split])

@@ -89,19 +89,22 @@ class ShapesGenerator:
         }
 
     # -- scenes -----------------------------------------------------------------------------------------------------
+    def _pick(self, options):
+        return options[int(self.rng.integers(len(options)))]
+
     def scene(self) -> tuple[str, list[ShapesObject]]:
         n = int(self.rng.integers(3, 7))
         objects: list[ShapesObject] = []
         while len(objects) < n:
-            size = str(self.rng.choice(list(SIZES)))
+            size = self._pick(list(SIZES))
             r = float(self.rng.uniform(*SIZES[size]))
             cx, cy = self.rng.uniform(r + 2, self.image_size - r - 2, size=2)
             box = [cx - r, cy - r, cx + r, cy + r]
             if all(_gap(box, o.box) > 3 for o in objects):
                 objects.append(
-                    ShapesObject(str(self.rng.choice(SHAPES)), str(self.rng.choice(list(COLOURS))), size, box)
+                    ShapesObject(self._pick(SHAPES), self._pick(list(COLOURS)), size, box)
                 )
-        return str(self.rng.choice(list(BACKGROUNDS))), objects
+        return self._pick(list(BACKGROUNDS)), objects
 
     def render(self, background: str, objects: list[ShapesObject]) -> Image.Image:
         img = Image.new("RGB", (self.image_size, self.image_size), BACKGROUNDS[background])
@@ -165,7 +168,7 @@ class ShapesGenerator:
                 o = objects[int(rng.integers(len(objects)))]
                 shape, colour = o.shape, o.colour
             else:
-                shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
+                shape, colour = self._pick(SHAPES), self._pick(list(COLOURS))
             matches = [o for o in objects if o.shape == shape and o.colour == colour]
             qs.append({
                 "question": f"Is there {_article(colour)} {colour} {shape}?",
@@ -173,13 +176,13 @@ class ShapesGenerator:
                 "target": matches[0] if len(matches) == 1 else None,
             })
         # number
-        shape = str(rng.choice(SHAPES))
+        shape = self._pick(SHAPES)
         qs.append({
             "question": f"How many {_plural(shape)} are there?",
             "answer": str(sum(o.shape == shape for o in objects)), "answer_type": "number",
             "question_type": "how many", "target": None,
         })
-        colour = str(rng.choice(list(COLOURS)))
+        colour = self._pick(list(COLOURS))
         qs.append({
             "question": f"How many {colour} shapes are there?",
             "answer": str(sum(o.colour == colour for o in objects)), "answer_type": "number",
@@ -212,7 +215,7 @@ class ShapesGenerator:
         }[answer_type]
         out = []
         for _ in range(10):
-            a = answer if self.rng.random() < 0.9 else str(self.rng.choice(alternatives))
+            a = answer if self.rng.random() < 0.9 else self._pick(alternatives)
             if answer_type == "number" and self.rng.random() < 0.2:
                 a = NUMBER_WORDS.get(int(a), a)  # "two" -> normalised to "2" by the official processing
             if self.rng.random() < 0.1:
@@ -249,7 +252,7 @@ def generate(
     store_path.unlink(missing_ok=True)
     gen = ShapesGenerator(seed=seed, image_size=image_size, feature_dim=feature_dim)
     image_id = 0
-    with RegionStoreWriter(store_path, feature_dim, dtype=dtype) as store:
+    with RegionStoreWriter(store_path, feature_dim, dtype=dtype, buffer_regions=1 << 16) as store:
         for split in SPLITS:
             images, captions, questions, annotations, scenes = [], [], [], [], []
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -257,7 +260,7 @@ def generate(
                 image_id += 1
                 background, objects = gen.scene()
                 file_name = f"images/{split}/{image_id:06d}.png"
-                gen.render(background, objects).save(root / file_name)
+                gen.render(background, objects).save(root / file_name, compress_level=1)
                 feats, boxes = gen.regions(background, objects)
                 store.add(image_id, feats, boxes, image_size, image_size)
                 images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})

@@ -1,0 +1,59 @@
+"""Shared fixtures: the real Hydra configs composed and shrunk, and a tiny Shapes dataset generated once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from vqacap.train import CONFIG_DIR
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# A Shapes dataset small enough for seconds-long runs, and models to match.
+TINY_SHAPES = {"train": 60, "val": 12, "test": 12}
+TINY_FEATURE_DIM = 64
+TINY_OVERRIDES = [
+    f"data.generator.sizes={{train:{TINY_SHAPES['train']},val:{TINY_SHAPES['val']},test:{TINY_SHAPES['test']}}}",
+    f"data.generator.feature_dim={TINY_FEATURE_DIM}",
+    "data.batch_size=16",
+    "data.eval_batch_size=12",
+    "trainer.max_epochs=1",
+    "logger=csv",
+]
+TINY_CAPTIONER = ["model.net.embed_dim=32", "model.net.hidden_dim=48", "model.net.attention_dim=24"]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """paths.data_dir for tests: the tiny Shapes dataset is generated here once, on first use."""
+    return tmp_path_factory.mktemp("data")
+
+
+def compose_train(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
+    """Compose conf/train.yaml exactly as `python -m vqacap.train` would, with outputs under output_dir."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.data_dir={data_dir}", *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path, data_root):
+    def make(*overrides: str, tiny: bool = True) -> DictConfig:
+        return compose_train([*(TINY_OVERRIDES if tiny else []), *overrides], tmp_path / "run", data_root)
+
+    return make

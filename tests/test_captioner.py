@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+from vqacap.data.vocab import EOS_ID, PAD_ID, UNK_ID
+from vqacap.models.attention import AdditiveAttention
+from vqacap.models.captioner import UpDownCaptioner
+from vqacap.models.decoding import DecodingOptions, beam_search, decode, sample
+
+V, D = 30, 12
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return UpDownCaptioner(vocab_size=V, feature_dim=D, embed_dim=8, hidden_dim=16, attention_dim=10, dropout=0.0).eval()
+
+
+def _regions(b=3, k=7):
+    torch.manual_seed(1)
+    regions = torch.randn(b, k, D)
+    mask = torch.ones(b, k, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 2:] = False
+    return regions, mask
+
+
+def test_padded_regions_get_zero_attention(model):
+    regions, mask = _regions()
+    tokens = torch.randint(4, V, (3, 6))
+    _, attention = model(regions, mask, tokens)
+    assert attention.shape == (3, 5, 7)
+    assert (attention[~mask.unsqueeze(1).expand_as(attention)] == 0).all()
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 5))
+
+
+def test_padding_content_does_not_change_the_output(model):
+    regions, mask = _regions()
+    tokens = torch.randint(4, V, (3, 6))
+    noisy = regions.clone()
+    noisy[~mask] = 1e3
+    torch.testing.assert_close(model(regions, mask, tokens)[0], model(noisy, mask, tokens)[0])
+
+
+def test_grouped_attention_equals_per_hypothesis_attention():
+    torch.manual_seed(2)
+    attention = AdditiveAttention(D, 16, 10)
+    regions, mask = _regions()
+    queries = torch.randn(3, 4, 16)
+    grouped = attention(attention.project_regions(regions), queries, mask)
+    for g in range(4):
+        torch.testing.assert_close(grouped[:, g], attention(attention.project_regions(regions), queries[:, g], mask))
+
+
+def test_teacher_forcing_matches_step_by_step_decoding(model):
+    regions, mask = _regions()
+    tokens = torch.randint(4, V, (3, 6))
+    logits, _ = model(regions, mask, tokens)
+    ctx = model.encode(regions, mask)
+    state = model.init_state(3, "cpu")
+    for t in range(5):
+        h2, _, state = model.step(ctx, state, model.word_gates(tokens[:, t : t + 1]))
+        torch.testing.assert_close(model.logits(h2)[:, 0], logits[:, t])
+
+
+def test_beam_one_equals_greedy(model):
+    regions, mask = _regions()
+    opts = DecodingOptions(beam_size=1, max_length=8)
+    greedy = sample(model, regions, mask, opts, greedy=True)
+    beam = beam_search(model, regions, mask, opts)
+    assert torch.equal(greedy.tokens, beam.tokens)
+    torch.testing.assert_close(greedy.attention, beam.attention)
+    torch.testing.assert_close(greedy.scores, beam.scores)
+
+
+def test_beam_search_is_batched_consistently_and_sorted(model):
+    regions, mask = _regions()
+    opts = DecodingOptions(beam_size=4, max_length=8)
+    together = beam_search(model, regions, mask, opts)
+    assert together.tokens.shape[:2] == (3, 4)
+    assert (together.scores[:, :-1] >= together.scores[:, 1:]).all()
+    for i in range(3):  # each image decoded alone gives the same beams
+        alone = beam_search(model, regions[i : i + 1, : int(mask[i].sum())], mask[i : i + 1, : int(mask[i].sum())], opts)
+        t = alone.tokens.size(-1)
+        assert torch.equal(alone.tokens[0], together.tokens[i, :, :t])
+        torch.testing.assert_close(alone.scores[0], together.scores[i])
+
+
+def test_beam_search_beats_or_matches_greedy_log_probability(model):
+    regions, mask = _regions()
+    greedy = decode(model, regions, mask, DecodingOptions(beam_size=1, max_length=8))
+    beam = decode(model, regions, mask, DecodingOptions(beam_size=5, max_length=8))
+    assert (beam.scores[:, 0] >= greedy.scores[:, 0] - 1e-5).all()
+
+
+def test_decoded_sequences_end_with_eos_then_padding(model):
+    regions, mask = _regions()
+    out = decode(model, regions, mask, DecodingOptions(beam_size=3, max_length=5)).tokens[:, 0]
+    assert out.size(1) <= 6
+    for row in out.tolist():
+        end = row.index(EOS_ID)  # max_length forces <eos> at the latest
+        assert all(t == PAD_ID for t in row[end + 1 :])
+        assert all(t not in (PAD_ID, EOS_ID) for t in row[:end])
+
+
+def test_decoding_options_constrain_the_output(model):
+    regions, mask = _regions()
+    with torch.no_grad():
+        model.output.bias[EOS_ID] = 50.0  # the model wants to stop at once
+        model.output.bias[UNK_ID] = 40.0
+    opts = DecodingOptions(beam_size=3, max_length=8, min_length=4, suppress_unk=True)
+    out = decode(model, regions, mask, opts).tokens[:, 0]
+    assert (out[:, :4] != EOS_ID).all() and (out != UNK_ID).all()
+    with torch.no_grad():
+        model.output.bias[EOS_ID] = -50.0
+        model.output.bias[UNK_ID] = 0.0
+        model.output.bias[5] = 30.0  # ... now it wants to repeat one word forever
+    blocked = decode(model, regions, mask, DecodingOptions(beam_size=2, max_length=8, block_trigrams=True))
+    for row in blocked.tokens[:, 0].tolist():
+        words = [t for t in row if t not in (EOS_ID, PAD_ID)]
+        trigrams = list(zip(words, words[1:], words[2:]))
+        assert len(trigrams) == len(set(trigrams))
+
+
+def test_sampling_keeps_gradients_and_respects_temperature(model):
+    regions, mask = _regions()
+    model.train()
+    out = sample(model, regions, mask, DecodingOptions(max_length=6), num_samples=5, greedy=False)
+    assert out.tokens.shape[:2] == (3, 5) and out.log_probs.requires_grad
+    out.log_probs.sum().backward()
+    assert model.embed.weight.grad is not None
+    model.eval()
+    torch.manual_seed(0)
+    cold = sample(model, regions, mask, DecodingOptions(max_length=6, temperature=1e-4), num_samples=4, greedy=False)
+    greedy = sample(model, regions, mask, DecodingOptions(max_length=6), greedy=True)
+    assert torch.equal(cold.tokens, greedy.tokens.expand_as(cold.tokens))
+
+
+def test_feature_dimension_mismatch_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="dimension 5 but the model expects feature_dim=12"):
+        model(torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.long))

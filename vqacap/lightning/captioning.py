@@ -1,0 +1,109 @@
+"""LightningModule for the top-down captioner: cross-entropy training, decoding, caption metrics, results files.
+
+The pure model lives in `vqacap.models.captioner`; this module owns the loss, optimisation, metrics and logging.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from vqacap.data.captions import CaptionBatch
+from vqacap.data.vocab import PAD_ID, Vocabulary
+from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
+from vqacap.metrics.captions import CaptionMetrics
+from vqacap.models.decoding import Decoded, DecodingOptions, decode
+
+
+class CaptioningModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: Callable,
+        words: list[str],
+        feature_dim: int,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        use_spatial: bool = False,
+        decoding: dict | None = None,
+        val_beam_size: int = 1,
+        metrics: tuple[str, ...] = ("Bleu_4", "CIDEr"),
+        monitor: str = "val/CIDEr",
+        results_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.vocab = Vocabulary(words[4:])  # words = the full id -> word list, specials first
+        self.net = net(vocab_size=len(words), feature_dim=feature_dim + (6 if use_spatial else 0))
+        self.use_spatial = use_spatial
+        self.decoding = DecodingOptions(**(decoding or {}))
+        self.val_decoding = DecodingOptions(**{**(decoding or {}), "beam_size": val_beam_size})
+        self.metric_names = tuple(metrics)
+        self.results_dir = results_dir
+        self._metrics: dict[str, CaptionMetrics] = {}
+        self._results: list[dict] = []
+
+    # -- data-dependent setup --------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        for split in ("val", "test"):
+            if split in dm.references and split not in self._metrics:
+                self._metrics[split] = CaptionMetrics(dm.references[split], self.vocab.words, self.metric_names)
+
+    def forward(self, batch: CaptionBatch, opts: DecodingOptions | None = None) -> Decoded:
+        regions = batch.regions
+        return decode(self.net, region_inputs(regions, self.use_spatial), regions.mask, opts or self.decoding)
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def training_step(self, batch: CaptionBatch, batch_idx: int) -> torch.Tensor:
+        regions = batch.regions
+        logits, _ = self.net(region_inputs(regions, self.use_spatial), regions.mask, batch.tokens)  # (B, T-1, V)
+        target = batch.tokens[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=PAD_ID)
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.size(0))
+        return loss
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: CaptionBatch, split: str, opts: DecodingOptions) -> Decoded:
+        decoded = self(batch, opts)
+        tokens = decoded.tokens[:, 0]  # (B, T)
+        metric = self._metrics[split].to(self.device)
+        metric.update(batch.image_ids, tokens)
+        if split == "test":
+            for image_id, text in zip(batch.image_ids.tolist(), self.vocab.decode_batch(tokens)):
+                self._results.append({"image_id": image_id, "caption": text})
+        return decoded
+
+    def validation_step(self, batch: CaptionBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_decoding)
+
+    def test_step(self, batch: CaptionBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.decoding)
+
+    def _log_metrics(self, split: str) -> dict[str, float]:
+        metric = self._metrics[split]
+        scores = metric.compute()
+        metric.reset()
+        for name, value in scores.items():
+            self.log(f"{split}/{name}", float(value), prog_bar=name == "CIDEr", sync_dist=False, rank_zero_only=True)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        results = gather_objects(self._results)
+        self._results = []
+        if self.results_dir and self.trainer.is_global_zero:
+            unique = {r["image_id"]: r for r in results}  # the distributed sampler may repeat images
+            path = Path(self.results_dir) / "test_captions.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(sorted(unique.values(), key=lambda r: r["image_id"])))
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)

@@ -1,0 +1,183 @@
+"""Caption decoding for the top-down captioner: greedy, sampling and beam search, batched over images x hypotheses.
+
+Dims: B images, G hypotheses per image (samples or beams), K regions, V vocabulary, T decoded tokens.
+
+Hypotheses of one image share the image context (regions, W_va v_i, mean-region gates) by broadcasting: region features are
+never copied per beam. There is no per-image Python loop; the only loop is over time, and it stops once every hypothesis has
+emitted <eos>. Every function returns the per-step attention weights with the tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from vqacap.models.captioner import UpDownCaptioner
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class DecodingOptions:
+    """Paper defaults: beam 5, no length penalty, no blocking, no minimum length, <unk> allowed."""
+
+    beam_size: int = 5
+    max_length: int = 16  # words, <eos> excluded
+    length_penalty: float = 0.0  # GNMT alpha: hypotheses ranked by log p / ((5 + len) / 6) ** alpha
+    min_length: int = 0  # <eos> is forbidden before this many words
+    block_trigrams: bool = False  # forbid repeating a trigram within a caption
+    suppress_unk: bool = False
+    temperature: float = 1.0  # sampling temperature
+
+
+@dataclass
+class Decoded:
+    tokens: torch.Tensor  # (B, G, T) words, then <eos>, then <pad>
+    attention: torch.Tensor  # (B, G, T, K) attention weights at each emitted token
+    log_probs: torch.Tensor  # (B, G, T) log-probability of each emitted token (0 after <eos>)
+    scores: torch.Tensor  # (B, G) ranking score (summed log-probs, length-penalised for beams)
+    extra: dict = field(default_factory=dict)
+
+    def best(self) -> Decoded:
+        """Keep the first hypothesis of each image (beams are sorted best first): tensors keep G = 1."""
+        return Decoded(self.tokens[:, :1], self.attention[:, :1], self.log_probs[:, :1], self.scores[:, :1])
+
+
+def _constrain(logp: torch.Tensor, t: int, opts: DecodingOptions) -> torch.Tensor:
+    """Mask tokens that may not be emitted at step t (t = number of words so far). logp (B, G, V)."""
+    logp = logp.clone()
+    logp[..., PAD_ID] = NEG_INF
+    logp[..., BOS_ID] = NEG_INF
+    if opts.suppress_unk:
+        logp[..., UNK_ID] = NEG_INF
+    if t < opts.min_length:
+        logp[..., EOS_ID] = NEG_INF
+    if t >= opts.max_length:  # out of room: only <eos> remains (at its own log-probability)
+        eos = logp[..., EOS_ID].clone()
+        logp[...] = NEG_INF
+        logp[..., EOS_ID] = eos
+    return logp
+
+
+def _block_trigrams(logp: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """Forbid w where (w_{t-2}, w_{t-1}, w) already occurs in the hypothesis. history (B, G, t) -> logp (B, G, V)."""
+    t = history.size(-1)
+    if t < 3:
+        return logp
+    prev2, prev1 = history[..., -2:-1], history[..., -1:]
+    seen = (history[..., : t - 2] == prev2) & (history[..., 1 : t - 1] == prev1)  # (B, G, t-2)
+    blocked = torch.zeros_like(logp).scatter_add_(-1, history[..., 2:t], seen.to(logp.dtype))
+    return logp.masked_fill(blocked > 0, NEG_INF)
+
+
+def _finish(logp: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+    """Finished hypotheses can only continue with <pad> at no cost."""
+    done = torch.full_like(logp, NEG_INF)
+    done[..., PAD_ID] = 0.0
+    return torch.where(finished.unsqueeze(-1), done, logp)
+
+
+def sample(
+    model: UpDownCaptioner,
+    regions: torch.Tensor,
+    mask: torch.Tensor,
+    opts: DecodingOptions,
+    num_samples: int = 1,
+    greedy: bool = True,
+) -> Decoded:
+    """Greedy decoding (greedy=True) or sampling from softmax(logits / temperature), G = num_samples per image.
+
+    Log-probabilities keep their graph when grad is enabled (self-critical training backpropagates through them).
+    """
+    b, device = regions.size(0), regions.device
+    ctx = model.encode(regions, mask)
+    state = model.init_state(b, device, regions.dtype).expand(num_samples)
+    token = torch.full((b, num_samples), BOS_ID, dtype=torch.long, device=device)
+    finished = torch.zeros(b, num_samples, dtype=torch.bool, device=device)
+    tokens, attention, log_probs = [], [], []
+    for t in range(opts.max_length + 1):
+        h2, alpha, state = model.step(ctx, state, model.word_gates(token))
+        logits = model.logits(h2)  # (B, G, V)
+        if not greedy and opts.temperature != 1.0:
+            logits = logits / opts.temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        allowed = _constrain(logp, t, opts)
+        if opts.block_trigrams:
+            allowed = _block_trigrams(allowed, torch.stack(tokens, -1)) if tokens else allowed
+        if greedy:
+            token = allowed.argmax(-1)
+        else:
+            token = torch.multinomial(torch.softmax(allowed, -1).flatten(0, 1), 1).view(b, num_samples)
+        token = token.masked_fill(finished, PAD_ID)
+        token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0)
+        tokens.append(token)
+        attention.append(alpha)
+        log_probs.append(token_logp)
+        finished = finished | (token == EOS_ID)
+        if bool(finished.all()):
+            break
+    log_probs = torch.stack(log_probs, -1)
+    return Decoded(torch.stack(tokens, -1), torch.stack(attention, 2), log_probs, log_probs.sum(-1))
+
+
+@torch.no_grad()
+def beam_search(model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions) -> Decoded:
+    """Beam search over B images x G = beam_size hypotheses at once. Returns all beams, best first."""
+    b, g, device = regions.size(0), opts.beam_size, regions.device
+    ctx = model.encode(regions, mask)
+    state = model.init_state(b, device, regions.dtype).expand(g)
+    # All beams start identical: only the first may expand at step 0, or the beam would fill with copies.
+    scores = torch.full((b, g), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    token = torch.full((b, g), BOS_ID, dtype=torch.long, device=device)
+    finished = torch.zeros(b, g, dtype=torch.bool, device=device)
+    history = torch.empty(b, g, 0, dtype=torch.long, device=device)
+    token_logps = torch.empty(b, g, 0, device=device)
+    attention = torch.empty(b, g, 0, regions.size(1), device=device)
+    for t in range(opts.max_length + 1):
+        h2, alpha, state = model.step(ctx, state, model.word_gates(token))
+        logp = torch.log_softmax(model.logits(h2), dim=-1)  # (B, G, V)
+        allowed = _constrain(logp, t, opts)
+        if opts.block_trigrams:
+            allowed = _block_trigrams(allowed, history)
+        allowed = _finish(allowed, finished)
+        vocab = allowed.size(-1)
+        total = (scores.unsqueeze(-1) + allowed).view(b, g * vocab)
+        scores, flat = total.topk(g, dim=-1)  # (B, G) best continuations over all beams
+        source, token = flat // vocab, flat % vocab
+        state = state.select(source)
+        finished = finished.gather(1, source)
+        step_logp = logp.gather(1, source.unsqueeze(-1).expand(-1, -1, vocab)).gather(-1, token.unsqueeze(-1))
+        step_logp = step_logp.squeeze(-1).masked_fill(finished, 0.0)
+        history = torch.cat([history.gather(1, source.unsqueeze(-1).expand_as(history)), token.unsqueeze(-1)], -1)
+        token_logps = torch.cat([token_logps.gather(1, source.unsqueeze(-1).expand_as(token_logps)),
+                                 step_logp.unsqueeze(-1)], -1)
+        src_attention = source[..., None, None].expand(-1, -1, attention.size(2), attention.size(3))
+        step_alpha = alpha.gather(1, source.unsqueeze(-1).expand(-1, -1, alpha.size(-1)))
+        attention = torch.cat([attention.gather(1, src_attention), step_alpha.unsqueeze(2)], 2)
+        finished = finished | (token == EOS_ID)
+        if bool(finished.all()):
+            break
+    if opts.length_penalty > 0:
+        lengths = (history != PAD_ID).sum(-1).to(scores.dtype)  # words + <eos>
+        ranked = scores / ((5.0 + lengths) / 6.0) ** opts.length_penalty
+    else:
+        ranked = scores
+    ranked, order = ranked.sort(dim=-1, descending=True)
+    idx = order.unsqueeze(-1)
+    return Decoded(
+        history.gather(1, idx.expand_as(history)),
+        attention.gather(1, order[..., None, None].expand_as(attention)),
+        token_logps.gather(1, idx.expand_as(token_logps)),
+        ranked,
+    )
+
+
+def decode(model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions) -> Decoded:
+    """The evaluation decoder: beam search for beam_size > 1, greedy otherwise. Returns the best hypothesis (G = 1)."""
+    if opts.beam_size > 1:
+        return beam_search(model, regions, mask, opts).best()
+    with torch.no_grad():
+        return sample(model, regions, mask, opts, num_samples=1, greedy=True)
