@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from vqacap.data.store import RegionStoreError, RegionStoreWriter
 from vqacap.prepare.common import image_id_from_name
+from vqacap.prepare.features import CHUNK_REGIONS
 
 FEATURE_DIM = 2048  # ResNet-50 C5 channels
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -205,7 +206,7 @@ def extract(
     problems: list[str] = []
     extracted = skipped = 0
     seen: dict[int, Path] = {}
-    with RegionStoreWriter(out, FEATURE_DIM, dtype=dtype) as writer:
+    with RegionStoreWriter(out, FEATURE_DIM, dtype=dtype, chunk_regions=CHUNK_REGIONS) as writer:
         todo = []
         for path in files:
             image_id = image_id_from_name(path)
