@@ -34,7 +34,7 @@ SPLITS = ("train", "val", "test")
 class CaptionBatch:
     image_ids: torch.Tensor  # (B,) long
     regions: Regions  # features (B, K, D), boxes, mask (B, K)
-    tokens: torch.Tensor | None  # (B, T) long: <bos> w_1 .. w_n <eos> <pad>..., None for evaluation batches
+    tokens: torch.Tensor | None  # (B, G, T) long: G captions per image, <bos> w_1 .. w_n <eos> <pad>...; None in eval
 
     def to(self, device) -> CaptionBatch:  # Lightning moves batches through this method
         r = self.regions
@@ -89,10 +89,22 @@ class RegionBatcher:
 
 
 class CaptionTrainSet(Dataset):
-    def __init__(self, image_ids: np.ndarray, tokens: torch.Tensor, regions: RegionBatcher) -> None:
-        self.image_ids = image_ids
-        self.tokens = tokens  # (N, T)
+    """One item per image; a batch carries `captions_per_image` of its captions (drawn afresh each epoch).
+
+    Images with more captions contribute a random subset, images with fewer repeat some, so every batch is a dense
+    (B, G, T) tensor and the region-side work is done once per image, not once per caption.
+    """
+
+    def __init__(
+        self, image_ids: np.ndarray, tokens: torch.Tensor, first: np.ndarray, count: np.ndarray,
+        regions: RegionBatcher, captions_per_image: int = 5,
+    ) -> None:
+        self.image_ids = image_ids  # (N,)
+        self.tokens = tokens  # (C, T) all captions, grouped by image
+        self.first = torch.from_numpy(first)  # (N,) index of each image's first caption in `tokens`
+        self.count = torch.from_numpy(count)  # (N,) number of captions of each image
         self.regions = regions
+        self.captions_per_image = captions_per_image
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -102,8 +114,18 @@ class CaptionTrainSet(Dataset):
 
     def collate(self, indices: list[int]) -> CaptionBatch:
         idx = torch.as_tensor(indices)
+        count, g = self.count[idx], self.captions_per_image
+        # Without replacement where an image has >= G captions (a random permutation's first G), with otherwise.
+        keys = torch.rand(len(idx), int(count.max()))
+        keys[torch.arange(keys.size(1))[None, :] >= count[:, None]] = 2.0
+        permuted = keys.argsort(dim=1)
+        if permuted.size(1) < g:
+            permuted = torch.cat([permuted, permuted.new_zeros(len(idx), g - permuted.size(1))], 1)
+        with_replacement = (torch.rand(len(idx), g) * count[:, None]).long()
+        choice = torch.where(count[:, None] >= g, permuted[:, :g], with_replacement)  # (B, G)
+        tokens = self.tokens[self.first[idx][:, None] + choice]  # (B, G, T)
         ids = self.image_ids[idx.numpy()]
-        return CaptionBatch(torch.from_numpy(ids), self.regions(ids.tolist()), self.tokens[idx])
+        return CaptionBatch(torch.from_numpy(ids), self.regions(ids.tolist()), tokens)
 
 
 class CaptionEvalSet(Dataset):
@@ -132,7 +154,8 @@ class CaptionDataModule(pl.LightningDataModule):
         vocab: str = "caption_vocab.json",
         min_count: int = 5,
         max_length: int = 16,
-        batch_size: int = 50,
+        batch_size: int = 10,
+        captions_per_image: int = 5,
         eval_batch_size: int = 100,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -150,7 +173,8 @@ class CaptionDataModule(pl.LightningDataModule):
         self.vocab_path = self.data_dir / vocab
         self.min_count = min_count
         self.max_length = max_length
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # images per training batch; captions per batch = batch_size * captions_per_image
+        self.captions_per_image = captions_per_image
         self.eval_batch_size = eval_batch_size
         self.loader_options = {
             "num_workers": num_workers,
@@ -221,12 +245,14 @@ class CaptionDataModule(pl.LightningDataModule):
 
     def train_set(self) -> CaptionTrainSet:
         refs = self._split("train")
-        pairs = [(i, c) for i, caps in refs.items() for c in caps]
-        ids = np.array([i for i, _ in pairs], dtype=np.int64)
+        image_ids = np.array(sorted(refs), dtype=np.int64)
+        count = np.array([len(refs[i]) for i in image_ids], dtype=np.int64)
+        first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
         tokens = self.vocab.encode_batch(
-            [c for _, c in pairs], add_bos_eos=True, field=f"{self.annotation_paths['train']}: caption"
+            [c for i in image_ids for c in refs[i]], add_bos_eos=True,
+            field=f"{self.annotation_paths['train']}: caption",
         )
-        return CaptionTrainSet(ids, tokens, self._batcher())
+        return CaptionTrainSet(image_ids, tokens, first, count, self._batcher(), self.captions_per_image)
 
     def eval_set(self, split: str) -> CaptionEvalSet:
         return CaptionEvalSet(sorted(self._split(split)), self._batcher())

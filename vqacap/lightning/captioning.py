@@ -61,8 +61,8 @@ class CaptioningModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, batch: CaptionBatch, batch_idx: int) -> torch.Tensor:
         regions = batch.regions
-        logits, _ = self.net(region_inputs(regions, self.use_spatial), regions.mask, batch.tokens)  # (B, T-1, V)
-        target = batch.tokens[:, 1:]
+        logits, _ = self.net(region_inputs(regions, self.use_spatial), regions.mask, batch.tokens)  # (B, G, T-1, V)
+        target = batch.tokens[..., 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=PAD_ID)
         self.log("train/loss", loss, prog_bar=True, batch_size=target.size(0))
         return loss

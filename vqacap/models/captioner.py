@@ -6,7 +6,10 @@ D region feature dim, E word embedding dim, H hidden dim, A attention dim, T tok
 The LSTMs are written out as gate matmuls so that everything that does not depend on the recurrent state is computed
 outside the time loop: the mean-region input of the attention LSTM once per image, its word input for all teacher-forced
 steps in one matmul, the region side of the attention (W_va v_i) once per image, and the output projection for all steps
-in one matmul. The equations are unchanged.
+in one matmul. The language LSTM's input projection of the attended feature is moved inside the attention sum:
+W v_hat + b = sum_i a_i (W v_i + b) because the weights sum to one, so W v_i + b is computed once per image (K rows)
+instead of once per caption and step (G x T rows). Training batches hold G captions per image for the same reason.
+The equations are unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from vqacap.models.attention import AdditiveAttention, attend
 class ImageContext:
     """Per-image tensors computed once and shared by every step and every hypothesis of that image."""
 
-    regions: torch.Tensor  # (B, K, D)
+    language_regions: torch.Tensor  # (B, K, 4H)  language LSTM input projection of each region, W v_i + b
     projected: torch.Tensor  # (B, K, A)  W_va v_i
     mask: torch.Tensor  # (B, K) bool
     mean_gates: torch.Tensor  # (B, 1, 4H) contribution of the mean region feature v_bar to the attention LSTM gates
@@ -89,7 +92,7 @@ class UpDownCaptioner(nn.Module):
         weights = mask.unsqueeze(-1).to(regions.dtype)
         mean = (regions * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D) v_bar over valid regions only
         return ImageContext(
-            regions=regions,
+            language_regions=self.language_lstm_attended(regions),
             projected=self.attention.project_regions(regions),
             mask=mask,
             mean_gates=self.attention_lstm_mean(mean).unsqueeze(1),
@@ -112,9 +115,9 @@ class UpDownCaptioner(nn.Module):
         h1, c1 = _lstm(gates1, state.c1)
         # Eq. (3)-(5): a_t = softmax(w_a^T tanh(W_va v_i + W_ha h1_t)), v_hat_t = sum_i a_{i,t} v_i
         alpha = self.attention(ctx.projected, h1, ctx.mask)  # (B, G, K)
-        attended = attend(alpha, ctx.regions)  # (B, G, D)
-        # Eq. (6): h2_t = LSTM([v_hat_t; h1_t], h2_{t-1})
-        gates2 = self.language_lstm_attended(attended) + self.language_lstm_recurrent(torch.cat([h1, state.h2], -1))
+        # Eq. (6): h2_t = LSTM([v_hat_t; h1_t], h2_{t-1}); W v_hat_t + b = sum_i a_i (W v_i + b)
+        attended_gates = attend(alpha, ctx.language_regions)  # (B, G, 4H)
+        gates2 = attended_gates + self.language_lstm_recurrent(torch.cat([h1, state.h2], -1))
         h2, c2 = _lstm(gates2, state.c2)
         return h2, alpha, State(h1, c1, h2, c2)
 
@@ -129,18 +132,23 @@ class UpDownCaptioner(nn.Module):
     def forward(
         self, regions: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced pass. tokens (B, T) = <bos> w_1 .. w_n <eos> <pad>...
+        """Teacher-forced pass over G captions per image. tokens (B, G, T) = <bos> w_1 .. w_n <eos> <pad>...
 
-        Returns logits (B, T-1, V) predicting tokens[:, 1:] and attention weights (B, T-1, K).
+        Returns logits (B, G, T-1, V) predicting tokens[..., 1:] and attention weights (B, G, T-1, K).
+        (B, T) tokens (one caption per image) give (B, T-1, V) and (B, T-1, K).
         """
+        single = tokens.dim() == 2
+        if single:
+            tokens = tokens.unsqueeze(1)
         ctx = self.encode(regions, mask)
-        b, steps = tokens.size(0), tokens.size(1) - 1
-        word_gates = self.word_gates(tokens[:, :-1])  # (B, T-1, 4H) all steps in one matmul
-        state = self.init_state(b, regions.device, regions.dtype)
+        b, g, steps = tokens.size(0), tokens.size(1), tokens.size(2) - 1
+        word_gates = self.word_gates(tokens[..., :-1])  # (B, G, T-1, 4H) all steps in one matmul
+        state = self.init_state(b, regions.device, regions.dtype).expand(g)
         outputs, attention = [], []
         for t in range(steps):
-            h2, alpha, state = self.step(ctx, state, word_gates[:, t : t + 1])
+            h2, alpha, state = self.step(ctx, state, word_gates[:, :, t])
             outputs.append(h2)
             attention.append(alpha)
-        h2_all = torch.cat(outputs, 1)  # (B, T-1, H)
-        return self.logits(h2_all), torch.cat(attention, 1)  # (B, T-1, V) in one matmul, (B, T-1, K)
+        logits = self.logits(torch.stack(outputs, 2))  # (B, G, T-1, V) in one matmul
+        attention = torch.stack(attention, 2)  # (B, G, T-1, K)
+        return (logits.squeeze(1), attention.squeeze(1)) if single else (logits, attention)
