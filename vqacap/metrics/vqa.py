@@ -29,6 +29,7 @@ torchmetrics Metric for validation under DDP; `evaluate_vqa` scores an official 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -111,6 +112,7 @@ def _clean(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
+@functools.lru_cache(maxsize=1 << 20)  # VQA v2 has ~5M human answers but far fewer distinct strings
 def process_answer(text: str) -> str:
     """Full normalisation of one answer: clean, `process_punctuation`, `process_digit_article`. "The Dog." -> "dog"."""
     return process_digit_article(process_punctuation(_clean(text)))
@@ -252,14 +254,19 @@ class VQAFormatError(ValueError):
     """Raised with a one-line message naming the file at fault."""
 
 
-def _load(source: str | os.PathLike | Any, what: str) -> tuple[Any, str]:
-    """Load a JSON file (or take an already loaded object); returns (data, name used in messages)."""
+def _name(source: Any, what: str) -> str:
+    """How messages name a source: its path, or <what> for an already loaded object."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{what}>"
+
+
+def _load(source: str | os.PathLike | Any, what: str) -> Any:
+    """Load a JSON file, or take an already loaded object as it is."""
     if not isinstance(source, (str, os.PathLike)):
-        return source, f"<{what}>"
+        return source
     path = Path(source)
     try:
         with path.open() as f:
-            return json.load(f), str(path)
+            return json.load(f)
     except FileNotFoundError:
         raise VQAFormatError(f"{path}: {what} file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -276,8 +283,10 @@ def _guess_kind(data: Any) -> str:
     return f"a JSON {type(data).__name__}"
 
 
-def _records(data: Any, key: str, fields: tuple[str, ...], name: str) -> list[dict]:
+def _records(source: Any, key: str, fields: tuple[str, ...]) -> list[dict]:
     """The list `data[key]` of a questions or annotations file, every record holding `fields`."""
+    name = _name(source, key)
+    data = _load(source, key)
     if not (isinstance(data, dict) and isinstance(data.get(key), list)):
         raise VQAFormatError(
             f"{name}: not a VQA {key} file (no '{key}' list; it looks like {_guess_kind(data)})"
@@ -289,11 +298,14 @@ def _records(data: Any, key: str, fields: tuple[str, ...], name: str) -> list[di
     return data[key]
 
 
-def _load_annotations(source: Any) -> tuple[list[dict], str]:
-    data, name = _load(source, "annotations")
-    annotations = _records(
-        data, "annotations", ("question_id", "question_type", "answer_type", "answers"), name
-    )
+def load_questions(source: str | os.PathLike | Any) -> list[dict]:
+    """The question records of an official VQA questions file (path or loaded JSON); `VQAFormatError` naming it."""
+    return _records(source, "questions", ("question_id", "image_id", "question"))
+
+
+def load_annotations(source: str | os.PathLike | Any) -> list[dict]:
+    """The annotation records of an official VQA annotations file (path or loaded JSON); `VQAFormatError` naming it."""
+    annotations = _records(source, "annotations", ("question_id", "question_type", "answer_type", "answers"))
     for ann in annotations:
         answers = ann["answers"]
         if not (
@@ -302,13 +314,14 @@ def _load_annotations(source: Any) -> tuple[list[dict], str]:
             and all(isinstance(a, dict) and "answer" in a for a in answers)
         ):
             raise VQAFormatError(
-                f"{name}: question {ann['question_id']} has no list of answers {{'answer': ...}}"
+                f"{_name(source, 'annotations')}: question {ann['question_id']} has no list of answers {{'answer': ...}}"
             )
-    return annotations, name
+    return annotations
 
 
-def _load_results(source: Any) -> tuple[dict[int, str], str]:
-    data, name = _load(source, "results")
+def _load_results(source: Any) -> dict[int, str]:
+    name = _name(source, "results")
+    data = _load(source, "results")
     if not isinstance(data, list):
         raise VQAFormatError(
             f"{name}: a results file is a JSON list of {{question_id, answer}}; it looks like {_guess_kind(data)}"
@@ -322,7 +335,7 @@ def _load_results(source: Any) -> tuple[dict[int, str], str]:
         results[item["question_id"]] = item["answer"]
     if duplicates:
         raise VQAFormatError(f"{name}: {duplicates} results repeat a question id already answered")
-    return results, name
+    return results
 
 
 def evaluate_vqa(questions_json: Any, annotations_json: Any, results_json: Any) -> dict[str, Any]:
@@ -332,10 +345,11 @@ def evaluate_vqa(questions_json: Any, annotations_json: Any, results_json: Any) 
     precision (the official evaluator rounds to 2 decimals). As the official evaluator, refuses results that do not
     answer exactly the annotated questions; raises `VQAFormatError` with one line naming the file at fault.
     """
-    annotations, ann_name = _load_annotations(annotations_json)
-    questions_data, q_name = _load(questions_json, "questions")
-    questions = _records(questions_data, "questions", ("question_id",), q_name)
-    results, res_name = _load_results(results_json)
+    annotations = load_annotations(annotations_json)
+    questions = load_questions(questions_json)
+    results = _load_results(results_json)
+    q_name, ann_name = _name(questions_json, "questions"), _name(annotations_json, "annotations")
+    res_name = _name(results_json, "results")
 
     annotated = [ann["question_id"] for ann in annotations]
     annotated_set = set(annotated)

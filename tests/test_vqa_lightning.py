@@ -1,0 +1,55 @@
+"""VQA experiments through the real Hydra configs on tiny Shapes: fast_dev_run, checkpoint -> official results file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY_OVERRIDES
+
+from vqacap.metrics.vqa import evaluate_vqa
+from vqacap.train import run
+
+TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
+# Runs that keep checkpoints go without loggers: train.py's log_hyperparams resolves the whole composed config, whose
+# hydra node (hydra.job.num) is unset under the compose API.
+NO_LOGGER = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
+NO_LOGGER += ["~logger", "callbacks.learning_rate_monitor=null"]
+ANSWER_TYPES = {"test/accuracy_yes_no", "test/accuracy_number", "test/accuracy_other"}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["experiment=vqa_shapes"], ["experiment=vqa_shapes_blind"], ["experiment=vqa_shapes", "model=vqa_reference"]],
+    ids=["vqa_shapes", "vqa_shapes_blind", "vqa_reference"],
+)  # fmt: skip
+def test_fast_dev_run(make_cfg, overrides):
+    cfg = make_cfg(*overrides, *TINY_VQA, "debug=fdr")
+    metrics = run(cfg)
+    assert 0 <= metrics["test/accuracy"] <= 100
+    assert ANSWER_TYPES | {"test/loss"} <= set(metrics)
+    results = json.loads((Path(cfg.paths.output_dir) / "vqa_test_results.json").read_text())
+    assert results and set(results[0]) == {"question_id", "answer"}
+
+
+def test_checkpoint_answers_any_split_as_the_official_evaluator_scores_it(make_cfg, data_root):
+    cfg = make_cfg(
+        "experiment=vqa_shapes", *TINY_VQA, *NO_LOGGER, "+trainer.limit_train_batches=4", tiny=False
+    )
+    run(cfg)
+    checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert checkpoint.exists()
+
+    answer_val = ["train=false", f"ckpt_path={checkpoint}", "data.test_split=val"]
+    cfg = make_cfg("experiment=vqa_shapes", *TINY_VQA, *NO_LOGGER, *answer_val, tiny=False)
+    metrics = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    shapes = data_root / "shapes"
+    official = evaluate_vqa(
+        shapes / "vqa_val_questions.json", shapes / "vqa_val_annotations.json", out / "vqa_val_results.json"
+    )
+    assert metrics["test/accuracy"] == pytest.approx(official["overall"], abs=1e-4)  # logged as float32
+    scores = json.loads((out / "vqa_val_scores.json").read_text())
+    for key in ("overall", "perAnswerType", "perQuestionType"):
+        assert scores[key] == pytest.approx(official[key], abs=1e-9)

@@ -1,0 +1,427 @@
+"""VQA data: official VQA question/annotation files + a region-feature store -> padded batches with soft targets.
+
+One DataModule serves Shapes and VQA v2; a data folder holds
+
+    <data_dir>/regions.h5                        region-feature store (vqacap.data.store)
+    <data_dir>/vqa_<split>_questions.json        VQA questions {"questions": [{"image_id", "question", "question_id"}]}
+    <data_dir>/vqa_<split>_annotations.json      VQA annotations (absent for test-dev / test-std: then no targets)
+    <data_dir>/question_vocab.json               words of the training questions (written on first use if absent)
+    <data_dir>/answer_vocab.json                 candidate answers and type names (written on first use if absent)
+
+Questions are tokenized with the shared tokenizer and truncated to `max_length` (14) words. The candidate answers are the
+official normalisation (`process_answer`) of the training `multiple_choice_answer`s seen in at least `min_answer_count`
+(9) questions, most frequent first. Every annotated question gets its soft target, the official accuracy of every
+candidate (`soft_scores`), and the candidate indices of its human answers, so the validation metric is the official
+accuracy; a question whose answers are all outside the candidates has an all-zero target. Region reads happen in
+`collate`, one batched store read per batch, in the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vqacap.data.captions import RegionBatcher
+from vqacap.data.store import Regions, RegionStore, RegionStoreError
+from vqacap.data.vocab import Vocabulary
+from vqacap.metrics.vqa import (
+    gt_answer_indices,
+    load_annotations,
+    load_questions,
+    process_answer,
+    soft_scores,
+)
+
+SPLITS = ("train", "val", "test")
+GLOVE_DIM = 300
+
+
+@dataclass
+class VQABatch:
+    question_ids: torch.Tensor  # (B,) long
+    image_ids: torch.Tensor  # (B,) long
+    regions: Regions  # features (B, K, D), boxes, mask (B, K)
+    questions: torch.Tensor  # (B, T) long token ids, 0 = <pad>
+    # Only for annotated splits, else None:
+    targets: torch.Tensor | None = None  # (B, A) float soft scores
+    gt_answers: torch.Tensor | None = None  # (B, N) long candidate index of each human answer, -1 for none
+    answer_types: torch.Tensor | None = None  # (B,) long index into answer_vocab.json "answer_types"
+    question_types: torch.Tensor | None = None  # (B,) long index into "question_types"
+
+    def _apply(self, fn) -> VQABatch:
+        def move(x):
+            if isinstance(x, Regions):
+                return Regions(*(fn(getattr(x, f.name)) for f in fields(x)))
+            return None if x is None else fn(x)
+
+        return VQABatch(*(move(getattr(self, f.name)) for f in fields(self)))
+
+    def to(self, device) -> VQABatch:  # Lightning moves batches through this method
+        return self._apply(lambda t: t.to(device))
+
+    def pin_memory(self) -> VQABatch:
+        return self._apply(lambda t: t.pin_memory())
+
+
+@dataclass
+class AnswerVocabulary:
+    """Candidate answers (index = output unit of the model) and the answer / question type names of the metric."""
+
+    answers: list[str]
+    answer_types: list[str]
+    question_types: list[str]
+    min_count: int = 9
+
+    def __post_init__(self) -> None:
+        self.index = {a: i for i, a in enumerate(self.answers)}
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    @classmethod
+    def build(
+        cls, train: list[dict], annotated_splits: list[list[dict]], min_count: int = 9
+    ) -> AnswerVocabulary:
+        """Answers from the training annotations; type names from every annotated split."""
+        counts = Counter(process_answer(ann["multiple_choice_answer"]) for ann in train)
+        answers = sorted(
+            (a for a, c in counts.items() if c >= min_count and a), key=lambda a: (-counts[a], a)
+        )
+        every = [ann for split in annotated_splits for ann in split]
+        return cls(
+            answers,
+            sorted({ann["answer_type"] for ann in every}),
+            sorted({ann["question_type"] for ann in every}),
+            min_count,
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        data = {k: getattr(self, k) for k in ("answers", "answer_types", "question_types", "min_count")}
+        Path(path).write_text(json.dumps(data, indent=0))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AnswerVocabulary:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(
+                data["answers"], data["answer_types"], data["question_types"], data.get("min_count", 9)
+            )
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: answer vocabulary file not found") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not an answer vocabulary file ({err})") from None
+
+
+def load_glove(path: str | os.PathLike, words: list[str], dim: int = GLOVE_DIM) -> torch.Tensor:
+    """(len(words), dim) GloVe vectors of `words` from a glove.6B.<dim>d.txt file; words without one get zeros."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: GloVe file not found. Download glove.6B.zip from https://nlp.stanford.edu/projects/glove/ and "
+            f"unzip glove.6B.{dim}d.txt there, or set data.glove=null to learn the word embeddings from scratch"
+        )
+    index = {w: i for i, w in enumerate(words)}
+    weights = np.zeros((len(words), dim), dtype=np.float32)
+    with path.open(encoding="utf8") as f:
+        for line_no, line in enumerate(f, 1):
+            word, _, vector = line.rstrip().partition(" ")
+            i = index.get(word)
+            if i is not None:
+                values = vector.split(" ")
+                if len(values) != dim:
+                    raise ValueError(f"{path}:{line_no}: {len(values)} values for '{word}', expected {dim}")
+                weights[i] = np.asarray(values, dtype=np.float32)
+    return torch.from_numpy(weights)
+
+
+@dataclass
+class VQASplit:
+    """All questions of one split as tensors; the annotation fields are None when the split has no annotations."""
+
+    question_ids: torch.Tensor  # (N,)
+    image_ids: torch.Tensor  # (N,)
+    questions: torch.Tensor  # (N, T)
+    gt_answers: torch.Tensor | None = None  # (N, n)
+    answer_types: torch.Tensor | None = None  # (N,)
+    question_types: torch.Tensor | None = None  # (N,)
+    # Sparse soft targets: question i has scores target_scores[s:e] at target_indices[s:e], s, e = target_offsets[i:i+2]
+    target_offsets: torch.Tensor | None = None  # (N + 1,)
+    target_indices: torch.Tensor | None = None
+    target_scores: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+    @property
+    def annotated(self) -> bool:
+        return self.gt_answers is not None
+
+
+def build_split(
+    questions: list[dict],
+    annotations: list[dict] | None,
+    vocab: Vocabulary,
+    answers: AnswerVocabulary,
+    name: str = "questions",
+) -> VQASplit:
+    """Tensors of one split, questions in file order. `name` prefixes error messages (the file)."""
+    qid = torch.tensor([q["question_id"] for q in questions], dtype=torch.long)
+    split = VQASplit(
+        question_ids=qid,
+        image_ids=torch.tensor([q["image_id"] for q in questions], dtype=torch.long),
+        questions=vocab.encode_batch([q["question"] for q in questions], field=f"{name}: question"),
+    )
+    if annotations is None:
+        return split
+    by_id = {ann["question_id"]: ann for ann in annotations}
+    missing = [int(i) for i in qid if int(i) not in by_id]
+    if missing:
+        raise ValueError(
+            f"{name}: {len(missing)} questions have no annotation (first: question id {missing[0]})"
+        )
+    ordered = [by_id[int(i)] for i in qid]
+    gt, offsets, indices, scores, atypes, qtypes = [], [0], [], [], [], []
+    atype_index = {t: i for i, t in enumerate(answers.answer_types)}
+    qtype_index = {t: i for i, t in enumerate(answers.question_types)}
+    for ann in ordered:
+        human = [a["answer"] for a in ann["answers"]]
+        gt.append(gt_answer_indices(human, answers.index))
+        i, s = soft_scores(human, answers.index)
+        indices += i
+        scores += s
+        offsets.append(len(indices))
+        try:
+            atypes.append(atype_index[ann["answer_type"]])
+            qtypes.append(qtype_index[ann["question_type"]])
+        except KeyError as err:
+            raise ValueError(
+                f"{name}: question {ann['question_id']} has type {err}, not in the answer vocabulary "
+                "(built before this split existed? delete answer_vocab.json to rebuild it)"
+            ) from None
+    if len({len(g) for g in gt}) > 1:
+        raise ValueError(
+            f"{name}: questions have different numbers of human answers ({sorted({len(g) for g in gt})})"
+        )
+    split.gt_answers = torch.tensor(gt, dtype=torch.long)
+    split.answer_types = torch.tensor(atypes, dtype=torch.long)
+    split.question_types = torch.tensor(qtypes, dtype=torch.long)
+    split.target_offsets = torch.tensor(offsets, dtype=torch.long)
+    split.target_indices = torch.tensor(indices, dtype=torch.long)
+    split.target_scores = torch.tensor(scores, dtype=torch.float32)
+    return split
+
+
+class VQASet(Dataset):
+    """Items are question positions; `collate` builds the whole batch, regions included."""
+
+    def __init__(self, split: VQASplit, num_answers: int, regions: RegionBatcher) -> None:
+        self.split = split
+        self.num_answers = num_answers
+        self.regions = regions
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, indices: list[int]) -> VQABatch:
+        s = self.split
+        idx = torch.as_tensor(indices)
+        image_ids = s.image_ids[idx]
+        batch = VQABatch(s.question_ids[idx], image_ids, self.regions(image_ids.tolist()), s.questions[idx])
+        if s.annotated:
+            targets = torch.zeros(len(indices), self.num_answers)  # (B, A)
+            for row, i in enumerate(indices):
+                start, end = int(s.target_offsets[i]), int(s.target_offsets[i + 1])
+                targets[row, s.target_indices[start:end]] = s.target_scores[start:end]
+            batch.targets = targets
+            batch.gt_answers = s.gt_answers[idx]
+            batch.answer_types = s.answer_types[idx]
+            batch.question_types = s.question_types[idx]
+        return batch
+
+
+class VQADataModule(pl.LightningDataModule):
+    """Region features + tokenized questions + soft targets; `test_split` names the split tested and predicted."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        store: str = "regions.h5",
+        questions: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        question_vocab: str = "question_vocab.json",
+        answer_vocab: str = "answer_vocab.json",
+        min_word_count: int = 1,
+        max_length: int = 14,
+        min_answer_count: int = 9,
+        glove: str | None = None,
+        batch_size: int = 512,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        multiprocessing_context: str | None = None,
+        zero_regions: bool = False,
+        pad_regions_to: int | None = None,
+        test_split: str = "test",
+        generator: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.store_path = self.data_dir / store
+        q_names = questions or {s: f"vqa_{s}_questions.json" for s in SPLITS}
+        a_names = annotations or {s: f"vqa_{s}_annotations.json" for s in SPLITS}
+        self.question_paths = {s: self.data_dir / q_names[s] for s in q_names}
+        # A split without an annotation file (test-dev, test-std) is answered but not scored.
+        self.annotation_paths = {s: self.data_dir / a_names[s] for s in a_names}
+        self.question_vocab_path = self.data_dir / question_vocab
+        self.answer_vocab_path = self.data_dir / answer_vocab
+        self.min_word_count = min_word_count
+        self.max_length = max_length
+        self.min_answer_count = min_answer_count
+        self.glove = glove
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.loader_options = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+            "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
+        }
+        self.zero_regions = zero_regions
+        self.pad_regions_to = pad_regions_to
+        self.test_split = test_split
+        self.generator = (
+            generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
+        )
+        self.splits: dict[str, VQASplit] = {}
+        self._vocab: Vocabulary | None = None
+        self._answers: AnswerVocabulary | None = None
+        self._store: RegionStore | None = None
+
+    # -- preparation (once, on one process) --------------------------------------------------------------------------
+    def _annotations(self, split: str) -> list[dict] | None:
+        path = self.annotation_paths.get(split)
+        return load_annotations(path) if path is not None and path.exists() else None
+
+    def prepare_data(self) -> None:
+        if self.generator is not None:
+            from hydra.utils import instantiate
+
+            instantiate(self.generator, root=str(self.data_dir))
+        if not self.question_vocab_path.exists():
+            texts = [q["question"] for q in load_questions(self.question_paths["train"])]
+            vocab = Vocabulary.build(texts, min_count=self.min_word_count, max_length=self.max_length)
+            vocab.save(self.question_vocab_path)
+        if not self.answer_vocab_path.exists():
+            train = self._annotations("train")
+            if train is None:
+                raise FileNotFoundError(
+                    f"{self.annotation_paths.get('train')}: training annotations not found"
+                )
+            missing = [a["question_id"] for a in train if "multiple_choice_answer" not in a]
+            if missing:
+                raise ValueError(
+                    f"{self.annotation_paths['train']}: question {missing[0]} has no multiple_choice_answer"
+                )
+            annotated = [train] + [
+                a for s in self.annotation_paths if s != "train" and (a := self._annotations(s))
+            ]
+            AnswerVocabulary.build(train, annotated, self.min_answer_count).save(self.answer_vocab_path)
+
+    # -- per process -----------------------------------------------------------------------------------------------
+    @property
+    def vocab(self) -> Vocabulary:
+        if self._vocab is None:
+            self._vocab = Vocabulary.load(self.question_vocab_path)
+        return self._vocab
+
+    @property
+    def answers(self) -> AnswerVocabulary:
+        if self._answers is None:
+            self._answers = AnswerVocabulary.load(self.answer_vocab_path)
+        return self._answers
+
+    @property
+    def store(self) -> RegionStore:
+        if self._store is None:
+            self._store = RegionStore(self.store_path)
+        return self._store
+
+    @property
+    def feature_dim(self) -> int:
+        return self.store.feature_dim
+
+    def model_kwargs(self) -> dict:
+        """What the LightningModule needs to know about the data to build its model."""
+        kwargs = {
+            "words": self.vocab.words,
+            "answers": self.answers.answers,
+            "answer_types": self.answers.answer_types,
+            "question_types": self.answers.question_types,
+            "feature_dim": self.feature_dim,
+        }
+        if self.glove:
+            kwargs["word_embeddings"] = load_glove(self.glove, self.vocab.words)
+        return kwargs
+
+    def _split(self, split: str) -> VQASplit:
+        if split not in self.splits:
+            if split not in self.question_paths:
+                raise ValueError(
+                    f"no questions file configured for split {split!r} (have {sorted(self.question_paths)})"
+                )
+            path = self.question_paths[split]
+            questions = load_questions(path)
+            missing = [q["image_id"] for q in questions if q["image_id"] not in self.store]
+            if missing:
+                raise RegionStoreError(
+                    f"{self.store_path}: {len(missing)} images of {path} are not in the store (first: image id {missing[0]})"
+                )
+            self.splits[split] = build_split(
+                questions, self._annotations(split), self.vocab, self.answers, str(path)
+            )
+        return self.splits[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": (self.test_split,),
+            "predict": (self.test_split,),
+        }
+        for split in splits.get(stage, SPLITS) if stage else SPLITS:
+            if split in self.question_paths:
+                self._split(split)
+
+    def dataset(self, split: str) -> VQASet:
+        batcher = RegionBatcher(self.store, self.zero_regions, self.pad_regions_to)
+        return VQASet(self._split(split), len(self.answers), batcher)
+
+    def _loader(self, dataset: VQASet, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate, drop_last=False,
+            **self.loader_options,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset(self.test_split), self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

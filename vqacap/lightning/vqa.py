@@ -1,0 +1,138 @@
+"""LightningModule for top-down attention VQA: soft-score BCE training, the official accuracy, results files.
+
+The pure model lives in `vqacap.models.vqa`; this module owns the loss, optimisation, metrics and logging. Testing writes
+`<results_dir>/vqa_<split>_results.json` in the official results format [{"question_id", "answer"}] for the data's
+`test_split`, annotated or not (test-dev), and, for an annotated split, `vqa_<split>_scores.json` with the accuracy per
+answer and question type. To answer any split from a checkpoint:
+
+    python -m vqacap.train experiment=vqa_shapes train=false ckpt_path=<checkpoint> data.test_split=val
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from vqacap.data.vqa import VQABatch
+from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
+from vqacap.metrics.vqa import VQAAccuracy
+from vqacap.models.vqa import VQAOutput
+
+
+class VQAModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: Callable,
+        words: list[str],
+        answers: list[str],
+        answer_types: list[str],
+        question_types: list[str],
+        feature_dim: int,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        use_spatial: bool = False,
+        word_embeddings: torch.Tensor | None = None,
+        monitor: str = "val/accuracy",
+        results_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        # The GloVe matrix initialises the weights, which the checkpoint holds anyway.
+        self.save_hyperparameters(logger=False, ignore=["word_embeddings"])
+        self.answers = list(answers)
+        self.net = net(
+            vocab_size=len(words),
+            num_answers=len(self.answers),
+            feature_dim=feature_dim,
+            spatial=use_spatial,
+            word_embeddings=word_embeddings,
+        )
+        self.use_spatial = use_spatial
+        self.results_dir = results_dir
+        self.accuracy = torch.nn.ModuleDict(
+            {split: VQAAccuracy(answer_types, question_types) for split in ("val", "test")}
+        )
+        self._results: list[dict] = []
+
+    def forward(self, batch: VQABatch) -> VQAOutput:
+        regions = batch.regions
+        return self.net(region_inputs(regions, self.use_spatial), regions.mask, batch.questions)
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Binary cross-entropy against the soft scores, summed over the A answers, averaged over the B questions.
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.size(0)
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def training_step(self, batch: VQABatch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch).logits  # (B, A)
+        loss = self._loss(logits, batch.targets)
+        # The soft score of the top answer is its official accuracy.
+        accuracy = batch.targets.gather(1, logits.argmax(dim=1, keepdim=True)).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.size(0))
+        self.log("train/accuracy", 100 * accuracy, prog_bar=True, batch_size=logits.size(0))
+        return loss
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: VQABatch, split: str) -> torch.Tensor:
+        logits = self(batch).logits  # (B, A)
+        prediction = logits.argmax(dim=1)  # (B,)
+        if batch.targets is not None:
+            self.log(
+                f"{split}/loss", self._loss(logits, batch.targets), batch_size=logits.size(0), sync_dist=True
+            )
+            self.accuracy[split].update(
+                prediction, batch.gt_answers, batch.question_ids, batch.answer_types, batch.question_types
+            )
+        return prediction
+
+    def validation_step(self, batch: VQABatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: VQABatch, batch_idx: int) -> None:
+        prediction = self._eval_step(batch, "test")
+        self._results += self._answers(batch, prediction)
+
+    def predict_step(self, batch: VQABatch, batch_idx: int) -> list[dict]:
+        return self._answers(batch, self(batch).logits.argmax(dim=1))
+
+    def _answers(self, batch: VQABatch, prediction: torch.Tensor) -> list[dict]:
+        return [
+            {"question_id": q, "answer": self.answers[p]}
+            for q, p in zip(batch.question_ids.tolist(), prediction.tolist())
+        ]
+
+    def _log_accuracy(self, split: str) -> dict | None:
+        metric = self.accuracy[split]
+        if not metric.update_called:  # an unannotated split
+            return None
+        scores = metric.compute()  # synchronised across ranks, so every rank logs the same values
+        metric.reset()
+        self.log(f"{split}/accuracy", scores["overall"].item(), prog_bar=True)
+        for name, value in scores["perAnswerType"].items():
+            self.log(f"{split}/accuracy_{name.replace('/', '_')}", value.item())
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def on_test_epoch_end(self) -> None:
+        scores = self._log_accuracy("test")
+        results = gather_objects(self._results)
+        self._results = []
+        if self.results_dir and self.trainer.is_global_zero:
+            split = getattr(self.trainer.datamodule, "test_split", "test")
+            folder = Path(self.results_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            unique = {r["question_id"]: r for r in results}  # the distributed sampler may repeat questions
+            ordered = sorted(unique.values(), key=lambda r: r["question_id"])
+            (folder / f"vqa_{split}_results.json").write_text(json.dumps(ordered))
+            if scores is not None:
+                as_floats = json.dumps(scores, default=float, indent=1)
+                (folder / f"vqa_{split}_scores.json").write_text(as_floats)
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
