@@ -43,9 +43,20 @@ def test_a_new_command_is_one_registry_line(monkeypatch):
 
 def test_console_entry_point_runs_as_a_module(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "vqacap.cli", "prepare", "features", "--tsv", str(tmp_path / "none.tsv"), "--out",
-         str(tmp_path / "s.h5")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vqacap.cli",
+            "prepare",
+            "features",
+            "--tsv",
+            str(tmp_path / "none.tsv"),
+            "--out",
+            str(tmp_path / "s.h5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'none.tsv'}: TSV file not found"

@@ -69,8 +69,20 @@ def test_splits_merge_restval_into_train_and_keep_raw_captions(tmp_path):
 
 def test_vocabulary_counts_training_words_only(tmp_path):
     out = tmp_path / "coco"
-    main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(out),
-          "--min-count", "2", "--max-length", "12"])  # fmt: skip
+    main(
+        [
+            "prepare",
+            "coco-captions",
+            "--karpathy",
+            str(karpathy_file(tmp_path)),
+            "--out",
+            str(out),
+            "--min-count",
+            "2",
+            "--max-length",
+            "12",
+        ]
+    )
     vocab = Vocabulary.load(out / "caption_vocab.json")
     # dog x5, a x5 ... in train + restval; zebra and giraffe occur only in val / test.
     assert vocab.words[4:6] == ["a", "dog"]
@@ -83,8 +95,21 @@ def test_flickr_uses_karpathy_imgid_and_coco_sizes_when_given(tmp_path):
     sizes = tmp_path / "sizes.json"
     sizes.write_text(json.dumps({"images": [{"id": 2, "width": 500, "height": 375}]}))
     out = tmp_path / "flickr"
-    assert main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path, "flickr30k")), "--out",
-                 str(out), "--image-sizes", str(sizes)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prepare",
+                "coco-captions",
+                "--karpathy",
+                str(karpathy_file(tmp_path, "flickr30k")),
+                "--out",
+                str(out),
+                "--image-sizes",
+                str(sizes),
+            ]
+        )
+        == 0
+    )
     val = json.loads((out / "captions_val.json").read_text())
     assert val["images"] == [{"id": 2, "file_name": "1030.jpg", "width": 500, "height": 375}]
 

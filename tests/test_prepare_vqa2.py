@@ -1,0 +1,247 @@
+"""`vqacap prepare vqa2` on small files in the official VQA v2 format, read back through the VQA DataModule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vqacap.cli import main
+from vqacap.data.store import RegionStoreWriter
+from vqacap.data.vocab import Vocabulary
+from vqacap.data.vqa import AnswerVocabulary, VQADataModule, load_glove
+
+# (question_id, image_id, question, question_type, answer_type, ten human answers); multiple_choice_answer = the most
+# common human answer, as in the official files.
+TRAIN = [
+    (90, 9, "Is the dog brown?", "is the", "yes/no", ["yes"] * 9 + ["no"]),
+    (91, 9, "How many dogs are there?", "how many", "number", ["two"] * 6 + ["2"] * 4),
+    (250, 25, "What color is the cat?", "what color is the", "other", ["red"] * 8 + ["orange"] * 2),
+    (251, 25, "Is it raining?", "is it", "yes/no", ["no"] * 10),
+]
+VAL = [
+    (300, 30, "How many zebras?", "how many", "number", ["2"] * 7 + ["3"] * 3),
+    (
+        301,
+        30,
+        "What color is the zebra?",
+        "what color is the",
+        "other",
+        ["red"] * 6 + ["black and white"] * 4,
+    ),
+    (302, 30, "Is it sunny?", "is it", "yes/no", ["yes"] * 10),
+]
+TEST_DEV = [(420, 42, "What is the giraffe eating?")]
+TEST = [(420, 42, "What is the giraffe eating?"), (421, 42, "Is the giraffe tall?")]
+
+
+def questions_json(subtype: str, rows) -> dict:
+    return {
+        "info": {"description": "This is v2.0 of the VQA dataset.", "version": "2.0", "year": 2017},
+        "task_type": "Open-Ended",
+        "data_type": "mscoco",
+        "license": {
+            "url": "http://creativecommons.org/licenses/by/4.0/",
+            "name": "Creative Commons Attribution 4.0",
+        },
+        "data_subtype": subtype,
+        "questions": [{"image_id": r[1], "question": r[2], "question_id": r[0]} for r in rows],
+    }
+
+
+def annotations_json(subtype: str, rows) -> dict:
+    annotations = []
+    for qid, image_id, _, qtype, atype, answers in rows:
+        annotations.append(
+            {
+                "question_type": qtype,
+                "multiple_choice_answer": max(set(answers), key=answers.count),
+                "answers": [
+                    {"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                    for i, a in enumerate(answers)
+                ],
+                "image_id": image_id,
+                "answer_type": atype,
+                "question_id": qid,
+            }
+        )
+    return {
+        "info": {"description": "This is v2.0 of the VQA dataset.", "version": "2.0", "year": 2017},
+        "license": {
+            "url": "http://creativecommons.org/licenses/by/4.0/",
+            "name": "Creative Commons Attribution 4.0",
+        },
+        "data_subtype": subtype,
+        "annotations": annotations,
+        "data_type": "mscoco",
+    }
+
+
+@pytest.fixture
+def official(tmp_path):
+    files = {  # key -> (official file name, content)
+        "train2014": ("v2_OpenEnded_mscoco_train2014_questions.json", questions_json("train2014", TRAIN)),
+        "val2014": ("v2_OpenEnded_mscoco_val2014_questions.json", questions_json("val2014", VAL)),
+        "test-dev2015": (
+            "v2_OpenEnded_mscoco_test-dev2015_questions.json",
+            questions_json("test-dev2015", TEST_DEV),
+        ),
+        "test2015": ("v2_OpenEnded_mscoco_test2015_questions.json", questions_json("test2015", TEST)),
+        "train_ann": ("v2_mscoco_train2014_annotations.json", annotations_json("train2014", TRAIN)),
+        "val_ann": ("v2_mscoco_val2014_annotations.json", annotations_json("val2014", VAL)),
+    }
+    for name, data in files.values():
+        (tmp_path / name).write_text(json.dumps(data))
+    return {key: tmp_path / name for key, (name, _) in files.items()}
+
+
+def run_prepare(official, out, *extra) -> int:
+    questions = [str(official[s]) for s in ("test2015", "train2014", "test-dev2015", "val2014")]  # any order
+    return main(
+        [
+            "prepare",
+            "vqa2",
+            "--questions",
+            *questions,
+            "--annotations",
+            str(official["val_ann"]),
+            str(official["train_ann"]),
+            "--out",
+            str(out),
+            "--min-answer-count",
+            "2",
+            *extra,
+        ]
+    )
+
+
+def test_every_split_is_written_in_the_official_format(official, tmp_path):
+    out = tmp_path / "vqa2"
+    assert run_prepare(official, out) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "answer_vocab.json",
+        "question_vocab.json",
+        "vqa_test_questions.json",
+        "vqa_testdev_questions.json",
+        "vqa_train_annotations.json",
+        "vqa_train_questions.json",
+        "vqa_trainval_annotations.json",
+        "vqa_trainval_questions.json",
+        "vqa_val_annotations.json",
+        "vqa_val_questions.json",
+    ]
+    assert json.loads((out / "vqa_train_questions.json").read_text()) == questions_json("train2014", TRAIN)
+    trainval = json.loads((out / "vqa_trainval_annotations.json").read_text())
+    assert trainval["data_subtype"] == "train2014+val2014" and trainval["license"]["name"].startswith(
+        "Creative"
+    )
+    assert [a["question_id"] for a in trainval["annotations"]] == [90, 91, 250, 251, 300, 301, 302]
+    assert [
+        q["question_id"] for q in json.loads((out / "vqa_test_questions.json").read_text())["questions"]
+    ] == [420, 421]
+
+
+def test_answer_vocabulary_counts_normalised_answers_of_train_and_val(official, tmp_path):
+    out = tmp_path / "vqa2"
+    run_prepare(official, out)
+    answers = AnswerVocabulary.load(out / "answer_vocab.json")
+    # multiple_choice_answer over train+val: yes 2, two -> "2" 2, red 2, no 1 (dropped at --min-answer-count 2).
+    assert answers.answers == ["2", "red", "yes"]
+    assert answers.answer_types == ["number", "other", "yes/no"]
+    assert "what color is the" in answers.question_types
+    words = Vocabulary.load(out / "question_vocab.json")
+    assert "zebras" in words.index and words.max_length == 14
+
+    run_prepare(official, out, "--vocab-from", "train")
+    assert AnswerVocabulary.load(out / "answer_vocab.json").answers == []  # every train answer occurs once
+    assert "zebras" not in Vocabulary.load(out / "question_vocab.json").index
+
+
+def test_output_loads_in_the_vqa_datamodule(official, tmp_path):
+    out = tmp_path / "vqa2"
+    run_prepare(official, out)
+    with RegionStoreWriter(out / "regions.h5", feature_dim=8) as writer:
+        for image_id in (9, 25, 30, 42):
+            writer.add(image_id, np.ones((4, 8), np.float32), np.array([[0, 0, 10, 10]] * 4), 64, 48)
+    data = VQADataModule(str(out), batch_size=4)
+    data.prepare_data()
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    assert batch.targets.shape == (4, 3) and batch.regions.features.shape == (4, 4, 8)
+    test = next(iter(data.test_dataloader()))
+    assert test.targets is None and sorted(test.question_ids.tolist()) == [420, 421]
+
+
+def test_glove_subset_holds_the_question_words(official, tmp_path):
+    rng = np.random.default_rng(0)
+    glove = tmp_path / "glove.6B.300d.txt"
+    lines = [
+        " ".join([w, *(f"{v:.5f}" for v in rng.normal(size=300))])
+        for w in ("the", "zebra", "dog", "aardvark")
+    ]
+    glove.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "vqa2"
+    assert run_prepare(official, out, "--glove", str(glove)) == 0
+    subset = (out / "glove_question_vocab.txt").read_text().splitlines()
+    assert [line.split(" ")[0] for line in subset] == ["the", "zebra", "dog"]  # in GloVe order, no aardvark
+    words = Vocabulary.load(out / "question_vocab.json").words
+    vectors = load_glove(out / "glove_question_vocab.txt", words)
+    assert vectors.shape == (len(words), 300) and vectors[words.index("dog")].abs().sum() > 0
+
+
+def test_questions_given_as_annotations_name_the_file(official, tmp_path, capsys):
+    code = main(
+        [
+            "prepare",
+            "vqa2",
+            "--questions",
+            str(official["train2014"]),
+            "--annotations",
+            str(official["val2014"]),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {official['val2014']}: is a VQA questions file, given where a annotations file is expected"
+    )
+
+
+def test_missing_fields_and_unanswered_questions_name_the_question(official, tmp_path, capsys):
+    data = annotations_json("train2014", TRAIN)
+    del data["annotations"][2]["multiple_choice_answer"]
+    official["train_ann"].write_text(json.dumps(data))
+    assert run_prepare(official, tmp_path / "o") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {official['train_ann']}: question 250 lacks multiple_choice_answer"
+    )
+
+    data = annotations_json("train2014", TRAIN[:3])
+    official["train_ann"].write_text(json.dumps(data))
+    assert run_prepare(official, tmp_path / "o") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {official['train_ann']}: no annotation for question 251 of {official['train2014']}"
+    )
+
+
+def test_test_annotations_are_refused(official, tmp_path, capsys):
+    fake = tmp_path / "v2_mscoco_test2015_annotations.json"
+    fake.write_text(json.dumps(annotations_json("test2015", [])))
+    code = main(
+        [
+            "prepare",
+            "vqa2",
+            "--questions",
+            str(official["train2014"]),
+            "--annotations",
+            str(official["train_ann"]),
+            str(fake),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    assert "test has no public annotations" in capsys.readouterr().err
