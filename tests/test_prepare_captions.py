@@ -124,7 +124,9 @@ def test_output_loads_in_the_caption_datamodule(tmp_path):
     data.prepare_data()
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    assert batch.tokens.shape[0] == 5 and batch.regions.features.shape == (5, 3, 8)
+    # train + restval images (9 and 25), each with its captions; regions padded to the store's 3.
+    assert sorted(batch.image_ids.tolist()) == [9, 25] and batch.regions.features.shape == (2, 3, 8)
+    assert len(batch.tokens) == 2
     assert sorted(data.references["val"]) == [30]
 
 
