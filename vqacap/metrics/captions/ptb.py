@@ -18,27 +18,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
+
+import numpy as np
 
 PUNCTUATIONS = frozenset(
     ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 )
 _NL = "\n"  # the lexer's newline token (CoreNLP's *NL*)
-
-
-def _char_class(predicate: Callable[[str], bool]) -> str:
-    """A regex character class body (no brackets) of the BMP characters satisfying `predicate`."""
-    ranges, start, prev = [], None, None
-    for code in range(0x10000):
-        if 0xD800 <= code <= 0xDFFF or not predicate(chr(code)):
-            continue
-        if start is not None and code == prev + 1:
-            prev = code
-            continue
-        if start is not None:
-            ranges.append((start, prev))
-        start = prev = code
-    ranges.append((start, prev))
-    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
 
 
 # ---- Macros (names as in CoreNLP's PTBLexer.flex) ----------------------------------------------------------------
@@ -55,12 +42,20 @@ _NEWER_UNICODE = re.compile(
 )
 
 
-def _old_unicode(predicate: Callable[[str], bool]) -> Callable[[str], bool]:
-    return lambda c: predicate(c) and not _NEWER_UNICODE.match(c)
+_BMP = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x10000)]))
 
 
-_ALPHA = _char_class(_old_unicode(str.isalpha)) + "\u1885\u1886"  # JFlex [:letter:] (Java Character.isLetter)
-_UPPER = _char_class(_old_unicode(str.isupper))
+def _char_class(predicate: Callable[[str], bool]) -> str:
+    """A regex character class body (no brackets): the BMP characters satisfying `predicate` in CoreNLP's Unicode."""
+    chars = _NEWER_UNICODE.sub("", "".join(filter(predicate, _BMP)))
+    codes = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    breaks = np.flatnonzero(np.diff(codes) != 1)
+    starts, ends = codes[np.r_[0, breaks + 1]], codes[np.r_[breaks, len(codes) - 1]]
+    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in zip(starts, ends))
+
+
+_ALPHA = _char_class(str.isalpha) + "\u1885\u1886"  # JFlex [:letter:] (Java Character.isLetter)
+_UPPER = _char_class(str.isupper)
 _LET = f"[{_ALPHA}]"
 _SPLET = r"&[aeiouAEIOU](?i:acute|grave|uml);"
 # Characters the lexer counts as letters although Unicode does not (combining marks, soft hyphen, ...).
@@ -74,7 +69,7 @@ _LETTER_EXTRA = (
     r"\u0D46-\u0D48\u0E30-\u0E3A\u0E47-\u0E4E\u0EB1-\u0EBC\u0EC8-\u0ECD"
 )
 _LETTER = rf"(?:[{_ALPHA}{_LETTER_EXTRA}]|{_SPLET})"
-_DIGIT = f"[{_char_class(_old_unicode(str.isdecimal))}\\u07C0-\\u07C9]"
+_DIGIT = f"[{_char_class(str.isdecimal)}\\u07C0-\\u07C9]"
 _AN = r"[A-Za-z0-9]"
 _SPACE = r"[ \t\u00A0\u2000-\u200A\u3000]"
 _SPACES = f"{_SPACE}+"
@@ -445,32 +440,37 @@ class _Rule:
         self.longest = longest
 
 
-_RULES = [_Rule(*spec) for spec in _RULES_SPEC]
 _MAX_TOKEN = 200  # longest-match search window (characters)
 
 # Fast paths for what most captions are made of; each is exactly what the rules above give in that context.
 # A plain ASCII word followed by a space, a newline, the end, or one of , ; : ! ? . that is itself followed by a space,
 # a newline or the end (and for "." not by a spaced ellipsis); a lone such punctuation mark; a run of spaces; a newline.
 _END = r"(?:[ \t\n]|\Z)"
-_FAST = re.compile(
+_FAST = (
     rf"(?P<word>[A-Za-z]+)(?=[ \t\n]|\Z|[,;:!?]{_END}|(?P<dot>\.)(?:[\n]|\Z|[ \t](?!\.)))"
     rf"|(?P<punct>[,;:!?](?={_END})|\.(?=[\n]|\Z|[ \t](?!\.)))"
     r"|(?P<space>[ \t]+)|(?P<newline>\n)"
 )
 # Words the fast path must leave to the rules: assimilations, and abbreviations when a period follows.
 _NOT_PLAIN = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
-_ABBREVIATION = re.compile(
-    "|".join(
-        [_ABBREV1, _ABBREV3, r"(?i:pt[ey]|co)\."] + [rf"(?:{a})\." for a in (*_ABBREV4_ALTS, *_ACRO_ALTS)]
-    )
+_ABBREVIATION = "|".join(
+    [_ABBREV1, _ABBREV3, r"(?i:pt[ey]|co)\."] + [rf"(?:{a})\." for a in (*_ABBREV4_ALTS, *_ACRO_ALTS)]
 )
+
+
+@cache
+def _compiled() -> tuple[list[_Rule], re.Pattern, re.Pattern]:
+    """The rules, the fast path and the abbreviation test, compiled on first use (it takes about a second)."""
+    return [_Rule(*spec) for spec in _RULES_SPEC], re.compile(_FAST), re.compile(_ABBREVIATION)
+
+
 _abbreviation_cache: dict[str, bool] = {}
 
 
 def _is_abbreviation(word: str) -> bool:
     known = _abbreviation_cache.get(word)
     if known is None:
-        known = _abbreviation_cache[word] = _ABBREVIATION.fullmatch(word + ".") is not None
+        known = _abbreviation_cache[word] = _compiled()[2].fullmatch(word + ".") is not None
     return known
 
 
@@ -486,7 +486,8 @@ def _lex(text: str) -> list[str]:
     """Tokens of `text` as CoreNLP 3.4.1's PTBLexer with tokenizeNLs gives them; newlines are "\\n" tokens."""
     out: list[str] = []
     pos, n = 0, len(text)
-    fast = _FAST.match
+    rules, fast_path, _ = _compiled()
+    fast = fast_path.match
     while pos < n:
         m = fast(text, pos)
         if m is not None:
@@ -505,7 +506,7 @@ def _lex(text: str) -> list[str]:
                 pos = m.end()
                 continue
         best_end, best_rule, best_match = pos, None, None
-        for rule in _RULES:
+        for rule in rules:
             for pattern in rule.patterns:
                 m = pattern.match(text, pos)
                 if m is None:

@@ -1,0 +1,54 @@
+"""`python -m vqacap.evaluate captions`: score a COCO caption results file against COCO caption annotations.
+
+    python -m vqacap.evaluate captions --annotations A --results R [--metrics Bleu_4 CIDEr ...] [--no-tokenize] [--json]
+
+Prints one `name: value` line per metric as coco-caption does, or with --json one object keyed as pycocoevalcap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from vqacap.metrics.captions.evaluation import METRICS, evaluate_captions, load_annotations, load_results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--annotations", required=True, help="COCO caption annotations JSON (images, annotations)"
+    )
+    parser.add_argument("--results", required=True, help="COCO caption results JSON ([{image_id, caption}])")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        choices=METRICS,
+        default=None,
+        metavar="NAME",
+        help=f"metrics to compute (default: all that can run here): {' '.join(METRICS)}",
+    )
+    parser.add_argument(
+        "--no-tokenize",
+        dest="tokenize",
+        action="store_false",
+        help="captions are already PTB-tokenized: score them as given",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        references = load_annotations(args.annotations)
+        results = load_results(args.results)
+        scores = evaluate_captions(references, results, metrics=args.metrics, tokenize=args.tokenize)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for name, value in scores.items():
+            print(f"{name}: {value:.3f}")
+    return 0
