@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -42,10 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> list[dict]:
     path = Path(args.path or Path(tempfile.gettempdir()) / f"vqacap-bench-loader-{args.images}.h5")
     rows = [write_store(path, args.images, args.regions, args.dim)]
+    print(rows[-1], file=sys.stderr)
     store = RegionStore(path)
     for workers in args.workers:
         for mode, dataset in (("read_batch", BatchReads(store)), ("read+collate", ItemReads(store))):
             rows.append(time_epoch(mode, dataset, args.batch_size, workers))
+            print(rows[-1], file=sys.stderr)  # the table comes at the end; an epoch can take minutes
     return rows
 
 

@@ -121,14 +121,17 @@ def convert(source: Source, out: str | os.PathLike, dtype: str = "float16", prog
                 features, boxes, image_w, image_h = row.load()
                 if dtype == "float16" and np.abs(features).max(initial=0.0) > _FLOAT16_MAX:
                     raise CorruptRow("feature values overflow float16 (use --dtype float32)")
-                if writer is None:
-                    writer = _writer(out, features.shape[-1], dtype)
-                writer.add(row.image_id, features, boxes, image_w, image_h)
             except (CorruptRow, PrepareError) as err:
                 corrupt(row, str(err))
                 continue
-            except RegionStoreError as err:
-                corrupt(row, str(err).removeprefix(f"{out}: image {row.image_id}: "))
+            if writer is None:  # a store that cannot be created stops the run
+                writer = _writer(out, features.shape[-1], dtype)
+            try:
+                writer.add(row.image_id, features, boxes, image_w, image_h)
+            except (
+                RegionStoreError
+            ) as err:  # the writer's checks: sizes, boxes inside the image, finite values
+                corrupt(row, str(err).removeprefix(f"{writer.path}: image {row.image_id}: "))
                 continue
             first_seen[row.image_id] = row.where
             summary.converted += 1
