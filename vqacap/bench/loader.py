@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vqacap.data.store import RegionStore, RegionStoreWriter, collate_regions
@@ -38,10 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to time"
     )
     parser.add_argument("--path", help="store to write or reuse (default: <tmp>/vqacap-bench-loader-N.h5)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the main process (workers always use 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     path = Path(args.path or Path(tempfile.gettempdir()) / f"vqacap-bench-loader-{args.images}.h5")
+    # Copying items into the padded batch is many small tensor ops; with several intra-op threads on a busy machine
+    # they spend most of their time waiting for each other (measured 100x slower with 2 threads under load).
+    torch.set_num_threads(args.threads)
     rows = [write_store(path, args.images, args.regions, args.dim)]
     print(rows[-1], file=sys.stderr)
     store = RegionStore(path)
@@ -129,6 +139,7 @@ def time_epoch(mode: str, dataset, batch_size: int, workers: int) -> dict:
         "samples_per_s": round(samples / seconds),
         "peak_rss_tree_mb": round(peak.max_bytes / 2**20),
         "main_vmhwm_mb": round(_status_kb(os.getpid(), "VmHWM") / 1024),
+        "load_avg_1min": round(os.getloadavg()[0], 1),  # other work on the machine slows every figure
     }
 
 
