@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vqacap.cli import main
-from vqacap.data.store import RegionStore
+from vqacap.data.store import RegionStore, RegionStoreWriter
 from vqacap.prepare.features import Source, convert, h5_source, npz_source, tsv_source
 
 D = 2048
@@ -318,3 +318,16 @@ def test_cli_summary_and_exit_status(tsv_file, tmp_path, capsys):
         == 1
     )
     assert main(["prepare", "features", "--tsv", str(tmp_path / "missing.tsv"), "--out", str(out)]) == 2
+
+
+def test_buffered_writer_writes_the_same_store_as_unbuffered(tmp_path):
+    for buffer in (0, 40):
+        with RegionStoreWriter(tmp_path / f"b{buffer}.h5", D, buffer_regions=buffer) as writer:
+            for i in range(30):
+                features, boxes, w, h = make_image(i, 5 + i % 7)
+                writer.add(i, features, boxes, w, h)
+                features[:] = -1  # the caller reusing its buffer must not change what was queued
+    with h5py.File(tmp_path / "b0.h5") as a, h5py.File(tmp_path / "b40.h5") as b:
+        for name in ("image_ids", "image_w", "image_h", "num_regions", "region_start", "features", "boxes"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+        assert (a["features"][:] >= 0).all()

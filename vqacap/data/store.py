@@ -270,6 +270,8 @@ class RegionStoreWriter:
             raise RegionStoreError(
                 f"{where}: box {i} {boxes[i].tolist()} lies outside the {image_w}x{image_h} image or is inverted"
             )
+        if self.buffer_regions:  # the caller may reuse its arrays before the queue is written
+            features, boxes = features.copy(), boxes.copy()
         self._pending.append((image_id, int(image_w), int(image_h), features, boxes))
         self._pending_regions += k
         self._ids.add(image_id)
