@@ -56,7 +56,7 @@ def evaluate_captions_per_image(
 
     An image's BLEU is the sentence-level BLEU coco-caption reports per image; the corpus BLEU is not their mean.
     """
-    wanted = _metric_names(metrics)
+    wanted = check_metrics(metrics)
     image_ids = check_images(references, results)
     refs = [list(references[i]) for i in image_ids]
     candidates = [results[i] for i in image_ids]
@@ -100,7 +100,8 @@ def evaluate_captions_per_image(
     return scores, images
 
 
-def _metric_names(metrics: Iterable[str] | None) -> set[str]:
+def check_metrics(metrics: Iterable[str] | None) -> set[str]:
+    """The set of metric names asked for (all when None); a ValueError naming any unknown one."""
     if metrics is None:
         return set(METRICS)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)

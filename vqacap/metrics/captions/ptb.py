@@ -135,16 +135,16 @@ def _words(*lists: str) -> str:
 _ABMONTH = "jan feb mar apr jun jul aug sep sept oct nov dec"
 _ABDAYS = "mon tue tues wed thu thurs fri"
 _ABSTATE = (
-    "ala ariz [A]rk calif colo conn dak del fla ga [I]ll ind kans? ky la [M]ass md mich minn [M]iss mo mont neb nev "
-    "okla [O]re pa penn tenn tex va vt [W]ash wisc? wyo"
+    "ala ariz [A]z [A]rk calif colo conn ct dak [D]el fla ga [I]ll ind kans? ky [L]a [M]ass md mich minn [M]iss mo "
+    "mont neb nev okla [O]re [P]a penn tenn [T]ex va vt [W]ash wisc? wyo"
 )
-_ABCOMP = "inc cos? corp pp?t[ye]s? ltd plc bancorp bhd assn univ intl sys"
+_ABCOMP = "inc cos? corp pp?t[ye]s? ltd plc rt bancorp bhd assn univ intl sys"
 _ABNUM = "tel est ext sq"
 _ABPTIT = "jr sr bros (?:ed|ph)\\.d blvd rd esq"
-_ABBREV1 = _words(_ABMONTH, _ABDAYS, _ABSTATE, _ABCOMP, _ABNUM, _ABPTIT, "etc al seq") + r"\."
+_ABBREV1 = _words(_ABMONTH, _ABDAYS, _ABSTATE, _ABCOMP, _ABNUM, _ABPTIT, "etc al seq bldg") + r"\."
 _ABTITLE = (
     "mr mrs ms [M]iss drs? profs? sens? reps? attys? lt col gen messrs govs? adm rev maj sgt cpl pvt mt capt ste? "
-    "ave pres lieut hon brig co?mdr pfc spc supts? det ft"
+    "ave pres lieut hon brig co?mdr pfc spc supts? det ft adj adv asst assoc ens insp mlle mme msgr sfc"
 )
 _ABCOMP2 = "invt elec natl m[ft]g dept"
 _ABBREV4_ALTS = (

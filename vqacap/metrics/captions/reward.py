@@ -1,0 +1,150 @@
+"""CIDEr-D of sampled captions against training references: the reward of self-critical sequence training.
+
+Same formula as coco-caption's CIDEr-D scorer (cider.py), with the document frequencies counted once over all training
+images and log(number of training images) as the reference length, so the reward of a caption does not depend on the
+batch. Everything about the references (n-gram ids, tf-idf weights, norms, lengths) is computed at construction; a call
+counts the candidates' n-grams and gets all clipped dot products with a few sorted-array searches, without a Python
+loop over candidates.
+
+Shapes: N candidates, L tokens; R references in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from vqacap.metrics.captions.cider import SIGMA, _combine
+from vqacap.metrics.captions.ngrams import count, flatten, ngram_keys
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All indices of the ranges [lo, hi): (index, which range it belongs to)."""
+    sizes = hi - lo
+    owner = np.repeat(np.arange(len(lo)), sizes)
+    index = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes) + np.repeat(lo, sizes)
+    return index, owner
+
+
+class CiderDReward:
+    """references: {image_id: [reference token ids, ...]} of the training images (sequences may hold specials).
+
+    Token sequences end at the first id in `end_ids`; ids in `ignore_ids` are dropped (by default the four specials
+    <pad>, <bos>, <eos>, <unk>). `vocab_size` bounds the token ids (default: the largest reference id + 1).
+    """
+
+    def __init__(
+        self,
+        references: Mapping[int, Sequence[Sequence[int]]],
+        n: int = 4,
+        sigma: float = SIGMA,
+        vocab_size: int | None = None,
+        end_ids: Iterable[int] = (EOS_ID, PAD_ID),
+        ignore_ids: Iterable[int] = (PAD_ID, BOS_ID, EOS_ID, UNK_ID),
+    ) -> None:
+        self.n, self.sigma = n, sigma
+        self.end_ids = np.array(sorted(set(end_ids)), dtype=np.int64)
+        self.ignore_ids = np.array(sorted(set(ignore_ids)), dtype=np.int64)
+        if not references:
+            raise ValueError("CiderDReward needs the references of at least one image")
+        self.image_ids = np.array(sorted(references), dtype=np.int64)
+        refs = [
+            [self._clean(np.asarray(r, dtype=np.int64)) for r in references[i]]
+            for i in self.image_ids.tolist()
+        ]
+        self.ref_counts = np.array([len(r) for r in refs], dtype=np.int64)  # (I,)
+        if (self.ref_counts == 0).any():
+            i = int(self.image_ids[np.argmax(self.ref_counts == 0)])
+            raise ValueError(f"image {i} has no reference")
+        self.first_ref = np.cumsum(self.ref_counts) - self.ref_counts  # (I,)
+        tokens, lengths = flatten(r for rs in refs for r in rs)
+        largest = int(tokens.max(initial=0)) + 1
+        self.vocab_size = int(vocab_size) if vocab_size is not None else largest
+        if largest > self.vocab_size:
+            raise ValueError(f"reference token id {largest - 1} >= vocab_size {self.vocab_size}")
+        self.log_images = np.log(float(len(self.image_ids)))
+        ref_image = np.repeat(np.arange(len(self.image_ids)), self.ref_counts)
+        self.ref_len = np.maximum(lengths - 1, 0)  # (R,) bigram count, as pycocoevalcap measures length
+        self.ref_norm = np.zeros((len(lengths), n))  # (R, n)
+        # Per order: sorted distinct n-gram keys, idf per key, and the reference rows sorted by (image, key, ref).
+        self.keys, self.idf, self.rows = [], [], []
+        for k, (key, sentence) in enumerate(ngram_keys(tokens, lengths, n, self.vocab_size)):
+            unique, dense = np.unique(key, return_inverse=True)
+            ref_sentence, ref_key, ref_count = count(sentence, dense)
+            _, image_key, _ = count(ref_image[ref_sentence], ref_key)
+            idf = self.log_images - np.log(np.maximum(1.0, np.bincount(image_key, minlength=len(unique))))
+            vec = ref_count * idf[ref_key]
+            self.ref_norm[:, k] = np.sqrt(np.bincount(ref_sentence, vec**2, minlength=len(lengths)))
+            pair = ref_image[ref_sentence] * np.int64(len(unique)) + ref_key
+            order = np.argsort(pair, kind="stable")  # ties keep reference order
+            self.keys.append(unique)
+            self.idf.append(idf)
+            self.rows.append((pair[order], ref_sentence[order], vec[order]))
+
+    def _clean(self, ids: np.ndarray) -> np.ndarray:
+        ends = np.flatnonzero(np.isin(ids, self.end_ids))
+        ids = ids[: ends[0]] if len(ends) else ids
+        return ids[~np.isin(ids, self.ignore_ids)]
+
+    def __call__(self, image_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """image_ids (N,), candidates (N, L) token ids -> CIDEr-D rewards (N,) float32 on the candidates' device."""
+        scores = self.scores(image_ids.detach().cpu().numpy(), candidates.detach().cpu().numpy())
+        return torch.from_numpy(scores).to(device=candidates.device, dtype=torch.float32)
+
+    def scores(self, image_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """image_ids (N,), candidates (N, L) -> (N,) float64 CIDEr-D."""
+        image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+        candidates = np.asarray(candidates, dtype=np.int64).reshape(len(image_ids), -1)
+        image = np.minimum(np.searchsorted(self.image_ids, image_ids), len(self.image_ids) - 1)
+        unknown = self.image_ids[image] != image_ids
+        if unknown.any():
+            raise ValueError(
+                f"{int(unknown.sum())} candidates are for images without references (e.g. {image_ids[unknown][0]})"
+            )
+        if candidates.size and (candidates.min() < 0 or candidates.max() >= self.vocab_size):
+            raise ValueError(
+                f"candidate token ids must be in [0, {self.vocab_size}); pass vocab_size to CiderDReward"
+            )
+
+        # Candidates as flat token ids: cut at the first end id, specials dropped.
+        ended = np.isin(candidates, self.end_ids)
+        before_end = np.cumsum(ended, axis=1) == 0
+        keep = before_end & ~np.isin(candidates, self.ignore_ids)
+        tokens, lengths = candidates[keep], keep.sum(1)
+        num = len(image_ids)
+
+        # Every (candidate, reference of its image) pair: P = sum of the reference counts.
+        pair_ref, pair_cand = _expand(self.first_ref[image], self.first_ref[image] + self.ref_counts[image])
+        pair_start = (
+            np.cumsum(self.ref_counts[image]) - self.ref_counts[image]
+        )  # (N,) first pair of each candidate
+        dot = np.zeros((len(pair_ref), self.n))  # (P, n)
+        norm = np.zeros((num, self.n))  # (N, n)
+        for k, (key, sentence) in enumerate(ngram_keys(tokens, lengths, self.n, self.vocab_size)):
+            local_keys, local = np.unique(key, return_inverse=True)
+            cand, local_key, tf = count(sentence, local)
+            # Global id of each n-gram, -1 for n-grams no training reference has (df = 0, idf = log(images)).
+            keys = self.keys[k]
+            at = np.minimum(np.searchsorted(keys, local_keys), max(len(keys) - 1, 0))
+            known = keys[at] == local_keys if len(keys) else np.zeros(len(local_keys), dtype=bool)
+            global_key = np.where(known, at, -1)[local_key]
+            vec = tf * np.where(global_key >= 0, self.idf[k][np.maximum(global_key, 0)], self.log_images)
+            norm[:, k] = np.bincount(cand, vec**2, minlength=num)
+            # Reference rows with the same (image, n-gram): clipped products, summed per (candidate, reference).
+            seen = global_key >= 0
+            want = image[cand[seen]] * np.int64(len(keys)) + global_key[seen]
+            pairs, ref_sentence, ref_vec = self.rows[k]
+            row, owner = _expand(np.searchsorted(pairs, want, "left"), np.searchsorted(pairs, want, "right"))
+            hyp_vec = vec[seen][owner]
+            owner_cand = cand[seen][owner]
+            slot = ref_sentence[row] - self.first_ref[image[owner_cand]]
+            products = np.minimum(hyp_vec, ref_vec[row]) * ref_vec[row]
+            dot[:, k] = np.bincount(pair_start[owner_cand] + slot, products, minlength=len(pair_ref))
+
+        cand_len = np.maximum(lengths - 1, 0)
+        delta = cand_len[pair_cand] - self.ref_len[pair_ref]
+        sims = _combine(dot, self.ref_norm[pair_ref], np.sqrt(norm)[pair_cand], delta, self.sigma)  # (P, n)
+        return np.bincount(pair_cand, sims.mean(1), minlength=num) / self.ref_counts[image] * 10.0
