@@ -42,7 +42,7 @@ SIZES = {"small": (7, 10), "large": (13, 17)}  # radius range in pixels
 BACKGROUNDS = {"white": (245, 245, 245), "gray": (150, 150, 150), "black": (25, 25, 25)}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 SPLITS = ("train", "val", "test")
-VERSION = 1  # bump when the generator changes, so stale data is regenerated
+VERSION = 2  # bump when the generator changes, so stale data is regenerated
 
 
 @dataclass
@@ -76,15 +76,16 @@ def _relation(a: ShapesObject, b: ShapesObject) -> str:
 class ShapesGenerator:
     """Scenes, images, regions, captions and questions, all from one seeded generator."""
 
-    def __init__(self, seed: int = 0, image_size: int = 128, feature_dim: int = 2048, noise: float = 0.3) -> None:
+    def __init__(self, seed: int = 0, image_size: int = 128, feature_dim: int = 2048, noise: float = 0.1) -> None:
         self.rng = np.random.default_rng(seed)
         self.image_size = image_size
         self.feature_dim = feature_dim
         self.noise = noise
         emb = np.random.default_rng(seed + 1)
-        # Fixed "detector" embeddings: non-negative like ReLU detector outputs, unit-ish scale.
+        # Fixed "detector" embeddings, sparse and non-negative like pooled ReLU detector features (about 16% of the
+        # dimensions active, mean about 0.1), so the regions have the scale of real bottom-up features.
         self.embeddings = {
-            name: np.abs(emb.standard_normal(feature_dim)).astype(np.float32)
+            name: np.maximum(emb.standard_normal(feature_dim) - 1.0, 0.0).astype(np.float32)
             for name in (*SHAPES, *COLOURS, *SIZES, *(f"bg_{b}" for b in BACKGROUNDS))
         }
 
@@ -136,7 +137,7 @@ class ShapesGenerator:
             feats.append(self.embeddings[f"bg_{background}"].copy())
             boxes.append([x1, y1, min(x1 + w, s), min(y1 + h, s)])
         feats = np.stack(feats)
-        feats += self.noise * self.rng.standard_normal(feats.shape).astype(np.float32)
+        feats = np.maximum(feats + self.noise * self.rng.standard_normal(feats.shape).astype(np.float32), 0.0)
         return feats, np.asarray(boxes, dtype=np.float32)
 
     # -- language ---------------------------------------------------------------------------------------------------
@@ -248,6 +249,9 @@ def generate(
     if done.exists() and json.loads(done.read_text()) == settings:
         return root
     root.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    for stale in root.glob("*vocab*.json"):  # vocabularies built from an older generation
+        stale.unlink()
     store_path = root / "regions.h5"
     store_path.unlink(missing_ok=True)
     gen = ShapesGenerator(seed=seed, image_size=image_size, feature_dim=feature_dim)
