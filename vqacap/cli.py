@@ -4,7 +4,8 @@
     vqacap extract --images DIR --weights CKPT --out STORE ...
 
 Training is `vqacap-train`; offline scoring is `python -m vqacap.evaluate`. To add a subcommand, add one line to
-`COMMANDS` naming a module with `add_arguments(parser)` and `run(args) -> int` (the exit status).
+`COMMANDS` naming a module with `add_arguments(parser)` and `run(args) -> int` (the exit status). Only the module of the
+command being run is imported, so `vqacap prepare features` starts without torchvision or Lightning.
 """
 
 from __future__ import annotations
@@ -22,13 +23,29 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vqacap", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.set_defaults(command_module=module_name)
-        importlib.import_module(module_name).add_arguments(command)
-    args = parser.parse_args(argv)
-    return importlib.import_module(args.command_module).run(args)
+    add_dispatch(parser, COMMANDS, "COMMAND")
+    return run_dispatch(parser.prog, COMMANDS, parser.parse_args(argv))
+
+
+def add_dispatch(parser: argparse.ArgumentParser, registry: dict, metavar: str) -> None:
+    """A command word chosen from `registry` followed by that command's own arguments, parsed by `run_dispatch`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    width = max(len(name) for name in registry)
+    parser.epilog = f"{metavar.lower()}s:\n" + "\n".join(
+        f"  {name:<{width}}  {help_text}" for name, (_, help_text) in registry.items()
+    )
+    parser.add_argument("command", choices=registry, metavar=metavar, help=f"one of: {', '.join(registry)}")
+    parser.add_argument(
+        "args", nargs=argparse.REMAINDER, help=f"arguments of the {metavar.lower()} (see its --help)"
+    )
+
+
+def run_dispatch(prog: str, registry: dict, args: argparse.Namespace) -> int:
+    module_name, help_text = registry[args.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"{prog} {args.command}", description=help_text)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(args.args))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ vqacap prepare vqa2           VQA v2 questions/annotations -> per-split files + 
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from vqacap.cli import add_dispatch, run_dispatch
 
 # Step -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line).
 STEPS = {
@@ -25,12 +26,8 @@ STEPS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
-    for name, (module_name, help_text) in STEPS.items():
-        step = sub.add_parser(name, help=help_text, description=help_text)
-        step.set_defaults(step_module=module_name)
-        importlib.import_module(module_name).add_arguments(step)
+    add_dispatch(parser, STEPS, "STEP")
 
 
 def run(args: argparse.Namespace) -> int:
-    return importlib.import_module(args.step_module).run(args)
+    return run_dispatch("vqacap prepare", STEPS, args)
