@@ -45,6 +45,7 @@ def compose_train(overrides: list[str], output_dir: Path, data_dir: Path) -> Dic
         cfg = compose("train", overrides=[f"paths.data_dir={data_dir}", *overrides], return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
+        del cfg["hydra"]  # a real run's config has no hydra node either
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

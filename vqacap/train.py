@@ -15,6 +15,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vqacap.checkpoints import find_checkpoint, load_weights
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -28,6 +30,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
     module = instantiate(cfg.model, **datamodule.model_kwargs())
+    if cfg.get("init_from"):
+        ckpt = find_checkpoint(cfg.init_from, cfg.paths.log_dir, cfg.task_name)
+        load_weights(module, ckpt)
+        print(f"initialised from {ckpt}")
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.vocab import PAD_ID, Vocabulary
 from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
-from vqacap.metrics.captions import CaptionMetrics
-from vqacap.models.decoding import Decoded, DecodingOptions, decode
+from vqacap.metrics.captions import CaptionMetrics, CiderDReward
+from vqacap.models.decoding import Decoded, DecodingOptions, decode, sample
 
 
 class CaptioningModule(pl.LightningModule):
@@ -34,6 +34,7 @@ class CaptioningModule(pl.LightningModule):
         metrics: tuple[str, ...] = ("Bleu_4", "CIDEr"),
         monitor: str = "val/CIDEr",
         results_dir: str | None = None,
+        scst: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -44,15 +45,29 @@ class CaptioningModule(pl.LightningModule):
         self.val_decoding = DecodingOptions(**{**(decoding or {}), "beam_size": val_beam_size})
         self.metric_names = tuple(metrics)
         self.results_dir = results_dir
+        self.scst = None if not scst or not scst.get("enabled", True) else {
+            "num_samples": 5, "baseline": "greedy", "temperature": 1.0, **{k: v for k, v in scst.items() if k != "enabled"}
+        }
+        if self.scst and self.scst["baseline"] not in ("greedy", "mean"):
+            raise ValueError(f"model.scst.baseline: expected 'greedy' or 'mean', got {self.scst['baseline']!r}")
+        if self.scst and self.scst["baseline"] == "mean" and self.scst["num_samples"] < 2:
+            raise ValueError("model.scst.num_samples: the 'mean' baseline needs at least 2 samples per image")
+        self.reward: CiderDReward | None = None
         self._metrics: dict[str, CaptionMetrics] = {}
         self._results: list[dict] = []
 
     # -- data-dependent setup --------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
+        if list(dm.vocab.words) != list(self.vocab.words):
+            raise ValueError(f"{dm.vocab_path}: the data's vocabulary differs from the model's (was it rebuilt?)")
         for split in ("val", "test"):
             if split in dm.references and split not in self._metrics:
                 self._metrics[split] = CaptionMetrics(dm.references[split], self.vocab.words, self.metric_names)
+        if self.scst and stage == "fit" and self.reward is None:
+            # Document frequencies over all training references, precomputed once (Rennie et al. 2017).
+            refs = dm.references["train"]
+            self.reward = CiderDReward({i: [self.vocab.encode(c) for c in caps] for i, caps in refs.items()})
 
     def forward(self, batch: CaptionBatch, opts: DecodingOptions | None = None) -> Decoded:
         regions = batch.regions
@@ -60,11 +75,38 @@ class CaptioningModule(pl.LightningModule):
 
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, batch: CaptionBatch, batch_idx: int) -> torch.Tensor:
+        if self.scst:
+            return self._self_critical_step(batch)
         regions = batch.regions
         logits, _ = self.net(region_inputs(regions, self.use_spatial), regions.mask, batch.tokens)  # (B, G, T-1, V)
         target = batch.tokens[..., 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=PAD_ID)
         self.log("train/loss", loss, prog_bar=True, batch_size=target.size(0))
+        return loss
+
+    def _self_critical_step(self, batch: CaptionBatch) -> torch.Tensor:
+        """REINFORCE with a CIDEr-D reward and a baseline (Rennie et al. 2017, as in Anderson et al. 2018 Sec. 4.2)."""
+        regions, n = batch.regions, self.scst["num_samples"]
+        x = region_inputs(regions, self.use_spatial)
+        opts = DecodingOptions(**{**(self.hparams.decoding or {}), "temperature": self.scst["temperature"]})
+        samples = sample(self.net, x, regions.mask, opts, num_samples=n, greedy=False)  # tokens (B, n, T)
+        b = x.size(0)
+        rewards = self.reward(batch.image_ids.repeat_interleave(n), samples.tokens.flatten(0, 1)).view(b, n)
+        rewards = rewards.to(x.device)
+        if self.scst["baseline"] == "greedy":
+            self.net.eval()
+            with torch.no_grad():
+                greedy = sample(self.net, x, regions.mask, opts, num_samples=1, greedy=True).tokens[:, 0]
+            self.net.train()
+            baseline = self.reward(batch.image_ids, greedy).to(x.device).unsqueeze(1)  # (B, 1)
+        else:  # mean reward of the other samples of the same image
+            baseline = (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
+        advantage = (rewards - baseline).unsqueeze(-1)  # (B, n, 1)
+        emitted = (samples.tokens != PAD_ID).to(x.dtype)  # words and <eos>
+        loss = -(advantage * samples.log_probs * emitted).sum() / emitted.sum()
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=b)
+        self.log("train/baseline", baseline.mean(), batch_size=b)
         return loss
 
     # -- evaluation -----------------------------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""The real Hydra configs, composed as `python -m vqacap.train` composes them, run through real Lightning Trainers."""
+
+import csv
+import json
+
+import pytest
+
+from vqacap.train import run
+
+CAPTION_EXPERIMENTS = ["caption_shapes", "caption_shapes_blind"]
+
+
+@pytest.mark.parametrize("experiment", CAPTION_EXPERIMENTS)
+def test_caption_experiment_fast_dev_run(make_cfg, experiment):
+    from tests.conftest import TINY_CAPTIONER
+
+    cfg = make_cfg(f"experiment={experiment}", "debug=fdr", *TINY_CAPTIONER)
+    metrics = run(cfg)
+    assert {"test/CIDEr", "test/Bleu_4"} <= metrics.keys()
+
+
+def test_blind_experiment_zeroes_the_regions_only(make_cfg):
+    seeing = make_cfg("experiment=caption_shapes")
+    blind = make_cfg("experiment=caption_shapes_blind")
+    assert blind.data.zero_regions and not seeing.data.zero_regions
+    assert blind.model == seeing.model and blind.trainer == seeing.trainer
+
+
+def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_path):
+    from tests.conftest import TINY_CAPTIONER
+
+    cfg = make_cfg("experiment=caption_shapes", "trainer.max_epochs=2", "model.decoding.beam_size=3", *TINY_CAPTIONER)
+    metrics = run(cfg)
+    out = tmp_path / "run"
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert saved["metrics"] == metrics and saved["experiment"] == "caption_shapes"
+    assert 0 <= metrics["test/CIDEr"] and 0 <= metrics["test/Bleu_4"] <= 1
+    assert (out / "checkpoints" / "last.ckpt").is_file() and saved["checkpoint"].endswith(".ckpt")
+    results = json.loads((out / "test_captions.json").read_text())
+    assert len(results) == 12 and all(r["caption"] for r in results)
+    rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
+    assert any(r.get("val/CIDEr") for r in rows)
+
+
+def test_overfitting_a_few_batches_drives_the_loss_down(make_cfg, tmp_path):
+    from tests.conftest import TINY_CAPTIONER
+
+    cfg = make_cfg(
+        "experiment=caption_shapes", "debug=overfit", "trainer.overfit_batches=2", "trainer.max_epochs=40",
+        "trainer.log_every_n_steps=1", "model.optimizer.lr=0.01", "model.scheduler=null", "model.net.dropout=0",
+        "test=false", *TINY_CAPTIONER,
+    )
+    run(cfg)
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 60
+    assert losses[-1] < 0.15 * losses[0], (losses[0], losses[-1])
