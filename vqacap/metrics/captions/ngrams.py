@@ -2,8 +2,8 @@
 
 A corpus is a flat int64 array of word ids plus one length per sentence. The key of a k-gram is its word ids read as
 the digits of a number in base `vocab_size` (exact while vocab_size ** k < 2 ** 63, i.e. up to 55,107 words for
-4-grams); beyond that the key is a 64-bit hash of the digits (a collision needs two of the corpus' n-grams to share a
-64-bit hash). Keys of different orders are kept apart by the caller.
+4-grams); beyond that the key is a 64-bit hash (key of the (k-1)-gram prefix, next word), so two n-grams of the corpus
+would have to share a 64-bit hash to be confused. Keys of different orders are kept apart by the caller.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+_PRIME = np.uint64(0x100000001B3)
+
+
+def _hash(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer (a bijection of uint64, so distinct inputs stay distinct); wraps around on purpose."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def word_ids(sentences: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -26,10 +34,9 @@ def word_ids(sentences: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
 
 def flatten(sequences: Iterable[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Lists of ids -> (flat ids (T,), lengths (S,))."""
-    sequences = list(sequences)
+    sequences = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
     lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-    flat = np.fromiter((i for s in sequences for i in s), dtype=np.int64, count=int(lengths.sum()))
-    return flat, lengths
+    return (np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)), lengths
 
 
 def ngram_keys(
@@ -46,10 +53,8 @@ def ngram_keys(
         if k > 1:
             if exact:
                 key = key[:-1] * base + tokens[k - 1 :]
-            else:  # multiply-xorshift hash of (previous key, next word); wraps around on purpose
-                with np.errstate(over="ignore"):
-                    key = (key[:-1] ^ tokens[k - 1 :].astype(np.uint64)) * _MIX
-                    key ^= key >> np.uint64(29)
+            else:
+                key = _hash(key[:-1] * _PRIME + tokens[k - 1 :].astype(np.uint64) + np.uint64(1))
         valid = np.arange(len(key)) + k <= end[: len(key)]
         out.append((key[valid].view(np.int64), sentence[: len(key)][valid]))
     return out

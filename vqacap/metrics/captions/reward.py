@@ -51,16 +51,13 @@ class CiderDReward:
         if not references:
             raise ValueError("CiderDReward needs the references of at least one image")
         self.image_ids = np.array(sorted(references), dtype=np.int64)
-        refs = [
-            [self._clean(np.asarray(r, dtype=np.int64)) for r in references[i]]
-            for i in self.image_ids.tolist()
-        ]
+        refs = [references[i] for i in self.image_ids.tolist()]
         self.ref_counts = np.array([len(r) for r in refs], dtype=np.int64)  # (I,)
         if (self.ref_counts == 0).any():
             i = int(self.image_ids[np.argmax(self.ref_counts == 0)])
             raise ValueError(f"image {i} has no reference")
         self.first_ref = np.cumsum(self.ref_counts) - self.ref_counts  # (I,)
-        tokens, lengths = flatten(r for rs in refs for r in rs)
+        tokens, lengths = self._clean(*flatten(r for rs in refs for r in rs))
         largest = int(tokens.max(initial=0)) + 1
         self.vocab_size = int(vocab_size) if vocab_size is not None else largest
         if largest > self.vocab_size:
@@ -69,8 +66,9 @@ class CiderDReward:
         ref_image = np.repeat(np.arange(len(self.image_ids)), self.ref_counts)
         self.ref_len = np.maximum(lengths - 1, 0)  # (R,) bigram count, as pycocoevalcap measures length
         self.ref_norm = np.zeros((len(lengths), n))  # (R, n)
-        # Per order: sorted distinct n-gram keys, idf per key, and the reference rows sorted by (image, key, ref).
-        self.keys, self.idf, self.rows = [], [], []
+        # Per order: the sorted distinct n-gram keys and their idf; one row per (reference, n-gram) with its count,
+        # sorted by (image, n-gram id), and where each image's rows start.
+        self.keys, self.idf, self.rows, self.blocks = [], [], [], []
         for k, (key, sentence) in enumerate(ngram_keys(tokens, lengths, n, self.vocab_size)):
             unique, dense = np.unique(key, return_inverse=True)
             ref_sentence, ref_key, ref_count = count(sentence, dense)
@@ -78,16 +76,22 @@ class CiderDReward:
             idf = self.log_images - np.log(np.maximum(1.0, np.bincount(image_key, minlength=len(unique))))
             vec = ref_count * idf[ref_key]
             self.ref_norm[:, k] = np.sqrt(np.bincount(ref_sentence, vec**2, minlength=len(lengths)))
-            pair = ref_image[ref_sentence] * np.int64(len(unique)) + ref_key
-            order = np.argsort(pair, kind="stable")  # ties keep reference order
+            width = np.int64(len(unique))
+            pair = ref_image[ref_sentence] * width + ref_key
+            order = np.argsort(pair)
+            pair = pair[order]
             self.keys.append(unique)
             self.idf.append(idf)
-            self.rows.append((pair[order], ref_sentence[order], vec[order]))
+            self.rows.append((pair, ref_sentence[order].astype(np.int32), ref_count[order].astype(np.int32)))
+            self.blocks.append(np.searchsorted(pair, np.arange(len(self.image_ids) + 1) * width))
 
-    def _clean(self, ids: np.ndarray) -> np.ndarray:
-        ends = np.flatnonzero(np.isin(ids, self.end_ids))
-        ids = ids[: ends[0]] if len(ends) else ids
-        return ids[~np.isin(ids, self.ignore_ids)]
+    def _clean(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat sequences (T,), (S,) -> the same cut at their first end id, without the ignored ids."""
+        sentence = np.repeat(np.arange(len(lengths)), lengths)
+        ends = np.cumsum(np.isin(tokens, self.end_ids))
+        ends_before_sentence = np.r_[0, ends][np.cumsum(lengths) - lengths]
+        keep = (ends - ends_before_sentence[sentence] == 0) & ~np.isin(tokens, self.ignore_ids)
+        return tokens[keep], np.bincount(sentence[keep], minlength=len(lengths))
 
     def __call__(self, image_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """image_ids (N,), candidates (N, L) token ids -> CIDEr-D rewards (N,) float32 on the candidates' device."""
@@ -109,12 +113,8 @@ class CiderDReward:
                 f"candidate token ids must be in [0, {self.vocab_size}); pass vocab_size to CiderDReward"
             )
 
-        # Candidates as flat token ids: cut at the first end id, specials dropped.
-        ended = np.isin(candidates, self.end_ids)
-        before_end = np.cumsum(ended, axis=1) == 0
-        keep = before_end & ~np.isin(candidates, self.ignore_ids)
-        tokens, lengths = candidates[keep], keep.sum(1)
         num = len(image_ids)
+        tokens, lengths = self._clean(candidates.reshape(-1), np.full(num, candidates.shape[1]))
 
         # Every (candidate, reference of its image) pair: P = sum of the reference counts.
         pair_ref, pair_cand = _expand(self.first_ref[image], self.first_ref[image] + self.ref_counts[image])
@@ -134,14 +134,22 @@ class CiderDReward:
             vec = tf * np.where(global_key >= 0, self.idf[k][np.maximum(global_key, 0)], self.log_images)
             norm[:, k] = np.bincount(cand, vec**2, minlength=num)
             # Reference rows with the same (image, n-gram): clipped products, summed per (candidate, reference).
+            # The rows of this call's images are gathered first, so the searches run in a small table.
             seen = global_key >= 0
             want = image[cand[seen]] * np.int64(len(keys)) + global_key[seen]
-            pairs, ref_sentence, ref_vec = self.rows[k]
-            row, owner = _expand(np.searchsorted(pairs, want, "left"), np.searchsorted(pairs, want, "right"))
+            pairs, ref_sentence, ref_count = self.rows[k]
+            images = np.unique(image)
+            rows, _ = _expand(self.blocks[k][images], self.blocks[k][images + 1])
+            local_pairs = pairs[rows]
+            at, owner = _expand(
+                np.searchsorted(local_pairs, want, "left"), np.searchsorted(local_pairs, want, "right")
+            )
+            row = rows[at]
+            ref_vec = ref_count[row] * self.idf[k][pairs[row] % np.int64(len(keys))]
             hyp_vec = vec[seen][owner]
             owner_cand = cand[seen][owner]
             slot = ref_sentence[row] - self.first_ref[image[owner_cand]]
-            products = np.minimum(hyp_vec, ref_vec[row]) * ref_vec[row]
+            products = np.minimum(hyp_vec, ref_vec) * ref_vec
             dot[:, k] = np.bincount(pair_start[owner_cand] + slot, products, minlength=len(pair_ref))
 
         cand_len = np.maximum(lengths - 1, 0)
