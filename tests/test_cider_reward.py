@@ -106,3 +106,11 @@ def test_bad_input_is_reported():
         reward(torch.tensor([1]), torch.tensor([[4, 12]]))
     with pytest.raises(ValueError, match="image 2 has no reference"):
         CiderDReward({1: [[4]], 2: []})
+
+
+def test_default_vocabulary_bound_accepts_words_no_reference_uses():
+    references = {1: [[4, 5, 6]], 2: [[5, 6, 7]]}
+    candidates = torch.tensor([[4, 5, 900, 6, EOS_ID], [5, 6, 7, 0, 0]])
+    default = CiderDReward(references)(torch.tensor([1, 2]), candidates)
+    explicit = CiderDReward(references, vocab_size=1000)(torch.tensor([1, 2]), candidates)
+    torch.testing.assert_close(default, explicit)

@@ -87,6 +87,7 @@ class Meteor:
             self._process.stdin.close()
             self._process.kill()
             self._process.wait()
+        self._process.stdout.close()
 
     def __enter__(self) -> Meteor:
         return self

@@ -70,7 +70,6 @@ _LETTER_EXTRA = (
 )
 _LETTER = rf"(?:[{_ALPHA}{_LETTER_EXTRA}]|{_SPLET})"
 _DIGIT = f"[{_char_class(str.isdecimal)}\\u07C0-\\u07C9]"
-_AN = r"[A-Za-z0-9]"
 _SPACE = r"[ \t\u00A0\u2000-\u200A\u3000]"
 _SPACES = f"{_SPACE}+"
 _NEWLINE = r"(?:\r\n|[\r\n\u2028\u2029\u000B\u000C\u0085])"
@@ -302,7 +301,7 @@ _RULES_SPEC: list[tuple[str, Sequence[str], str | None, _Action, bool]] = [
     ("APOWORD2", [rf"[yY]{_APOS}"], _LET, _same, False),
     ("FULLURL", [r"(?i:https?)://[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},\-]"], None, _same, True),
     (
-        "LIKELYURL",
+        "LIKELYURL",  # `,-_` in the second class is a range (0x2C-0x5F: digits, capitals, ...), as in the Java grammar
         [
             r"(?:(?:(?i:www)\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4})|(?:(?:[^ \t\n\f\r\"`'<>|.!?(){}$,-_]+\.)+"
             r"(?i:com|net|org|edu)))(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},\-])?"

@@ -20,6 +20,8 @@ from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from vqacap.metrics.captions.cider import SIGMA, _combine
 from vqacap.metrics.captions.ngrams import count, flatten, ngram_keys
 
+EXACT_VOCAB = 55_000  # 55000 ** 4 < 2 ** 63: 4-gram keys are exact base-vocab numbers
+
 
 def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All indices of the ranges [lo, hi): (index, which range it belongs to)."""
@@ -33,7 +35,8 @@ class CiderDReward:
     """references: {image_id: [reference token ids, ...]} of the training images (sequences may hold specials).
 
     Token sequences end at the first id in `end_ids`; ids in `ignore_ids` are dropped (by default the four specials
-    <pad>, <bos>, <eos>, <unk>). `vocab_size` bounds the token ids (default: the largest reference id + 1).
+    <pad>, <bos>, <eos>, <unk>). `vocab_size` bounds the token ids; the default accepts any id below 55,000 (n-gram
+    keys stay exact up to that size) or the largest reference id.
     """
 
     def __init__(
@@ -59,7 +62,7 @@ class CiderDReward:
         self.first_ref = np.cumsum(self.ref_counts) - self.ref_counts  # (I,)
         tokens, lengths = self._clean(*flatten(r for rs in refs for r in rs))
         largest = int(tokens.max(initial=0)) + 1
-        self.vocab_size = int(vocab_size) if vocab_size is not None else largest
+        self.vocab_size = int(vocab_size) if vocab_size is not None else max(largest, EXACT_VOCAB)
         if largest > self.vocab_size:
             raise ValueError(f"reference token id {largest - 1} >= vocab_size {self.vocab_size}")
         self.log_images = np.log(float(len(self.image_ids)))
@@ -131,11 +134,13 @@ class CiderDReward:
             at = np.minimum(np.searchsorted(keys, local_keys), max(len(keys) - 1, 0))
             known = keys[at] == local_keys if len(keys) else np.zeros(len(local_keys), dtype=bool)
             global_key = np.where(known, at, -1)[local_key]
-            vec = tf * np.where(global_key >= 0, self.idf[k][np.maximum(global_key, 0)], self.log_images)
+            seen = global_key >= 0
+            idf = np.full(len(global_key), self.log_images)
+            idf[seen] = self.idf[k][global_key[seen]]
+            vec = tf * idf
             norm[:, k] = np.bincount(cand, vec**2, minlength=num)
             # Reference rows with the same (image, n-gram): clipped products, summed per (candidate, reference).
             # The rows of this call's images are gathered first, so the searches run in a small table.
-            seen = global_key >= 0
             want = image[cand[seen]] * np.int64(len(keys)) + global_key[seen]
             pairs, ref_sentence, ref_count = self.rows[k]
             images = np.unique(image)
