@@ -84,12 +84,13 @@ class RegionStore:
             raise RegionStoreError(f"{self.path}: duplicate image ids in /image_ids")
         self.max_regions = int(self.num_regions.max()) if len(self.num_regions) else 0
         self._file: h5py.File | None = None
+        self._features = self._boxes = None
         self._pid: int | None = None
 
     # h5py handles are per process: drop the handle when pickled and reopen lazily after fork.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_file"] = None
+        state["_file"] = state["_features"] = state["_boxes"] = None
         state["_pid"] = None
         return state
 
@@ -97,6 +98,8 @@ class RegionStore:
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r")
             self._pid = os.getpid()
+            # Dataset objects are looked up once: a name lookup per read costs as much as a small read.
+            self._features, self._boxes = self._file["features"], self._file["boxes"]
         return self._file
 
     def close(self) -> None:
@@ -120,8 +123,8 @@ class RegionStore:
         """Features (k, D) in the stored dtype and boxes (k, 4) of one image."""
         n = self.row(image_id)
         start, k = int(self.region_start[n]), int(self.num_regions[n])
-        f = self._handle()
-        return f["features"][start : start + k], f["boxes"][start : start + k]
+        self._handle()
+        return self._features[start : start + k], self._boxes[start : start + k]
 
     def read_batch(self, image_ids: list[int] | np.ndarray, pad_to: int | None = None) -> Regions:
         """Read several images into one padded float32 batch.
@@ -137,7 +140,7 @@ class RegionStore:
         b = len(rows)
         features = np.zeros((b, k, self.feature_dim), dtype=np.float32)
         boxes = np.zeros((b, k, 4), dtype=np.float32)
-        f = self._handle()
+        self._handle()
         order = np.argsort(rows, kind="stable")
         i = 0
         while i < b:
@@ -148,8 +151,8 @@ class RegionStore:
             first, last = rows[order[i]], rows[order[j - 1]]
             start = int(self.region_start[first])
             stop = int(self.region_start[last] + self.num_regions[last])
-            block_f = f["features"][start:stop]
-            block_b = f["boxes"][start:stop]
+            block_f = self._features[start:stop]
+            block_b = self._boxes[start:stop]
             for pos in order[i:j]:
                 s = int(self.region_start[rows[pos]]) - start
                 c = int(counts[pos])
