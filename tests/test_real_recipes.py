@@ -1,0 +1,46 @@
+"""The published recipes (COCO Karpathy captioning, VQA v2) run end to end on tiny files in the public formats:
+Karpathy JSON / official VQA v2 JSON and a bottom-up-attention TSV, through `vqacap prepare`, then a real Trainer."""
+
+import json
+
+import pytest
+
+from tests.conftest import TINY_CAPTIONER
+from tests.test_prepare_captions import karpathy_file
+from tests.test_prepare_features import make_image, tsv_line
+from tests.test_prepare_vqa2 import official, run_prepare  # noqa: F401 (fixture)
+from vqacap.cli import main as vqacap
+from vqacap.train import run
+
+CPU_LOADER = ["trainer=cpu", "data.num_workers=0", "data.pin_memory=false", "data.persistent_workers=false"]
+
+
+def _features(tmp_path, image_ids, out):
+    tsv = tmp_path / "features.tsv"
+    tsv.write_text("".join(tsv_line(i, *make_image(i, k=36)) + "\n" for i in image_ids))
+    assert vqacap(["prepare", "features", "--tsv", str(tsv), "--out", str(out), "--no-progress"]) == 0
+
+
+def test_caption_coco_recipes_run_on_prepared_karpathy_data(make_cfg, tmp_path):
+    coco = tmp_path / "data" / "coco"
+    assert vqacap(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(coco),
+                   "--min-count", "1"]) == 0
+    _features(tmp_path, [9, 25, 30, 42], coco / "regions.h5")
+    for experiment in ("caption_coco_xe", "caption_coco_scst"):
+        cfg = make_cfg(f"experiment={experiment}", "debug=fdr", f"paths.data_dir={tmp_path / 'data'}", "init_from=null",
+                       *CPU_LOADER, *TINY_CAPTIONER, "model.metrics=[Bleu_4,ROUGE_L,CIDEr]", tiny=False)
+        metrics = run(cfg)
+        assert {"test/Bleu_4", "test/ROUGE_L", "test/CIDEr"} <= metrics.keys()
+
+
+@pytest.mark.parametrize("experiment", ["vqa2_updown", "vqa2_reference"])
+def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experiment, official):
+    vqa2 = tmp_path / "data" / "vqa2"
+    assert run_prepare(official, vqa2) == 0
+    image_ids = sorted({q["image_id"] for name in official.values() if "questions" in name.name
+                        for q in json.loads(name.read_text())["questions"]})
+    _features(tmp_path, image_ids, vqa2 / "regions.h5")
+    cfg = make_cfg(f"experiment={experiment}", "debug=fdr", f"paths.data_dir={tmp_path / 'data'}",
+                   "model.net.hidden_size=32", *CPU_LOADER, tiny=False)
+    metrics = run(cfg)
+    assert "test/accuracy" in metrics
