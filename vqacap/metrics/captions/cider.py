@@ -58,14 +58,14 @@ def cider_d_corpus(corpus: Corpus, sigma: float = SIGMA) -> tuple[float, np.ndar
 
     test_len = np.maximum(corpus.test_lengths - 1, 0)
     ref_len = np.maximum(corpus.ref_lengths - 1, 0)
-    scores = _combine(
+    scores = similarities(
         dot, np.sqrt(ref_norm), np.sqrt(test_norm)[ref_image], test_len[ref_image] - ref_len, sigma
     )
     per_image = np.bincount(ref_image, scores.mean(1), minlength=num_images) / corpus.ref_counts * 10.0
     return float(np.mean(per_image)), per_image
 
 
-def _combine(
+def similarities(
     dot: np.ndarray, ref_norm: np.ndarray, test_norm: np.ndarray, delta: np.ndarray, sigma: float
 ) -> np.ndarray:
     """(R, n) cosine similarities with the length penalty, from (R, n) clipped dot products and norms, (R,) deltas."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import accumulate
 from pathlib import Path
@@ -89,7 +90,8 @@ def evaluate_captions_per_image(
         if reason is None:
             try:
                 totals[name], per_image[name] = scorer(refs, candidates)
-            except (OSError, RuntimeError, ValueError) as error:  # a JVM that cannot start, a jar that fails
+            except (OSError, RuntimeError, ValueError, KeyError, subprocess.SubprocessError) as error:
+                # a JVM that cannot start (memory), a jar that fails or answers in an unexpected format
                 reason = f"{name} skipped: {type(error).__name__}: {error}".splitlines()[0]
         if reason is not None:
             log.warning(reason)

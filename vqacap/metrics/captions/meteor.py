@@ -11,6 +11,7 @@ Optional: needs `java` and the pycocoevalcap package (jar and paraphrase table);
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import shutil
 import subprocess
@@ -64,7 +65,7 @@ class Meteor:
         """-> (corpus METEOR, per-image scores). references[i]: the captions of image i (tokenized strings)."""
         lines = [_score_line(refs, hyp) for refs, hyp in zip(references, candidates)]
         with self._lock:
-            writer = threading.Thread(target=self._write, args=("".join(lines),))
+            writer = threading.Thread(target=self._write_quietly, args=("".join(lines),))
             writer.start()
             stats = [self._read() for _ in lines]
             writer.join()
@@ -75,6 +76,11 @@ class Meteor:
     def _write(self, text: str) -> None:
         self._process.stdin.write(text.encode())
         self._process.stdin.flush()
+
+    def _write_quietly(self, text: str) -> None:
+        # From the writer thread: if the process died, the reader reports it.
+        with contextlib.suppress(BrokenPipeError):
+            self._write(text)
 
     def _read(self) -> str:
         line = self._process.stdout.readline()

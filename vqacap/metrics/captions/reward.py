@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from vqacap.metrics.captions.cider import SIGMA, _combine
+from vqacap.metrics.captions.cider import SIGMA, similarities
 from vqacap.metrics.captions.ngrams import count, flatten, ngram_keys
 
 EXACT_VOCAB = 55_000  # 55000 ** 4 < 2 ** 63: 4-gram keys are exact base-vocab numbers
@@ -159,5 +159,7 @@ class CiderDReward:
 
         cand_len = np.maximum(lengths - 1, 0)
         delta = cand_len[pair_cand] - self.ref_len[pair_ref]
-        sims = _combine(dot, self.ref_norm[pair_ref], np.sqrt(norm)[pair_cand], delta, self.sigma)  # (P, n)
+        sims = similarities(
+            dot, self.ref_norm[pair_ref], np.sqrt(norm)[pair_cand], delta, self.sigma
+        )  # (P, n)
         return np.bincount(pair_cand, sims.mean(1), minlength=num) / self.ref_counts[image] * 10.0
