@@ -46,12 +46,14 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vqacap.bench", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", default="outputs/bench", help="folder for the JSON results")
+    parser = argparse.ArgumentParser(prog="python -m vqacap.bench", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="name")
     modules = {name: importlib.import_module(mod) for name, mod in BENCHMARKS.items()}
     for name, module in modules.items():
-        module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0]))
-    parser.add_argument("--out", default="outputs/bench", help="folder for the JSON results")
+        help_line = (module.__doc__ or "").splitlines()[0]
+        module.add_arguments(sub.add_parser(name, help=help_line, parents=[common]))
     args, rest = parser.parse_known_args(argv)
     names = [args.name] if args.name else list(modules)
     out = Path(args.out)
