@@ -18,6 +18,7 @@ import sys
 COMMANDS = {
     "prepare": ("vqacap.prepare", "turn public downloads into the files training reads"),
     "extract": ("vqacap.extract", "extract region features from images with a local Faster R-CNN checkpoint"),
+    "visualize": ("vqacap.visualize", "draw attention maps of a trained captioner or VQA model (PNG files)"),
 }
 
 

@@ -187,6 +187,7 @@ class CaptionDataModule(pl.LightningDataModule):
         self.generator = generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
         self.references: dict[str, dict[int, list[str]]] = {}
         self.images: dict[str, dict[int, dict]] = {}
+        self._scenes: dict[str, dict[int, list[dict]] | None] = {}
         self._vocab: Vocabulary | None = None
         self._store: RegionStore | None = None
 
@@ -274,3 +275,45 @@ class CaptionDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    # -- examples, image files and scenes, for attention maps and grounding ----------------------------------------
+    def example_ids(self, split: str, count: int) -> list[int]:
+        """`count` image ids spread evenly over the split's sorted ids: the same images every call."""
+        return spread(sorted(self._split(split)), count)
+
+    def examples(self, split: str, image_ids: list[int]) -> CaptionBatch:
+        """An evaluation batch of these images of the split."""
+        refs = self._split(split)
+        unknown = [i for i in image_ids if int(i) not in refs]
+        if unknown:
+            raise ValueError(f"{self.annotation_paths[split]}: no image with id {unknown[0]}")
+        return self.eval_set(split).collate([int(i) for i in image_ids])
+
+    def image_path(
+        self, split: str, image_id: int, image_root: str | os.PathLike | None = None
+    ) -> Path | None:
+        """The image's COCO `file_name` under `image_root` (default: the data folder); None when the file has none."""
+        self._split(split)
+        name = self.images[split].get(int(image_id), {}).get("file_name")
+        return Path(image_root or self.data_dir) / name if name else None
+
+    def scenes(self, split: str) -> dict[int, list[dict]] | None:
+        """Objects of each image id from `scenes_<split>.json` (Shapes); None for data without scenes."""
+        if split not in self._scenes:
+            self._scenes[split] = load_scenes(self.data_dir / f"scenes_{split}.json")
+        return self._scenes[split]
+
+
+def spread(items: list, count: int) -> list:
+    """`count` items evenly spaced over `items`, first included (all of them when there are fewer)."""
+    if count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def load_scenes(path: str | os.PathLike) -> dict[int, list[dict]] | None:
+    """Objects per image id from a Shapes `scenes_<split>.json`; None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return {int(scene["image_id"]): scene["objects"] for scene in json.loads(path.read_text())["scenes"]}

@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vqacap.data.captions import RegionBatcher
+from vqacap.data.captions import RegionBatcher, load_caption_annotations, spread
 from vqacap.data.store import Regions, RegionStore, RegionStoreError
 from vqacap.data.vocab import Vocabulary
 from vqacap.metrics.vqa import (
@@ -305,6 +305,8 @@ class VQADataModule(pl.LightningDataModule):
             generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
         )
         self.splits: dict[str, VQASplit] = {}
+        self._target_boxes: dict[str, dict[int, list[float]] | None] = {}
+        self._image_files: dict[str, tuple[dict[int, str], list[str]]] = {}
         self._vocab: Vocabulary | None = None
         self._answers: AnswerVocabulary | None = None
         self._store: RegionStore | None = None
@@ -425,3 +427,47 @@ class VQADataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    # -- examples, image files and target boxes, for attention maps and grounding ----------------------------------
+    def example_ids(self, split: str, count: int) -> list[int]:
+        """`count` question ids spread evenly over the split in file order: the same questions every call."""
+        return spread(self._split(split).question_ids.tolist(), count)
+
+    def examples(self, split: str, question_ids: list[int]) -> VQABatch:
+        """A batch of these questions of the split."""
+        position = {q: i for i, q in enumerate(self._split(split).question_ids.tolist())}
+        unknown = [q for q in question_ids if int(q) not in position]
+        if unknown:
+            raise ValueError(f"{self.question_paths[split]}: no question with id {unknown[0]}")
+        return self.dataset(split).collate([position[int(q)] for q in question_ids])
+
+    def image_path(
+        self, split: str, image_id: int, image_root: str | os.PathLike | None = None
+    ) -> Path | None:
+        """The file of a question's image under `image_root` (default: the data folder), None when not found.
+
+        VQA questions name no files: the image records of `captions_<split>.json` are used when the folder has one
+        (Shapes writes both), else the official COCO naming `<subtype>/COCO_<subtype>_<image_id:012d>.jpg` of the
+        questions file's `data_subtype` (train2014, val2014, test2015, or two joined by '+').
+        """
+        root = Path(image_root or self.data_dir)
+        if split not in self._image_files:
+            captions = self.data_dir / f"captions_{split}.json"
+            images = load_caption_annotations(captions)[1] if captions.is_file() else {}
+            questions = {} if images else json.loads(self.question_paths[split].read_text())
+            subtype = questions.get("data_subtype", "")
+            files = {i: im["file_name"] for i, im in images.items() if "file_name" in im}
+            self._image_files[split] = (files, [s for s in str(subtype).split("+") if s])
+        files, subtypes = self._image_files[split]
+        name = files.get(int(image_id))
+        candidates = [name] if name else [f"{s}/COCO_{s}_{int(image_id):012d}.jpg" for s in subtypes]
+        return next((root / c for c in candidates if (root / c).is_file()), None)
+
+    def target_boxes(self, split: str) -> dict[int, list[float]] | None:
+        """The box of the object each single-object question is about (`target_box` of the Shapes annotations), by
+        question id; None when the split's annotations have no such boxes (real data, unannotated splits)."""
+        if split not in self._target_boxes:
+            annotations = self._annotations(split) or []
+            boxes = {int(a["question_id"]): list(a["target_box"]) for a in annotations if "target_box" in a}
+            self._target_boxes[split] = boxes or None
+        return self._target_boxes[split]

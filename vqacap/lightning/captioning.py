@@ -17,6 +17,7 @@ from vqacap.data.captions import CaptionBatch
 from vqacap.data.vocab import PAD_ID, Vocabulary
 from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
 from vqacap.metrics.captions import CaptionMetrics, CiderDReward
+from vqacap.metrics.grounding import GroundingAccuracy, caption_targets
 from vqacap.models.decoding import Decoded, DecodingOptions, decode, sample
 
 
@@ -54,6 +55,7 @@ class CaptioningModule(pl.LightningModule):
             raise ValueError("model.scst.num_samples: the 'mean' baseline needs at least 2 samples per image")
         self.reward: CiderDReward | None = None
         self._metrics: dict[str, CaptionMetrics] = {}
+        self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
         self._results: list[dict] = []
 
     # -- data-dependent setup --------------------------------------------------------------------------------------
@@ -115,6 +117,7 @@ class CaptioningModule(pl.LightningModule):
         tokens = decoded.tokens[:, 0]  # (B, T)
         metric = self._metrics[split].to(self.device)
         metric.update(batch.image_ids, tokens)
+        self._update_grounding(batch, split, decoded)
         if split == "test":
             for image_id, text in zip(batch.image_ids.tolist(), self.vocab.decode_batch(tokens)):
                 self._results.append({"image_id": image_id, "caption": text})
@@ -136,9 +139,11 @@ class CaptioningModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._log_grounding("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+        self._log_grounding("test")
         results = gather_objects(self._results)
         self._results = []
         if self.results_dir and self.trainer.is_global_zero:
@@ -149,3 +154,53 @@ class CaptioningModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
+
+    # -- attention: grounding accuracy, attention maps -------------------------------------------------------------
+    def _update_grounding(self, batch: CaptionBatch, split: str, decoded: Decoded) -> None:
+        """Grounding of the generated words that name one object of the scene; a no-op for data without scenes."""
+        scenes_of = getattr(self.trainer.datamodule, "scenes", None)
+        scenes = scenes_of(split) if scenes_of else None
+        if scenes is None:
+            return
+        tokens = decoded.tokens[:, 0]  # (B, T)
+        words = [caption.split() for caption in self.vocab.decode_batch(tokens)]
+        objects = [scenes.get(i, []) for i in batch.image_ids.tolist()]
+        targets, grounded = caption_targets(words, objects, tokens.size(1))  # (B, T, 4), (B, T)
+        self.grounding[split].update(
+            decoded.attention[:, 0], batch.regions.boxes, targets.to(self.device), grounded, batch.image_ids
+        )
+
+    def _log_grounding(self, split: str) -> None:
+        metric = self.grounding[split]
+        if metric.update_called:
+            # Synchronised across ranks; NaN when no word named one object.
+            accuracy = metric.compute()
+            metric.reset()
+            if not accuracy.isnan():
+                self.log(f"{split}/grounding", accuracy.item())
+
+    @torch.no_grad()
+    def explain(self, batch: CaptionBatch) -> list[dict]:
+        """What an attention map of each image shows: the caption of the validation decoding, and each word's attention.
+
+        Returns, per image, {"id", "image_id", "image_size" (w, h), "boxes" (k, 4), "words" (T words), "attention"
+        (T, k)} on the CPU, k the image's real regions; attention[t] is the attention of the step that emits words[t].
+        """
+        batch = batch.to(self.device)
+        training = self.training
+        self.eval()
+        decoded = self(batch, self.val_decoding)
+        self.train(training)
+        regions, items = batch.regions, []
+        for b, image_id in enumerate(batch.image_ids.tolist()):
+            words = self.vocab.decode(decoded.tokens[b, 0].tolist()).split()
+            real = regions.mask[b]
+            items.append({
+                "id": image_id,
+                "image_id": image_id,
+                "image_size": tuple(int(x) for x in regions.image_size[b].tolist()),
+                "boxes": regions.boxes[b, real].cpu(),
+                "words": words,
+                "attention": decoded.attention[b, 0, : len(words)][:, real].cpu(),
+            })  # fmt: skip
+        return items

@@ -18,8 +18,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from vqacap.data.vocab import PAD_ID
 from vqacap.data.vqa import VQABatch
 from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
+from vqacap.metrics.grounding import GroundingAccuracy
 from vqacap.metrics.vqa import VQAAccuracy
 from vqacap.models.vqa import VQAOutput
 
@@ -56,6 +58,7 @@ class VQAModule(pl.LightningModule):
         self.accuracy = torch.nn.ModuleDict(
             {split: VQAAccuracy(answer_types, question_types) for split in ("val", "test")}
         )
+        self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
         self._results: list[dict] = []
 
     def forward(self, batch: VQABatch) -> VQAOutput:
@@ -78,7 +81,8 @@ class VQAModule(pl.LightningModule):
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def _eval_step(self, batch: VQABatch, split: str) -> torch.Tensor:
-        logits = self(batch).logits  # (B, A)
+        output = self(batch)
+        logits = output.logits  # (B, A)
         prediction = logits.argmax(dim=1)  # (B,)
         if batch.targets is not None:
             self.log(
@@ -87,6 +91,7 @@ class VQAModule(pl.LightningModule):
             self.accuracy[split].update(
                 prediction, batch.gt_answers, batch.question_ids, batch.answer_types, batch.question_types
             )
+        self._update_grounding(batch, split, output.attention)
         return prediction
 
     def validation_step(self, batch: VQABatch, batch_idx: int) -> None:
@@ -118,9 +123,11 @@ class VQAModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy("val")
+        self._log_grounding("val")
 
     def on_test_epoch_end(self) -> None:
         scores = self._log_accuracy("test")
+        self._log_grounding("test")
         results = gather_objects(self._results)
         self._results = []
         if self.results_dir and self.trainer.is_global_zero:
@@ -136,3 +143,58 @@ class VQAModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
+
+    # -- attention: grounding accuracy, attention maps -------------------------------------------------------------
+    def _update_grounding(self, batch: VQABatch, split: str, attention: torch.Tensor) -> None:
+        """Grounding of the questions about one object (Shapes `target_box`); a no-op for data without such boxes."""
+        dm = self.trainer.datamodule
+        target_boxes = getattr(dm, "target_boxes", None)
+        boxes = target_boxes(dm.test_split if split == "test" else split) if target_boxes else None
+        if boxes is None:
+            return
+        question_ids = batch.question_ids.tolist()
+        grounded = torch.tensor([[q in boxes] for q in question_ids])  # (B, 1)
+        targets = [[boxes.get(q, [0.0] * 4)] for q in question_ids]
+        targets = torch.tensor(targets, device=self.device)  # (B, 1, 4)
+        self.grounding[split].update(
+            attention.unsqueeze(1), batch.regions.boxes, targets, grounded, batch.question_ids
+        )
+
+    def _log_grounding(self, split: str) -> None:
+        metric = self.grounding[split]
+        if metric.update_called:
+            # Synchronised across ranks; NaN when no question was about one object.
+            accuracy = metric.compute()
+            metric.reset()
+            if not accuracy.isnan():
+                self.log(f"{split}/grounding", accuracy.item())
+
+    @torch.no_grad()
+    def explain(self, batch: VQABatch) -> list[dict]:
+        """What an attention map of each question shows: the question, the predicted and human answers, the attention.
+
+        Returns, per question, {"id", "question_id", "image_id", "image_size" (w, h), "boxes" (k, 4), "question",
+        "answer", "gt_answer" (the human answers' most frequent candidate; None if none is one), "attention" (k,)} on
+        the CPU, k the image's real regions.
+        """
+        batch = batch.to(self.device)
+        training = self.training
+        self.eval()
+        output = self(batch)
+        self.train(training)
+        words, regions, items = self.hparams.words, batch.regions, []
+        for b, question_id in enumerate(batch.question_ids.tolist()):
+            humans = [] if batch.gt_answers is None else [i for i in batch.gt_answers[b].tolist() if i >= 0]
+            real = regions.mask[b]
+            items.append({
+                "id": question_id,
+                "question_id": question_id,
+                "image_id": int(batch.image_ids[b]),
+                "image_size": tuple(int(x) for x in regions.image_size[b].tolist()),
+                "boxes": regions.boxes[b, real].cpu(),
+                "question": " ".join(words[i] for i in batch.questions[b].tolist() if i != PAD_ID),
+                "answer": self.answers[int(output.logits[b].argmax())],
+                "gt_answer": self.answers[max(set(humans), key=humans.count)] if humans else None,
+                "attention": output.attention[b, real].cpu(),
+            })  # fmt: skip
+        return items

@@ -1,0 +1,5 @@
+"""Lightning callbacks of vqacap, configured under conf/callbacks/."""
+
+from vqacap.callbacks.attention_maps import AttentionMaps
+
+__all__ = ["AttentionMaps"]

@@ -1,0 +1,303 @@
+"""Attention maps: which regions the model looked at, drawn over the image with PIL.
+
+For captioning, one panel per generated word shows the image lit by the word's most attended boxes (heat proportional to
+the attention weight) under the caption; for VQA, one panel shows the question, the predicted and human answers and the
+attention over the boxes. When the image file is absent (real data without an image root), the boxes are drawn on a
+blank canvas of the image's size. What to draw comes from the LightningModules' `explain(batch)`; the DataModules give
+the examples (`examples`, `example_ids`) and the image files (`image_path`). The `AttentionMaps` callback logs these
+maps during validation; this module is also the command
+
+    vqacap visualize --run outputs/train/runs/caption_shapes/<date> --image-ids 4001 4002 --out maps/
+    vqacap visualize --checkpoint last.ckpt --data-dir data/shapes --question-ids 400100 --out maps/
+
+Dims: K regions of an image (real ones only), T words of a caption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+PANEL = 224  # longer side of an image panel, pixels
+HIGHLIGHT = (255, 64, 32)  # outline of the most attended box; the others get a fainter colour
+OUTLINE = (255, 200, 40)
+BLANK = (255, 255, 255)
+
+
+@dataclass
+class AttentionMap:
+    item: dict  # one record of `explain(batch)`
+    image: Image.Image  # the image, or a blank canvas of its size
+    image_found: bool
+    figure: Image.Image  # the rendered attention map
+
+
+# -- drawing --------------------------------------------------------------------------------------------------------
+def _font(size: int = 12) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the small bitmap font
+        return ImageFont.load_default()
+
+
+def load_image(path: Path | None, size: tuple[int, int]) -> tuple[Image.Image, bool]:
+    """The RGB image at `path`, or a blank canvas of `size` (width, height) when there is no such file."""
+    if path is not None and Path(path).is_file():
+        return Image.open(path).convert("RGB"), True
+    return Image.new("RGB", (int(size[0]), int(size[1])), BLANK), False
+
+
+def top_regions(attention: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
+    """(region index, weight) of the `top_k` largest weights of attention (K,), largest first."""
+    weights, index = attention.float().topk(min(top_k, attention.numel()))
+    return list(zip(index.tolist(), weights.tolist()))
+
+
+def top_boxes_text(boxes: torch.Tensor, attention: torch.Tensor, top_k: int) -> str:
+    """'0.62 [12, 30, 40, 58]; 0.21 [...]': the top boxes (K, 4) by attention (K,), for tables."""
+    return "; ".join(
+        f"{w:.2f} [{', '.join(str(round(c)) for c in boxes[i].tolist())}]"
+        for i, w in top_regions(attention, top_k)
+    )
+
+
+def heat_overlay(
+    image: Image.Image, boxes: torch.Tensor, attention: torch.Tensor, top_k: int = 3, size: int = PANEL
+) -> Image.Image:
+    """The image scaled to `size` and lit by its `top_k` most attended boxes (K, 4), dimmed elsewhere.
+
+    Each pixel's heat is the summed weight of the top boxes covering it, relative to the hottest pixel; the boxes are
+    outlined, the most attended one in red, with their weights.
+    """
+    scale = size / max(image.size)
+    panel = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
+    )
+    top = top_regions(attention, top_k)
+    heat = np.zeros((panel.height, panel.width), dtype=np.float32)
+    scaled = [(i, w, [round(c * scale) for c in boxes[i].tolist()]) for i, w in top]
+    for _, w, (x1, y1, x2, y2) in scaled:
+        heat[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] += w
+    heat /= max(float(heat.max()), 1e-12)
+    lit = np.asarray(panel, dtype=np.float32) * (0.3 + 0.7 * heat[..., None])
+    panel = Image.fromarray(lit.clip(0, 255).astype(np.uint8))
+    draw, font = ImageDraw.Draw(panel), _font(11)
+    for rank, (_, w, box) in reversed(list(enumerate(scaled))):  # the most attended box on top
+        colour = HIGHLIGHT if rank == 0 else OUTLINE
+        width = 2 if rank == 0 else 1
+        # A dark rim keeps the outline and its weight readable on objects of the outline's own colour.
+        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], outline=(0, 0, 0), width=width + 2)
+        draw.rectangle(box, outline=colour, width=width)
+        label = f"{w:.2f}"
+        draw.rectangle(draw.textbbox((box[0] + 2, box[1] + 1), label, font=font), fill=(0, 0, 0))
+        draw.text((box[0] + 2, box[1] + 1), label, fill=colour, font=font)
+    return panel
+
+
+def _wrap(text: str, width: int, font: ImageFont.ImageFont) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _text_block(lines: list[str], width: int, font: ImageFont.ImageFont) -> Image.Image:
+    wrapped = [w for line in lines for w in _wrap(line, width - 8, font)]
+    line_height = round(font.size * 1.3) if hasattr(font, "size") else 12
+    block = Image.new("RGB", (width, 6 + line_height * len(wrapped)), (255, 255, 255))
+    draw = ImageDraw.Draw(block)
+    for n, line in enumerate(wrapped):
+        draw.text((4, 3 + n * line_height), line, fill=(0, 0, 0), font=font)
+    return block
+
+
+def _stack(parts: list[Image.Image]) -> Image.Image:
+    out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), (255, 255, 255))
+    y = 0
+    for p in parts:
+        out.paste(p, (0, y))
+        y += p.height
+    return out
+
+
+def caption_figure(
+    image: Image.Image, item: dict, top_k: int = 3, columns: int = 4, image_found: bool = True
+) -> Image.Image:
+    """The caption above a grid of panels, one per word: the word under the image lit by its attention (T, K)."""
+    font = _font(13)
+    panels = [
+        _stack(
+            [
+                heat_overlay(image, item["boxes"], item["attention"][t], top_k),
+                _text_block([word], PANEL, font),
+            ]
+        )
+        for t, word in enumerate(item["words"])
+    ]
+    columns = max(1, min(columns, len(panels)))
+    rows = [panels[i : i + columns] for i in range(0, len(panels), columns)]
+    grid = []
+    for row in rows:
+        strip = Image.new("RGB", (columns * (PANEL + 4), max(p.height for p in row)), (255, 255, 255))
+        for n, p in enumerate(row):
+            strip.paste(p, (n * (PANEL + 4), 0))
+        grid.append(strip)
+    width = max([g.width for g in grid] + [PANEL])
+    header = [f"image {item['image_id']}: {' '.join(item['words']) or '(empty caption)'}"]
+    if not image_found:
+        header.append("(image file not found: boxes on a blank canvas)")
+    return _stack([_text_block(header, width, font), *grid])
+
+
+def vqa_figure(image: Image.Image, item: dict, top_k: int = 3, image_found: bool = True) -> Image.Image:
+    """The question, the predicted and human answers, and the image lit by the attention (K,)."""
+    lines = [
+        f"Q: {item['question']}",
+        f"predicted: {item['answer']}    ground truth: {item['gt_answer'] or '-'}",
+    ]
+    if not image_found:
+        lines.append("(image file not found: boxes on a blank canvas)")
+    panel = heat_overlay(image, item["boxes"], item["attention"], top_k)
+    return _stack([_text_block(lines, panel.width, _font(13)), panel])
+
+
+def text_of(item: dict) -> str:
+    """One line naming what a map shows: the caption, or the question with its answers."""
+    if "words" in item:
+        return " ".join(item["words"])
+    return f"{item['question']} -> {item['answer']} (ground truth: {item['gt_answer'] or '-'})"
+
+
+def attention_maps(
+    module, datamodule, split: str, ids: list[int], image_root: str | Path | None = None, top_k: int = 3
+) -> list[AttentionMap]:
+    """Attention maps of these examples (image ids for captioning, question ids for VQA) of a split."""
+    maps = []
+    for item in module.explain(datamodule.examples(split, ids)):
+        path = datamodule.image_path(split, item["image_id"], image_root)
+        image, found = load_image(path, item["image_size"])
+        if "words" in item:
+            figure = caption_figure(image, item, top_k, image_found=found)
+        else:
+            figure = vqa_figure(image, item, top_k, image_found=found)
+        maps.append(AttentionMap(item, image, found, figure))
+    return maps
+
+
+def save_maps(maps: list[AttentionMap], folder: str | Path) -> list[Path]:
+    """Write each map as `<folder>/<id>.png`; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for m in maps:
+        path = folder / f"{m.item['id']}.png"
+        m.figure.save(path)
+        paths.append(path)
+    return paths
+
+
+# -- the `vqacap visualize` command ----------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--run", type=Path, help="a training run folder (holds .hydra/config.yaml and checkpoints/)"
+    )
+    source.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint file (then --data-dir, unless it sits in a run)"
+    )
+    parser.add_argument("--data-dir", type=Path, help="data folder (default: the one the run was trained on)")
+    parser.add_argument(
+        "--image-root", type=Path, help="folder the image file names are relative to (default: data)"
+    )
+    ids = parser.add_mutually_exclusive_group()
+    ids.add_argument("--image-ids", type=int, nargs="+", help="images to draw (captioning)")
+    ids.add_argument("--question-ids", type=int, nargs="+", help="questions to draw (VQA)")
+    parser.add_argument(
+        "--count", type=int, default=8, help="without ids: this many examples spread over the split"
+    )
+    parser.add_argument("--split", default="val", help="data split (default: val)")
+    parser.add_argument("--top-k", type=int, default=3, help="most attended boxes drawn per word or question")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+
+
+def _run_checkpoint(run: Path) -> Path:
+    """The run's tested (best) checkpoint, else its last one."""
+    metrics = run / "test_metrics.json"
+    if metrics.is_file():
+        tested = json.loads(metrics.read_text()).get("checkpoint")
+        if tested and Path(tested).is_file():
+            return Path(tested)
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    found = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"{run}: no checkpoint under checkpoints/")
+    return found[-1]
+
+
+def load(args: argparse.Namespace):
+    """(LightningModule in eval mode, DataModule) from --run or --checkpoint/--data-dir."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from vqacap.data.captions import CaptionDataModule
+    from vqacap.data.vqa import VQADataModule
+    from vqacap.lightning.captioning import CaptioningModule
+    from vqacap.lightning.vqa import VQAModule
+
+    if args.run is not None:
+        if not (args.run / ".hydra" / "config.yaml").is_file():
+            raise FileNotFoundError(f"{args.run}: not a run folder (no .hydra/config.yaml)")
+        checkpoint = _run_checkpoint(args.run)
+    elif not args.checkpoint.is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: checkpoint not found")
+    else:
+        checkpoint = args.checkpoint
+    config = (args.run or checkpoint.parent.parent) / ".hydra" / "config.yaml"
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    is_vqa = "answers" in hparams
+    module_class = VQAModule if is_vqa else CaptioningModule
+    module = module_class.load_from_checkpoint(checkpoint, map_location=args.device, weights_only=False)
+    module.eval()
+    if config.is_file():
+        data = OmegaConf.load(config).data  # interpolations resolve against the run's whole config
+        if args.data_dir is not None:
+            data.data_dir = str(args.data_dir)
+        # The data must already be there: never (re)generate it from a visualisation command.
+        datamodule = instantiate(data, generator=None, _recursive_=False)
+    elif args.data_dir is not None:
+        datamodule = (VQADataModule if is_vqa else CaptionDataModule)(data_dir=str(args.data_dir))
+    else:
+        raise ValueError(f"{checkpoint}: not inside a run folder; give --data-dir")
+    return module, datamodule
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        module, datamodule = load(args)
+        is_vqa = hasattr(module, "answers")
+        if (args.question_ids and not is_vqa) or (args.image_ids and is_vqa):
+            given, model = (
+                ("--question-ids", "a captioning") if args.question_ids else ("--image-ids", "a VQA")
+            )
+            raise ValueError(f"{given} given for {model} checkpoint")
+        ids = args.question_ids or args.image_ids or datamodule.example_ids(args.split, args.count)
+        maps = attention_maps(module, datamodule, args.split, ids, args.image_root, args.top_k)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"vqacap visualize: {err}", file=sys.stderr)
+        return 2
+    for m, path in zip(maps, save_maps(maps, args.out)):
+        print(f"{path}\t{text_of(m.item)}")
+    return 0
