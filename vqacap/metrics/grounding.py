@@ -100,9 +100,9 @@ class GroundingAccuracy(Metric):
         self.grounded.append(grounded.sum(dim=1))  # (B,)
 
     def compute(self) -> torch.Tensor:
+        if isinstance(self.example_id, list) and not self.example_id:
+            return torch.tensor(float("nan"), device=self.device)
         example_id = dim_zero_cat(self.example_id)
-        if example_id.numel() == 0:
-            return torch.tensor(float("nan"))
         # Keep the first occurrence of every example id: a stable sort puts it first in its run of equal ids.
         order = torch.argsort(example_id, stable=True)
         ids = example_id[order]
