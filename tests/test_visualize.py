@@ -1,0 +1,97 @@
+"""Attention-map drawing, and `vqacap visualize` end to end on checkpoints of tiny Shapes runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tests.conftest import TINY_CAPTIONER
+from vqacap.cli import main as vqacap
+from vqacap.train import run
+from vqacap.visualize import PANEL, caption_figure, heat_overlay, top_boxes_text, vqa_figure
+
+TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
+SHORT = ["+trainer.limit_train_batches=2", "test=false", "callbacks.attention_maps=null"]
+BOXES = torch.tensor([[0.0, 0, 50, 50], [50, 0, 100, 50]])  # the two halves of a 100 x 50 image
+
+
+def test_heat_overlay_lights_the_attended_boxes_and_dims_the_rest():
+    white = Image.new("RGB", (100, 50), (255, 255, 255))
+    attention = torch.tensor([0.9, 0.1])
+    panel = heat_overlay(white, BOXES, attention, top_k=1)
+    assert panel.size == (PANEL, PANEL // 2)  # scaled so the longer side is PANEL
+    left, right = panel.getpixel((PANEL // 4, PANEL // 4)), panel.getpixel((3 * PANEL // 4, PANEL // 4))
+    assert left == (255, 255, 255) and right == (76, 76, 76)  # outside the top box: 30% of the image
+    # With both boxes, the second is lit in proportion to its weight: 0.3 + 0.7 * 0.1 / 0.9 of the image.
+    right = heat_overlay(white, BOXES, attention, top_k=2).getpixel((3 * PANEL // 4, PANEL // 4))
+    assert right[0] == pytest.approx(255 * (0.3 + 0.7 / 9), abs=1)
+
+
+def test_caption_figure_has_one_panel_per_word_under_the_caption():
+    image = Image.new("RGB", (100, 100), (0, 0, 0))
+    words = ["a", "red", "circle", "above", "squares"]
+    item = {"image_id": 7, "boxes": BOXES, "words": words, "attention": torch.rand(5, 2).softmax(-1)}
+    figure = caption_figure(image, item, top_k=1, columns=4)
+    assert figure.width == 4 * (PANEL + 4)  # two rows: four panels, then one
+    assert 2 * PANEL < figure.height < 3 * PANEL
+    empty = caption_figure(image, {**item, "words": [], "attention": torch.zeros(0, 2)})
+    assert empty.width == PANEL  # the caption line alone
+
+
+def test_vqa_figure_shows_the_question_above_one_panel():
+    item = {"question": "what color is the circle", "answer": "red", "gt_answer": None, "boxes": BOXES,
+            "attention": torch.tensor([0.7, 0.3])}  # fmt: skip
+    figure = vqa_figure(Image.new("RGB", (100, 100)), item, image_found=False)
+    assert figure.width == PANEL and figure.height > PANEL
+    assert top_boxes_text(BOXES, item["attention"], 2) == "0.70 [0, 0, 50, 50]; 0.30 [50, 0, 100, 50]"
+
+
+def train_tiny(make_cfg, *overrides: str) -> Path:
+    """A tiny run folder as `python -m vqacap.train` leaves it: checkpoints/ and .hydra/config.yaml."""
+    cfg = make_cfg(*overrides, *SHORT)
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    (out / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    return out
+
+
+def test_cli_draws_captions_of_a_run_folder(make_cfg, tmp_path, capsys):
+    run_dir = train_tiny(make_cfg, "experiment=caption_shapes", *TINY_CAPTIONER)
+    maps = tmp_path / "maps"
+    capsys.readouterr()  # the training run's output
+    assert vqacap(["visualize", "--run", str(run_dir), "--image-ids", "61", "70", "--out", str(maps)]) == 0
+    assert sorted(p.name for p in maps.iterdir()) == ["61.png", "70.png"]
+    with Image.open(maps / "61.png") as figure:
+        assert figure.width >= PANEL and figure.height > PANEL
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"{maps / '61.png'}\t")
+
+    # A captioning model has no questions; an unknown image is a one-line error.
+    assert vqacap(["visualize", "--run", str(run_dir), "--question-ids", "6100", "--out", str(maps)]) == 2
+    assert "--question-ids given for a captioning checkpoint" in capsys.readouterr().err
+    assert vqacap(["visualize", "--run", str(run_dir), "--image-ids", "1", "--out", str(maps)]) == 2
+    assert "no image with id 1" in capsys.readouterr().err
+
+
+def test_cli_draws_answers_from_a_checkpoint_and_a_data_folder(make_cfg, data_root, tmp_path, capsys):
+    run_dir = train_tiny(make_cfg, "experiment=vqa_shapes", *TINY_VQA)
+    checkpoint = tmp_path / "model.ckpt"  # outside its run folder: the data folder must be given
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", checkpoint)
+    maps = tmp_path / "maps"
+    args = ["visualize", "--checkpoint", str(checkpoint), "--out", str(maps)]
+    capsys.readouterr()  # the training run's output
+    assert vqacap(args) == 2
+    assert "give --data-dir" in capsys.readouterr().err
+
+    args += ["--data-dir", str(data_root / "shapes"), "--question-ids", "6100", "6201", "--top-k", "2"]
+    assert vqacap(args) == 0
+    assert sorted(p.name for p in maps.iterdir()) == ["6100.png", "6201.png"]
+    with Image.open(maps / "6100.png") as figure:
+        assert figure.width == PANEL and figure.height > PANEL
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("ground truth" in line for line in lines)
