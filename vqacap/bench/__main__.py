@@ -16,6 +16,8 @@ import torch
 BENCHMARKS = {
     "cider": "vqacap.bench.cider",
     "loader": "vqacap.bench.loader",
+    "peak": "vqacap.bench.peak",
+    "models": "vqacap.bench.models",
 }
 
 
