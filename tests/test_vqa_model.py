@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqacap.models.vqa import UpDownVQA
+from vqacap.models.attention import masked_softmax
+from vqacap.models.vqa import ConcatAttention, GatedTanh, UpDownVQA
 
 B, K, D, T, V, A, H = 3, 5, 12, 6, 20, 7, 16
 
@@ -86,3 +87,27 @@ def test_word_embeddings_and_spatial_features():
         _model("updown", word_embeddings=torch.randn(V, 50))
     with pytest.raises(ValueError, match="variant must be one of"):
         _model("transformer")
+
+
+def test_concat_attention_equals_gated_tanh_of_the_concatenation():
+    regions, mask, _ = _batch()
+    attention = ConcatAttention(D, H, 8)
+    query = torch.randn(B, H)
+    concat = torch.cat([regions, query.unsqueeze(1).expand(-1, K, -1)], dim=-1)  # [v_i; q], (B, K, D + H)
+    expected = masked_softmax(attention.w_a(attention.f_a(concat)).squeeze(-1), mask)
+    assert torch.allclose(attention(regions, query, mask), expected, atol=1e-6)
+
+
+def test_gated_tanh_loads_checkpoints_with_separate_gate_weights():
+    torch.manual_seed(3)
+    linear, gate = torch.nn.Linear(D, H), torch.nn.Linear(D, H)
+    old = {
+        "linear.weight": linear.weight,
+        "linear.bias": linear.bias,
+        "gate.weight": gate.weight,
+        "gate.bias": gate.bias,
+    }
+    layer = GatedTanh(D, H)
+    layer.load_state_dict({k: v.detach().clone() for k, v in old.items()})
+    x = torch.randn(B, D)
+    assert torch.allclose(layer(x), torch.tanh(linear(x)) * torch.sigmoid(gate(x)), atol=1e-6)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -44,15 +45,31 @@ class VQAOutput:
 
 
 class GatedTanh(nn.Module):
-    """f(x) = tanh(W x + b) * sigmoid(W' x + b'), the non-linear layer of Anderson et al. 2018 Sec. 3.3."""
+    """f(x) = tanh(W x + b) * sigmoid(W' x + b'), the non-linear layer of Anderson et al. 2018 Sec. 3.3.
+
+    W and W' are stacked in one matrix, so a layer is one matrix product.
+    """
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_dim, out_dim)  # W, b
-        self.gate = nn.Linear(in_dim, out_dim)  # W', b'
+        self.linear = nn.Linear(in_dim, 2 * out_dim)  # [W; W'], [b; b']
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.linear(x)) * torch.sigmoid(self.gate(x))
+        return self.activate(self.linear(x))
+
+    @staticmethod
+    def activate(pre: torch.Tensor) -> torch.Tensor:
+        """pre = [W x + b; W' x + b'] (..., 2 * out) -> (..., out)."""
+        y, gate = pre.chunk(2, dim=-1)
+        return torch.tanh(y) * torch.sigmoid(gate)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before W and W' were stacked hold them as `linear` and `gate`.
+        for name in ("weight", "bias"):
+            gate = state_dict.pop(f"{prefix}gate.{name}", None)
+            if gate is not None:
+                state_dict[f"{prefix}linear.{name}"] = torch.cat([state_dict[f"{prefix}linear.{name}"], gate])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def wn_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
@@ -70,13 +87,17 @@ class ConcatAttention(nn.Module):
 
     def __init__(self, feature_dim: int, query_dim: int, hidden_dim: int) -> None:
         super().__init__()
+        self.feature_dim = feature_dim
         self.f_a = GatedTanh(feature_dim + query_dim, hidden_dim)
         self.w_a = nn.Linear(hidden_dim, 1, bias=False)  # a bias would cancel in the softmax
 
     def forward(self, regions: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """regions (B, K, D), query (B, H), mask (B, K) -> weights (B, K)."""
-        query = query.unsqueeze(1).expand(-1, regions.size(1), -1)  # (B, K, H)
-        scores = self.w_a(self.f_a(torch.cat([regions, query], dim=-1))).squeeze(-1)  # (B, K)
+        # f_a([v_i; q]) computed as W_v v_i + (W_q q + b): the same product without building the (B, K, D + H)
+        # concatenation, and the question half once per question instead of once per region.
+        w_v, w_q = self.f_a.linear.weight.split([self.feature_dim, query.size(-1)], dim=1)
+        pre = F.linear(regions, w_v) + F.linear(query, w_q, self.f_a.linear.bias).unsqueeze(1)  # (B, K, 2A)
+        scores = self.w_a(self.f_a.activate(pre)).squeeze(-1)  # (B, K)
         return masked_softmax(scores, mask)
 
 
