@@ -16,6 +16,7 @@ Dims: K regions of an image (real ones only), T words of a caption.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-PANEL = 224  # longer side of an image panel, pixels
+PANEL = 160  # longer side of an image panel, pixels
 HIGHLIGHT = (255, 64, 32)  # outline of the most attended box; the others get a fainter colour
 OUTLINE = (255, 200, 40)
 BLANK = (255, 255, 255)
@@ -40,6 +41,7 @@ class AttentionMap:
 
 
 # -- drawing --------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
 def _font(size: int = 12) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -76,29 +78,44 @@ def heat_overlay(
     Each pixel's heat is the summed weight of the top boxes covering it, relative to the hottest pixel; the boxes are
     outlined, the most attended one in red, with their weights.
     """
+    panel, scale = _scale(image, size)
+    return _light(panel, _dim(panel), boxes * scale, attention, top_k)
+
+
+def _scale(image: Image.Image, size: int) -> tuple[Image.Image, float]:
     scale = size / max(image.size)
-    panel = image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
-    )
-    top = top_regions(attention, top_k)
+    shape = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(shape, Image.BILINEAR), scale
+
+
+def _dim(panel: Image.Image) -> Image.Image:
+    return panel.point(lambda v: int(0.3 * v))  # what no attention leaves of the image
+
+
+def _light(
+    panel: Image.Image, dim: Image.Image, boxes: torch.Tensor, attention: torch.Tensor, top_k: int
+) -> Image.Image:
+    """`panel` where heat is 1, `dim` where it is 0, in proportion between; boxes (K, 4) in panel pixels."""
+    top = [(w, [round(c) for c in boxes[i].tolist()]) for i, w in top_regions(attention, top_k)]
     heat = np.zeros((panel.height, panel.width), dtype=np.float32)
-    scaled = [(i, w, [round(c * scale) for c in boxes[i].tolist()]) for i, w in top]
-    for _, w, (x1, y1, x2, y2) in scaled:
+    for w, (x1, y1, x2, y2) in top:
         heat[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] += w
-    heat /= max(float(heat.max()), 1e-12)
-    lit = np.asarray(panel, dtype=np.float32) * (0.3 + 0.7 * heat[..., None])
-    panel = Image.fromarray(lit.clip(0, 255).astype(np.uint8))
-    draw, font = ImageDraw.Draw(panel), _font(11)
-    for rank, (_, w, box) in reversed(list(enumerate(scaled))):  # the most attended box on top
+    heat *= 255 / max(float(heat.max()), 1e-12)
+    lit = Image.composite(panel, dim, Image.fromarray(heat.round().astype(np.uint8), mode="L"))
+    draw, font = ImageDraw.Draw(lit), _font(11)
+    for rank, (w, box) in reversed(list(enumerate(top))):  # the most attended box on top
         colour = HIGHLIGHT if rank == 0 else OUTLINE
         width = 2 if rank == 0 else 1
         # A dark rim keeps the outline and its weight readable on objects of the outline's own colour.
         draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], outline=(0, 0, 0), width=width + 2)
         draw.rectangle(box, outline=colour, width=width)
-        label = f"{w:.2f}"
-        draw.rectangle(draw.textbbox((box[0] + 2, box[1] + 1), label, font=font), fill=(0, 0, 0))
-        draw.text((box[0] + 2, box[1] + 1), label, fill=colour, font=font)
-    return panel
+        label, corner = (
+            f"{w:.2f}",
+            (box[0], box[1] - 13 if box[1] >= 13 else box[1] + 1),
+        )  # above the box if room
+        draw.rectangle(draw.textbbox(corner, label, font=font), fill=(0, 0, 0))
+        draw.text(corner, label, fill=colour, font=font)
+    return lit
 
 
 def _wrap(text: str, width: int, font: ImageFont.ImageFont) -> list[str]:
@@ -135,13 +152,10 @@ def caption_figure(
 ) -> Image.Image:
     """The caption above a grid of panels, one per word: the word under the image lit by its attention (T, K)."""
     font = _font(13)
+    panel, scale = _scale(image, PANEL)
+    dim, boxes = _dim(panel), item["boxes"] * scale
     panels = [
-        _stack(
-            [
-                heat_overlay(image, item["boxes"], item["attention"][t], top_k),
-                _text_block([word], PANEL, font),
-            ]
-        )
+        _stack([_light(panel, dim, boxes, item["attention"][t], top_k), _text_block([word], PANEL, font)])
         for t, word in enumerate(item["words"])
     ]
     columns = max(1, min(columns, len(panels)))
@@ -201,7 +215,7 @@ def save_maps(maps: list[AttentionMap], folder: str | Path) -> list[Path]:
     paths = []
     for m in maps:
         path = folder / f"{m.item['id']}.png"
-        m.figure.save(path)
+        m.figure.save(path, compress_level=1)  # fast: maps are drawn every validation epoch
         paths.append(path)
     return paths
 

@@ -53,10 +53,10 @@ class AttentionMaps(pl.Callback):
             return
         ids = self.ids or datamodule.example_ids(self.split, self.num_examples)
         maps = attention_maps(pl_module, datamodule, self.split, ids, self.image_root, self.top_k)
-        save_maps(maps, self.dirpath / f"epoch_{epoch:03d}")
+        paths = save_maps(maps, self.dirpath / f"epoch_{epoch:03d}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                self._log_wandb(logger, maps, trainer.global_step)
+                self._log_wandb(logger, maps, paths, trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
                 for m in maps:
                     logger.experiment.add_image(
@@ -64,16 +64,17 @@ class AttentionMaps(pl.Callback):
                         dataformats="HWC",
                     )  # fmt: skip
 
-    def _log_wandb(self, logger: WandbLogger, maps: list[AttentionMap], step: int) -> None:
+    def _log_wandb(self, logger: WandbLogger, maps: list[AttentionMap], paths: list[Path], step: int) -> None:
         import wandb
 
         table = wandb.Table(columns=["id", "attention_map", "text", "top_boxes"])
         images = []
-        for m in maps:
+        for m, path in zip(maps, paths):
             images.append(
                 wandb.Image(m.image, caption=text_of(m.item), boxes={"attention": self.box_data(m.item)})
             )
-            table.add_data(m.item["id"], wandb.Image(m.figure), text_of(m.item), self.top_boxes(m.item))
+            # The saved PNG, copied rather than encoded again: encoding dominates the cost of a map.
+            table.add_data(m.item["id"], wandb.Image(str(path)), text_of(m.item), self.top_boxes(m.item))
         logger.log_metrics(
             {f"{self.split}/attention_maps": images, f"{self.split}/attention_table": table}, step=step
         )
