@@ -1,0 +1,190 @@
+"""Exact resume (vqacap/callbacks/checkpoint.py): a real training subprocess killed mid-epoch and resumed from its
+last.ckpt ends with the weights and metrics of an uninterrupted run; a write that dies half-way leaves last.ckpt whole."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
+from vqacap.callbacks.checkpoint import ResumableCheckpoint, ResumableSampler, rng_states, set_rng_states
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS_PER_EPOCH = 15  # 60 training images, batches of 4
+KILL_AT_STEP = 22  # in the second epoch, 2 steps after the mid-epoch last.ckpt of step 20
+
+
+class StallAt(pl.Callback):
+    """Runs inside the training subprocess: once `step` optimiser steps are done (their checkpoints written), writes
+    `marker` and sleeps, so that the test kills the process at a known point in the middle of an epoch."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, marker
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            Path(self.marker).write_text(str(trainer.global_step))
+            time.sleep(600)
+
+
+def _train(data_root: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
+    args = [
+        *TINY_OVERRIDES, *TINY_CAPTIONER, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}",
+        "experiment=caption_shapes", "trainer.max_epochs=2", "trainer.deterministic=true", "model.optimizer.lr=0.01",
+        "callbacks.model_checkpoint.save_last_every_n_train_steps=5", "callbacks.attention_maps=null",
+        "+trainer.enable_progress_bar=false", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    log = (run_dir.parent / f"{run_dir.name}.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "vqacap.train", *args], cwd=REPO, env=env, stdout=log, stderr=log)
+
+
+def _finish(process: subprocess.Popen, run_dir: Path) -> None:
+    assert process.wait(timeout=300) == 0, (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(make_cfg, tmp_path, data_root):
+    datamodule = instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False)
+    datamodule.prepare_data()  # generate the tiny Shapes once, before two processes would both do it
+    straight_dir, killed_dir, marker = tmp_path / "straight", tmp_path / "killed", tmp_path / "stalled"
+    straight = _train(data_root, straight_dir)
+    killed = _train(
+        data_root, killed_dir, "+callbacks.stall._target_=tests.test_resume.StallAt",
+        f"+callbacks.stall.step={KILL_AT_STEP}", f"+callbacks.stall.marker={marker}",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        killed.kill()
+
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    saved = _load(last)
+    assert saved["global_step"] == 20 and saved["epoch"] == 1  # mid-epoch: 5 of the second epoch's 15 batches
+    _finish(straight, straight_dir)
+    _finish(_train(data_root, killed_dir, f"ckpt_path={last}"), killed_dir)  # same run folder, as a requeued job
+
+    expected, resumed = _load(straight_dir / "checkpoints" / "last.ckpt"), _load(last)
+    assert expected["global_step"] == resumed["global_step"] == 2 * STEPS_PER_EPOCH
+    assert expected["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, weight in expected["state_dict"].items():
+        assert torch.equal(weight, resumed["state_dict"][name]), name
+    metrics = [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in (straight_dir, killed_dir)]
+    assert metrics[0] == metrics[1] and metrics[0]["test/CIDEr"] > 0
+
+
+# -- atomic checkpoint files ----------------------------------------------------------------------------------------
+
+
+class TinyRegression(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(torch.randn(16, 4), batch_size=4)
+
+
+class Killed(Exception):
+    pass
+
+
+class DiesWhileWriting(TorchCheckpointIO):
+    """The `fail_at`-th checkpoint write stops half-way through the file, as a process killed while writing it."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at, self.writes = fail_at, 0
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self.writes += 1
+        if self.writes < self.fail_at:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise Killed("killed while writing a checkpoint")
+
+
+def _fit_until_a_write_dies(checkpoint: ModelCheckpoint, tmp_path: Path) -> Path:
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, callbacks=[checkpoint], plugins=[DiesWhileWriting(fail_at=3)],
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(Killed):
+        trainer.fit(TinyRegression())
+    return tmp_path / "last.ckpt"
+
+
+def test_a_write_dying_half_way_leaves_the_previous_last_checkpoint_whole(tmp_path):
+    last = _fit_until_a_write_dies(
+        ResumableCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, save_last_every_n_train_steps=1), tmp_path
+    )
+    assert _load(last)["global_step"] == 2  # the third write (step 3) died; the second is intact
+    assert not any(p.suffix == ".ckpt" and p.name != "last.ckpt" for p in tmp_path.iterdir())
+
+
+def test_lightnings_own_checkpoint_is_corrupted_by_the_same_failure(tmp_path):
+    # The hazard the atomic write removes: Lightning writes onto the final name when its temporary file is elsewhere.
+    last = _fit_until_a_write_dies(
+        ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, every_n_train_steps=1), tmp_path
+    )
+    with pytest.raises(RuntimeError):
+        _load(last)
+
+
+# -- the pieces ---------------------------------------------------------------------------------------------------
+
+
+def test_training_order_depends_on_seed_and_epoch_only():
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = ResumableSampler(range(20), num_replicas=1, rank=0, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(1, 0) == order(1, 0) and order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
+    assert sorted(order(1, 3)) == list(range(20))
+
+
+def test_sampler_start_skips_the_consumed_samples_of_one_pass_only():
+    sampler = ResumableSampler(range(10), num_replicas=2, rank=1, seed=0)  # this rank's shard: 5 samples
+    sampler.set_epoch(4)
+    full = list(sampler)
+    sampler.start = 2
+    assert list(sampler) == full[2:] and list(sampler) == full and len(sampler) == 5
+
+
+def test_random_states_survive_a_weights_only_checkpoint():
+    buffer = io.BytesIO()
+    torch.save(rng_states(), buffer)
+    draws = torch.rand(3), float(torch.randn(1))
+    buffer.seek(0)
+    set_rng_states(torch.load(buffer, weights_only=True))
+    assert torch.equal(torch.rand(3), draws[0]) and float(torch.randn(1)) == draws[1]
