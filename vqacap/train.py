@@ -2,6 +2,10 @@
 
 The DataModule, LightningModule, loggers, callbacks and Trainer are all `_target_` nodes of `conf/train.yaml`. The final
 test metrics are written to `<run folder>/test_metrics.json`.
+
+Two settings are handled here rather than by a `_target_`: `model.compile` (`+model.compile=true`, or a mapping of
+`torch.compile` options) compiles the pure nn.Module in place, and a SLURM job that was requeued (preempted, or timed out
+under `hydra/launcher=slurm`) resumes from the newest `last.ckpt` of its own run folder.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vqacap.checkpoints import find_checkpoint, load_weights
 
@@ -29,7 +33,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
-    module = instantiate(cfg.model, **datamodule.model_kwargs())
+    model_cfg = cfg.model.copy()
+    with open_dict(model_cfg):
+        compile_options = model_cfg.pop("compile", None)
+    module = instantiate(model_cfg, **datamodule.model_kwargs())
+    _compile(module, compile_options)
     if cfg.get("init_from"):
         ckpt = find_checkpoint(cfg.init_from, cfg.paths.log_dir, cfg.task_name)
         load_weights(module, ckpt)
@@ -41,7 +49,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only=False: our checkpoints hold the model's Hydra nodes (hyper-parameters) besides tensors.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg), weights_only=False)
     metrics: dict[str, float] = {}
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -57,6 +66,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
     return metrics
+
+
+def _compile(module: pl.LightningModule, options: DictConfig | bool | None) -> None:
+    """torch.compile the module's pure nn.Module (`module.net`) in place, so checkpoints keep their parameter names.
+
+    Fixed shapes spare recompilations: tokens are padded to `data.max_length` already, regions need
+    `data.pad_regions_to` (e.g. 36 for detector features; Shapes images have at most 9 regions).
+    """
+    if options:
+        module.net.compile(**({} if options is True else OmegaConf.to_container(options)))
+
+
+def _resume_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path`; unset in a requeued SLURM job, "last": the newest last.ckpt of the run folder (a run folder from
+    before the requeue: hydra-submitit-launcher resubmits the same job). Lightning's own requeue checkpoints
+    (hpc_ckpt_*.ckpt, SIGUSR1 without submitit) are left to Lightning, which resumes from them by itself."""
+    if cfg.get("ckpt_path") or int(os.environ.get("SLURM_RESTART_COUNT", 0)) == 0:
+        return cfg.get("ckpt_path")
+    hpc = list(Path(cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
+    return None if hpc else "last"
 
 
 def _table(metrics: dict[str, float]) -> str:
