@@ -133,7 +133,8 @@ def hand_made_captions(cfg):
 def test_caption_words_are_grounded_on_the_scene_objects(make_cfg):
     module, batch, decoded = hand_made_captions(make_cfg("experiment=caption_shapes", *TINY_CAPTIONER))
     module._update_grounding(batch, "val", decoded)
-    assert float(module.grounding["val"].compute()) == pytest.approx(1 / 2)
+    assert module.grounding["val"].compute_and_reset() == pytest.approx(1 / 2)
+    assert module.grounding["val"].compute_and_reset() is None  # reset for the next epoch
 
 
 def test_vqa_run_logs_grounding_in_validation_and_test(make_cfg):

@@ -171,13 +171,9 @@ class CaptioningModule(pl.LightningModule):
         )
 
     def _log_grounding(self, split: str) -> None:
-        metric = self.grounding[split]
-        if metric.update_called:
-            # Synchronised across ranks; NaN when no word named one object.
-            accuracy = metric.compute()
-            metric.reset()
-            if not accuracy.isnan():
-                self.log(f"{split}/grounding", accuracy.item())
+        accuracy = self.grounding[split].compute_and_reset()
+        if accuracy is not None:  # data with scenes or target boxes, and something to ground
+            self.log(f"{split}/grounding", accuracy)
 
     @torch.no_grad()
     def explain(self, batch: CaptionBatch) -> list[dict]:

@@ -114,3 +114,14 @@ class GroundingAccuracy(Metric):
         if grounded == 0:
             return torch.tensor(float("nan"), device=example_id.device)
         return hits.double() / grounded.double()
+
+    def compute_and_reset(self) -> float | None:
+        """The accuracy, then a reset for the next epoch; None when there was no update or nothing was grounded.
+
+        Every rank must call it (the states are gathered), and every rank gets the same answer.
+        """
+        if not self.update_called:
+            return None
+        accuracy = self.compute()
+        self.reset()
+        return None if accuracy.isnan() else accuracy.item()
