@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from vqacap.data.vocab import EOS_ID, PAD_ID, UNK_ID
+from vqacap.models import captioner
 from vqacap.models.attention import AdditiveAttention
-from vqacap.models.captioner import UpDownCaptioner
+from vqacap.models.captioner import StepWeights, UpDownCaptioner
 from vqacap.models.decoding import DecodingOptions, beam_search, decode, sample
 
 V, D = 30, 12
@@ -12,7 +13,9 @@ V, D = 30, 12
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return UpDownCaptioner(vocab_size=V, feature_dim=D, embed_dim=8, hidden_dim=16, attention_dim=10, dropout=0.0).eval()
+    return UpDownCaptioner(
+        vocab_size=V, feature_dim=D, embed_dim=8, hidden_dim=16, attention_dim=10, dropout=0.0
+    ).eval()
 
 
 def _regions(b=3, k=7):
@@ -48,7 +51,9 @@ def test_grouped_attention_equals_per_hypothesis_attention():
     queries = torch.randn(3, 4, 16)
     grouped = attention(attention.project_regions(regions), queries, mask)
     for g in range(4):
-        torch.testing.assert_close(grouped[:, g], attention(attention.project_regions(regions), queries[:, g], mask))
+        torch.testing.assert_close(
+            grouped[:, g], attention(attention.project_regions(regions), queries[:, g], mask)
+        )
 
 
 def test_teacher_forcing_matches_step_by_step_decoding(model):
@@ -79,7 +84,9 @@ def test_beam_search_is_batched_consistently_and_sorted(model):
     assert together.tokens.shape[:2] == (3, 4)
     assert (together.scores[:, :-1] >= together.scores[:, 1:]).all()
     for i in range(3):  # each image decoded alone gives the same beams
-        alone = beam_search(model, regions[i : i + 1, : int(mask[i].sum())], mask[i : i + 1, : int(mask[i].sum())], opts)
+        alone = beam_search(
+            model, regions[i : i + 1, : int(mask[i].sum())], mask[i : i + 1, : int(mask[i].sum())], opts
+        )
         t = alone.tokens.size(-1)
         assert torch.equal(alone.tokens[0], together.tokens[i, :, :t])
         torch.testing.assert_close(alone.scores[0], together.scores[i])
@@ -130,7 +137,9 @@ def test_sampling_keeps_gradients_and_respects_temperature(model):
     assert model.embed.weight.grad is not None
     model.eval()
     torch.manual_seed(0)
-    cold = sample(model, regions, mask, DecodingOptions(max_length=6, temperature=1e-4), num_samples=4, greedy=False)
+    cold = sample(
+        model, regions, mask, DecodingOptions(max_length=6, temperature=1e-4), num_samples=4, greedy=False
+    )
     greedy = sample(model, regions, mask, DecodingOptions(max_length=6), greedy=True)
     assert torch.equal(cold.tokens, greedy.tokens.expand_as(cold.tokens))
 
@@ -138,3 +147,65 @@ def test_sampling_keeps_gradients_and_respects_temperature(model):
 def test_feature_dimension_mismatch_is_a_clear_error(model):
     with pytest.raises(ValueError, match="dimension 5 but the model expects feature_dim=12"):
         model(torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.long))
+
+
+def _gradients(model, loss_fn) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss_fn().backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _plain_autograd(monkeypatch):
+    """Every layer called directly: autograd adds one weight gradient per step."""
+    monkeypatch.setattr(captioner, "StepWeights", lambda *layers: StepWeights())
+
+
+@pytest.mark.parametrize("path", ["teacher_forcing", "sampling"])
+def test_gathered_step_gradients_equal_plain_autograd(model, monkeypatch, path):
+    regions, mask = _regions()
+    tokens = torch.randint(4, V, (3, 2, 6))
+    model.train()
+
+    def loss():
+        torch.manual_seed(5)  # the same dropout masks and samples in both passes
+        if path == "teacher_forcing":
+            return model(regions, mask, tokens)[0].logsumexp(-1).sum()
+        return sample(
+            model, regions, mask, DecodingOptions(max_length=6), num_samples=3, greedy=False
+        ).log_probs.sum()
+
+    gathered = _gradients(model, loss)
+    _plain_autograd(monkeypatch)
+    plain = _gradients(model, loss)
+    assert gathered.keys() == plain.keys() and len(plain) == len(list(model.parameters()))
+    for name in plain:
+        torch.testing.assert_close(gathered[name], plain[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_step_weights_gather_linear_and_embedding_gradients():
+    torch.manual_seed(3)
+    embed, cell = torch.nn.Embedding(V, 8, padding_idx=0), torch.nn.Linear(8 + 8, 8)
+    ids = torch.randint(0, V, (4, 5))
+    ids[0, 2] = 0  # <pad> rows get no gradient
+
+    def loss(layers):
+        h = torch.zeros(4, 8)
+        for t in range(5):
+            h = torch.tanh(layers(cell, torch.cat([layers(embed, ids[:, t]), h], -1)))
+        return h.square().sum()
+
+    def grads(layers):
+        embed.zero_grad(), cell.zero_grad()
+        loss(layers).backward()
+        return [p.grad.clone() for p in (embed.weight, cell.weight, cell.bias)]
+
+    for gathered, plain in zip(grads(StepWeights(embed, cell)), grads(StepWeights())):
+        torch.testing.assert_close(gathered, plain, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():  # no graph, no gathering: the layers as they are
+        assert torch.equal(loss(StepWeights(embed, cell)), loss(StepWeights()))
+    with torch.autocast(
+        "cpu", dtype=torch.bfloat16
+    ):  # low-precision steps, gradients in the parameters' dtype
+        autocast = grads(StepWeights(embed, cell))
+    assert all(g.dtype == torch.float32 for g in autocast)
+    torch.testing.assert_close(autocast[1], grads(StepWeights())[1], atol=0.05, rtol=0.05)

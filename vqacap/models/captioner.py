@@ -9,7 +9,8 @@ steps in one matmul, the region side of the attention (W_va v_i) once per image,
 in one matmul. The language LSTM's input projection of the attended feature is moved inside the attention sum:
 W v_hat + b = sum_i a_i (W v_i + b) because the weights sum to one, so W v_i + b is computed once per image (K rows)
 instead of once per caption and step (G x T rows). Training batches hold G captions per image for the same reason.
-The equations are unchanged.
+Layers applied at every step get their weight gradients as one product over all steps (`StepWeights`), not one small
+product per step. The equations are unchanged.
 """
 
 from __future__ import annotations
@@ -17,9 +18,110 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqacap.models.attention import AdditiveAttention, attend
+
+
+class StepWeights:
+    """Layers applied at every time step of a pass, with their weight gradients computed once for all steps.
+
+    Autograd computes the gradient of a weight used at T steps as T products g_t^T x_t of only the step's rows each, and
+    adds them up one by one (for an embedding, T dense (V, E) gradients). Here each step's backward keeps (x_t, g_t),
+    and when the backward pass reaches the weight its gradient is one product over the rows of all steps. The values
+    are those of the layers; only the order of the additions in the gradient changes. Without grad mode (decoding)
+    the layers are called as they are. One backward pass per forward pass.
+    """
+
+    def __init__(self, *layers: nn.Linear | nn.Embedding) -> None:
+        self._steps: dict[nn.Module, tuple[list, tuple[torch.Tensor, ...]]] = {}
+        if not torch.is_grad_enabled():
+            return
+        for layer in layers:
+            if isinstance(layer, nn.Embedding) and (
+                layer.max_norm or layer.scale_grad_by_freq or layer.sparse
+            ):
+                continue  # not the plain lookup the deferred gradient assumes
+            params = tuple(p for p in (layer.weight, getattr(layer, "bias", None)) if p is not None)
+            if any(p.requires_grad for p in params):
+                steps: list = []
+                self._steps[layer] = (steps, _GatherGradients.apply(steps, layer, *params))
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if layer not in self._steps or not torch.is_grad_enabled():
+            return layer(x)
+        steps, params = self._steps[layer]
+        if isinstance(layer, nn.Embedding):
+            return _EmbeddingStep.apply(x, steps, layer.padding_idx, *params)
+        return _LinearStep.apply(x, steps, *params)
+
+
+class _LinearStep(torch.autograd.Function):
+    """y = x W^T + b at one step; the backward returns the input gradient and leaves (x, g) for `_GatherGradients`."""
+
+    @staticmethod
+    def forward(ctx, x, steps, weight, bias=None):
+        ctx.save_for_backward(x, weight)
+        ctx.steps = steps
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        ctx.steps.append((x.reshape(-1, x.size(-1)), grad.reshape(-1, grad.size(-1))))
+        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None
+
+
+class _EmbeddingStep(torch.autograd.Function):
+    """Embedding lookup at one step; the backward leaves (ids, g) for `_GatherGradients`."""
+
+    @staticmethod
+    def forward(ctx, ids, steps, padding_idx, weight):
+        ctx.save_for_backward(ids)
+        ctx.steps = steps
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        ctx.steps.append((ids.reshape(-1), grad.reshape(-1, grad.size(-1))))
+        return None, None, None, None
+
+
+class _GatherGradients(torch.autograd.Function):
+    """Identity on a layer's parameters; its backward runs after every step's and returns the gradients of all steps."""
+
+    @staticmethod
+    def forward(ctx, steps, layer, *params):
+        ctx.set_materialize_grads(False)
+        ctx.steps, ctx.padding_idx = steps, getattr(layer, "padding_idx", None)
+        ctx.embedding = isinstance(layer, nn.Embedding)
+        ctx.shapes = [(p.shape, p.dtype) for p in params]
+        return tuple(p.view_as(p) for p in params)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if not ctx.steps:
+            return None, None, *grads
+        inputs, outputs = (
+            torch.cat(t) for t in zip(*ctx.steps)
+        )  # (N, in) or (N,) ids, (N, out): all steps' rows
+        ctx.steps.clear()
+        (shape, dtype), *bias = ctx.shapes
+        if ctx.embedding:
+            weight = torch.zeros(shape, dtype=dtype, device=outputs.device).index_add_(
+                0, inputs, outputs.to(dtype)
+            )
+            if ctx.padding_idx is not None:
+                weight[ctx.padding_idx] = 0  # as the lookup's own backward: <pad> rows get no gradient
+            found = [weight]
+        else:
+            found = [(outputs.t() @ inputs.to(outputs.dtype)).to(dtype)]  # sum_t g_t^T x_t
+            if bias:
+                found.append(outputs.sum(0).to(bias[0][1]))
+        return None, None, *(f if g is None else f + g for f, g in zip(found, grads))
 
 
 @dataclass
@@ -29,7 +131,10 @@ class ImageContext:
     language_regions: torch.Tensor  # (B, K, 4H)  language LSTM input projection of each region, W v_i + b
     projected: torch.Tensor  # (B, K, A)  W_va v_i
     mask: torch.Tensor  # (B, K) bool
-    mean_gates: torch.Tensor  # (B, 1, 4H) contribution of the mean region feature v_bar to the attention LSTM gates
+    mean_gates: (
+        torch.Tensor
+    )  # (B, 1, 4H) contribution of the mean region feature v_bar to the attention LSTM gates
+    layers: StepWeights  # the layers applied at every step, for this pass
 
 
 @dataclass
@@ -90,12 +195,21 @@ class UpDownCaptioner(nn.Module):
                 f"region features have dimension {regions.size(-1)} but the model expects feature_dim={self.feature_dim}"
             )
         weights = mask.unsqueeze(-1).to(regions.dtype)
-        mean = (regions * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D) v_bar over valid regions only
+        mean = (regions * weights).sum(1) / weights.sum(1).clamp(
+            min=1
+        )  # (B, D) v_bar over valid regions only
         return ImageContext(
             language_regions=self.language_lstm_attended(regions),
             projected=self.attention.project_regions(regions),
             mask=mask,
             mean_gates=self.attention_lstm_mean(mean).unsqueeze(1),
+            layers=StepWeights(
+                self.attention_lstm_recurrent,
+                self.language_lstm_recurrent,
+                self.attention_lstm_word,
+                self.embed,
+                self.output,
+            ),  # fmt: skip
         )
 
     def init_state(self, batch: int, device, dtype=torch.float32) -> State:
@@ -111,22 +225,29 @@ class UpDownCaptioner(nn.Module):
         dropout, the attention weights (B, G, K) and the new state.
         """
         # Eq. (2): h1_t = LSTM(x1_t, h1_{t-1})
-        gates1 = ctx.mean_gates + word_gates + self.attention_lstm_recurrent(torch.cat([state.h2, state.h1], -1))
+        recurrent1 = ctx.layers(self.attention_lstm_recurrent, torch.cat([state.h2, state.h1], -1))
+        gates1 = ctx.mean_gates + word_gates + recurrent1
         h1, c1 = _lstm(gates1, state.c1)
         # Eq. (3)-(5): a_t = softmax(w_a^T tanh(W_va v_i + W_ha h1_t)), v_hat_t = sum_i a_{i,t} v_i
         alpha = self.attention(ctx.projected, h1, ctx.mask)  # (B, G, K)
         # Eq. (6): h2_t = LSTM([v_hat_t; h1_t], h2_{t-1}); W v_hat_t + b = sum_i a_i (W v_i + b)
         attended_gates = attend(alpha, ctx.language_regions)  # (B, G, 4H)
-        gates2 = attended_gates + self.language_lstm_recurrent(torch.cat([h1, state.h2], -1))
+        gates2 = attended_gates + ctx.layers(self.language_lstm_recurrent, torch.cat([h1, state.h2], -1))
         h2, c2 = _lstm(gates2, state.c2)
         return h2, alpha, State(h1, c1, h2, c2)
 
-    def word_gates(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, G) or (B, T) -> their word input to the attention LSTM gates (..., 4H)."""
-        return self.attention_lstm_word(self.embed(tokens))
+    def word_gates(self, tokens: torch.Tensor, ctx: ImageContext | None = None) -> torch.Tensor:
+        """tokens (B, G) or (B, T) -> their word input to the attention LSTM gates (..., 4H).
 
-    def logits(self, h2: torch.Tensor) -> torch.Tensor:
-        return self.output(self.dropout(h2))
+        Pass the pass's context when called once per step (decoding), so the weight gradients are gathered.
+        """
+        layers = ctx.layers if ctx is not None else StepWeights()
+        return layers(self.attention_lstm_word, layers(self.embed, tokens))
+
+    def logits(self, h2: torch.Tensor, ctx: ImageContext | None = None) -> torch.Tensor:
+        """h2 (..., H) -> (..., V); pass the context when called once per step, as `word_gates`."""
+        layers = ctx.layers if ctx is not None else StepWeights()
+        return layers(self.output, self.dropout(h2))
 
     # -- teacher forcing ----------------------------------------------------------------------------------------------
     def forward(

@@ -98,8 +98,8 @@ def sample(
     finished = torch.zeros(b, num_samples, dtype=torch.bool, device=device)
     tokens, attention, log_probs = [], [], []
     for t in range(opts.max_length + 1):
-        h2, alpha, state = model.step(ctx, state, model.word_gates(token))
-        logits = model.logits(h2)  # (B, G, V)
+        h2, alpha, state = model.step(ctx, state, model.word_gates(token, ctx))
+        logits = model.logits(h2, ctx)  # (B, G, V)
         if not greedy and opts.temperature != 1.0:
             logits = logits / opts.temperature
         logp = torch.log_softmax(logits, dim=-1)
@@ -123,7 +123,9 @@ def sample(
 
 
 @torch.no_grad()
-def beam_search(model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions) -> Decoded:
+def beam_search(
+    model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions
+) -> Decoded:
     """Beam search over B images x G = beam_size hypotheses at once. Returns all beams, best first."""
     b, g, device = regions.size(0), opts.beam_size, regions.device
     ctx = model.encode(regions, mask)
@@ -151,9 +153,12 @@ def beam_search(model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tenso
         finished = finished.gather(1, source)
         step_logp = logp.gather(1, source.unsqueeze(-1).expand(-1, -1, vocab)).gather(-1, token.unsqueeze(-1))
         step_logp = step_logp.squeeze(-1).masked_fill(finished, 0.0)
-        history = torch.cat([history.gather(1, source.unsqueeze(-1).expand_as(history)), token.unsqueeze(-1)], -1)
-        token_logps = torch.cat([token_logps.gather(1, source.unsqueeze(-1).expand_as(token_logps)),
-                                 step_logp.unsqueeze(-1)], -1)
+        history = torch.cat(
+            [history.gather(1, source.unsqueeze(-1).expand_as(history)), token.unsqueeze(-1)], -1
+        )
+        token_logps = torch.cat(
+            [token_logps.gather(1, source.unsqueeze(-1).expand_as(token_logps)), step_logp.unsqueeze(-1)], -1
+        )
         src_attention = source[..., None, None].expand(-1, -1, attention.size(2), attention.size(3))
         step_alpha = alpha.gather(1, source.unsqueeze(-1).expand(-1, -1, alpha.size(-1)))
         attention = torch.cat([attention.gather(1, src_attention), step_alpha.unsqueeze(2)], 2)
@@ -175,7 +180,9 @@ def beam_search(model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tenso
     )
 
 
-def decode(model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions) -> Decoded:
+def decode(
+    model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions
+) -> Decoded:
     """The evaluation decoder: beam search for beam_size > 1, greedy otherwise. Returns the best hypothesis (G = 1)."""
     if opts.beam_size > 1:
         return beam_search(model, regions, mask, opts).best()
