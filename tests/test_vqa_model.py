@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from vqacap.models.attention import masked_softmax
 from vqacap.models.vqa import ConcatAttention, GatedTanh, UpDownVQA
@@ -111,3 +112,20 @@ def test_gated_tanh_loads_checkpoints_with_separate_gate_weights():
     layer.load_state_dict({k: v.detach().clone() for k, v in old.items()})
     x = torch.randn(B, D)
     assert torch.allclose(layer(x), torch.tanh(linear(x)) * torch.sigmoid(gate(x)), atol=1e-6)
+
+
+def test_question_encoder_equals_packed_gru():
+    model = _model("reference")
+    _, _, question = _batch()
+    question = torch.cat([question, torch.tensor([[0, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 4]])])  # empty, full
+    lengths = (question != 0).sum(dim=1).clamp(min=1)
+    packed = pack_padded_sequence(model.embedding(question), lengths, batch_first=True, enforce_sorted=False)
+    _, expected = model.question_encoder(packed)
+    got = model.encode_question(question)
+    assert torch.allclose(got, expected.squeeze(0), atol=1e-6)
+    # ... and so are the gradients.
+    params = [model.embedding.weight, *model.question_encoder.parameters()]
+    grads = torch.autograd.grad(got.square().sum(), params)
+    expected_grads = torch.autograd.grad(expected.square().sum(), params)
+    for g, e in zip(grads, expected_grads):
+        assert torch.allclose(g, e, atol=1e-5)

@@ -263,11 +263,13 @@ class UpDownCaptioner(nn.Module):
             tokens = tokens.unsqueeze(1)
         ctx = self.encode(regions, mask)
         b, g, steps = tokens.size(0), tokens.size(1), tokens.size(2) - 1
-        word_gates = self.word_gates(tokens[..., :-1])  # (B, G, T-1, 4H) all steps in one matmul
+        # (B, G, T-1, 4H): all steps in one matmul. Unbound, not indexed per step: the backward of T-1 indexings
+        # would add up T-1 zero-filled tensors of the full size.
+        word_gates = self.word_gates(tokens[..., :-1]).unbind(2)
         state = self.init_state(b, regions.device, regions.dtype).expand(g)
         outputs, attention = [], []
         for t in range(steps):
-            h2, alpha, state = self.step(ctx, state, word_gates[:, :, t])
+            h2, alpha, state = self.step(ctx, state, word_gates[t])
             outputs.append(h2)
             attention.append(alpha)
         logits = self.logits(torch.stack(outputs, 2))  # (B, G, T-1, V) in one matmul

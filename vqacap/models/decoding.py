@@ -151,8 +151,7 @@ def beam_search(
         source, token = flat // vocab, flat % vocab
         state = state.select(source)
         finished = finished.gather(1, source)
-        step_logp = logp.gather(1, source.unsqueeze(-1).expand(-1, -1, vocab)).gather(-1, token.unsqueeze(-1))
-        step_logp = step_logp.squeeze(-1).masked_fill(finished, 0.0)
+        step_logp = logp.view(b, g * vocab).gather(1, flat).masked_fill(finished, 0.0)  # logp[source, token]
         history = torch.cat(
             [history.gather(1, source.unsqueeze(-1).expand_as(history)), token.unsqueeze(-1)], -1
         )

@@ -72,6 +72,17 @@ class GatedTanh(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+def gru_cell(
+    input_gates: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor
+) -> torch.Tensor:
+    """nn.GRU's update from input_gates = W_i x + b_i (B, 3H) and h (B, H), gates ordered reset, update, new."""
+    r_x, z_x, n_x = input_gates.chunk(3, dim=-1)
+    r_h, z_h, n_h = F.linear(h, weight_hh, bias_hh).chunk(3, dim=-1)
+    r, z = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
+    n = torch.tanh(n_x + r * n_h)
+    return n + z * (h - n)  # (1 - z) n + z h, in ATen's order of operations
+
+
 def wn_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
     """Linear layer with weight normalisation over the whole matrix (dim=None), as the reference implementation."""
     return weight_norm(nn.Linear(in_dim, out_dim, bias=bias), dim=None)
@@ -171,12 +182,27 @@ class UpDownVQA(nn.Module):
         self.w_o = out_linear(out_hidden, num_answers)
 
     def encode_question(self, question: torch.Tensor) -> torch.Tensor:
-        """question (B, T) ids, 0 = <pad> after the words -> q (B, H), the GRU state after the last real word."""
-        lengths = (question != PAD_ID).sum(dim=1).clamp(min=1).cpu()  # (B,)
-        words = self.embedding(question)  # (B, T, E)
-        packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
-        _, state = self.question_encoder(packed)  # (1, B, H)
-        return state.squeeze(0)
+        """question (B, T) ids, 0 = <pad> after the words -> q (B, H), the GRU state after the last real word.
+
+        The GRU (`question_encoder`'s weights) is written out over the packed words: the input side of all words is one
+        product, split into steps, and step t updates the questions with more than t words. (nn.GRU on a packed
+        sequence slices that product per step, and the backward of each slice is a zero-filled tensor of full size.)
+        """
+        gru = self.question_encoder
+        lengths, order = (question != PAD_ID).sum(dim=1).clamp(min=1).sort(descending=True)  # (B,)
+        words = pack_padded_sequence(self.embedding(question[order]), lengths.cpu(), batch_first=True)
+        steps = F.linear(words.data, gru.weight_ih_l0, gru.bias_ih_l0).split(
+            words.batch_sizes.tolist()
+        )  # (n_t, 3H)
+        h = words.data.new_zeros(len(order), gru.hidden_size)  # (B, H), longest question first
+        ended = []  # final states of the questions that have ended, longest first
+        for input_gates in steps:
+            n = input_gates.size(0)  # questions still reading
+            if n < h.size(0):
+                ended.insert(0, h[n:])
+                h = h[:n]
+            h = gru_cell(input_gates, h, gru.weight_hh_l0, gru.bias_hh_l0)
+        return torch.cat([h, *ended]).index_select(0, order.argsort())  # (B, H) in the batch's order
 
     def forward(
         self, regions: torch.Tensor, region_mask: torch.Tensor | None, question: torch.Tensor
