@@ -50,7 +50,8 @@ def _train(data_root: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
     log = (run_dir.parent / f"{run_dir.name}.log").open("w")
-    return subprocess.Popen([sys.executable, "-m", "vqacap.train", *args], cwd=REPO, env=env, stdout=log, stderr=log)
+    command = [sys.executable, "-m", "vqacap.train", *args]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
 
 
 def _finish(process: subprocess.Popen, run_dir: Path) -> None:
@@ -84,14 +85,17 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(make_
     saved = _load(last)
     assert saved["global_step"] == 20 and saved["epoch"] == 1  # mid-epoch: 5 of the second epoch's 15 batches
     _finish(straight, straight_dir)
-    _finish(_train(data_root, killed_dir, f"ckpt_path={last}"), killed_dir)  # same run folder, as a requeued job
+    # Resumed in the same run folder, as a requeued SLURM job is.
+    _finish(_train(data_root, killed_dir, f"ckpt_path={last}"), killed_dir)
 
     expected, resumed = _load(straight_dir / "checkpoints" / "last.ckpt"), _load(last)
     assert expected["global_step"] == resumed["global_step"] == 2 * STEPS_PER_EPOCH
     assert expected["state_dict"].keys() == resumed["state_dict"].keys()
     for name, weight in expected["state_dict"].items():
         assert torch.equal(weight, resumed["state_dict"][name]), name
-    metrics = [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in (straight_dir, killed_dir)]
+    metrics = [
+        json.loads((d / "test_metrics.json").read_text())["metrics"] for d in (straight_dir, killed_dir)
+    ]
     assert metrics[0] == metrics[1] and metrics[0]["test/CIDEr"] > 0
 
 
@@ -144,18 +148,18 @@ def _fit_until_a_write_dies(checkpoint: ModelCheckpoint, tmp_path: Path) -> Path
 
 
 def test_a_write_dying_half_way_leaves_the_previous_last_checkpoint_whole(tmp_path):
-    last = _fit_until_a_write_dies(
-        ResumableCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, save_last_every_n_train_steps=1), tmp_path
+    checkpoint = ResumableCheckpoint(
+        dirpath=tmp_path, save_top_k=0, save_last=True, save_last_every_n_train_steps=1
     )
+    last = _fit_until_a_write_dies(checkpoint, tmp_path)
     assert _load(last)["global_step"] == 2  # the third write (step 3) died; the second is intact
     assert not any(p.suffix == ".ckpt" and p.name != "last.ckpt" for p in tmp_path.iterdir())
 
 
 def test_lightnings_own_checkpoint_is_corrupted_by_the_same_failure(tmp_path):
     # The hazard the atomic write removes: Lightning writes onto the final name when its temporary file is elsewhere.
-    last = _fit_until_a_write_dies(
-        ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, every_n_train_steps=1), tmp_path
-    )
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, every_n_train_steps=1)
+    last = _fit_until_a_write_dies(checkpoint, tmp_path)
     with pytest.raises(RuntimeError):
         _load(last)
 

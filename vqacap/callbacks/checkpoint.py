@@ -36,7 +36,6 @@ from weakref import proxy
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
@@ -132,7 +131,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         # Loaded from a checkpoint: the position applies to the next training loader, the random states just before
         # its first batch.
         self._resume_position: dict[str, int] | None = None
-        self._resume_rng: dict[str, Any] | None = None
+        self._resume_rng: list[dict[str, Any]] | None = None  # one per rank
 
     # -- atomic files ----------------------------------------------------------------------------------------------
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
@@ -200,25 +199,22 @@ class ResumableCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         self._resume_position = state_dict.pop("position", None)
-        states = state_dict.pop("rng", None)
+        self._resume_rng = state_dict.pop("rng", None)
         super().load_state_dict(state_dict)
         if (
             self.resumable_data
         ):  # the loader we build does resume: Lightning's warning that it cannot is wrong here
             warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-        if states is not None and len(states) == world:
-            self._resume_rng = states[rank]
-        elif states is not None:
-            rank_zero_warn(
-                f"checkpoint of {len(states)} processes resumed on {world}: random states not restored"
-            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if self._resume_rng is not None:
-            set_rng_states(self._resume_rng)
-            self._resume_rng = None
+        states, self._resume_rng = self._resume_rng, None
+        if states is not None and len(states) == trainer.world_size:
+            set_rng_states(states[trainer.global_rank])
+        elif states is not None:
+            rank_zero_warn(
+                f"a checkpoint of {len(states)} processes resumed on {trainer.world_size}: random states not restored"
+            )
 
     # -- a resumable training order --------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
