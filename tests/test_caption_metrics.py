@@ -317,3 +317,13 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     )
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "1 annotated images have no result (e.g. 303)" in err
+
+
+def test_references_too_short_for_higher_order_ngrams_match_pycocoevalcap():
+    bleu_ref = pytest.importorskip("pycocoevalcap.bleu.bleu").Bleu
+    refs = {1: ["a dog"], 2: ["a cat"]}
+    hyps = {1: "a dog", 2: "a cat"}
+    ours = evaluate_captions(refs, hyps, metrics=["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"], tokenize=False)
+    theirs, _ = bleu_ref(4).compute_score(refs, {i: [h] for i, h in hyps.items()})
+    for k in range(4):
+        assert ours[f"Bleu_{k + 1}"] == pytest.approx(theirs[k], abs=1e-9)

@@ -75,3 +75,15 @@ def test_no_update_gives_no_scores_and_unknown_images_are_errors():
     metric.update(torch.tensor([5]), torch.tensor([_ids("a dog", 4)]))
     with pytest.raises(ValueError, match="1 generated captions are for images without references"):
         metric.compute()
+
+
+def test_compute_accepts_states_concatenated_by_a_distributed_sync():
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "dog", "cat"]
+    metric = CaptionMetrics({1: ["a dog"], 2: ["a cat"]}, words, metrics=("Bleu_1", "CIDEr"))
+    metric.update(torch.tensor([1, 2]), torch.tensor([[4, 5, 2], [4, 6, 2]]))
+    expected = metric.compute()
+    # What torchmetrics' sync leaves in list states: one tensor per state, already concatenated over ranks.
+    metric.image_ids = torch.cat(metric.image_ids)
+    metric.lengths = torch.cat(metric.lengths)
+    metric.tokens = torch.cat(metric.tokens)
+    assert metric.compute() == expected and expected["Bleu_1"] > 0.99

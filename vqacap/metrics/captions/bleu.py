@@ -45,7 +45,8 @@ def bleu_corpus(corpus: Corpus) -> tuple[list[float], np.ndarray]:
         pair = ref_image[ref_sentence] * width + ref_key
         order = np.argsort(pair, kind="stable")
         pair = pair[order]
-        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+        # No reference has an n-gram of this order (all shorter than k + 1 words): nothing to reduce.
+        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if len(pair) else np.zeros(0, np.int64)
         max_count = np.maximum.reduceat(ref_count[order], starts) if len(starts) else ref_count
         clip = lookup(pair[starts] // width, pair[starts] % width, max_count, test_image, test_key)
         correct[:, k] = np.bincount(test_image, np.minimum(test_count, clip), minlength=num_images)

@@ -58,7 +58,8 @@ class CaptionMetrics(Metric):
         self.tokens.append(tokens[keep].long())
 
     def compute(self) -> dict[str, float]:
-        if not self.image_ids:
+        # Before a DDP sync the states are lists of per-update tensors; after it, one concatenated tensor each.
+        if isinstance(self.image_ids, list) and not self.image_ids:
             return {}
         image_ids = dim_zero_cat(self.image_ids).tolist()
         lengths = dim_zero_cat(self.lengths).tolist()
