@@ -2,18 +2,20 @@
 
 One row per model path, on the machine at hand (fp32; on a GPU also bf16 autocast):
 
-    vqa <variant>  train   B questions: VQAModule.training_step (forward, BCE loss), backward, grad-norm clip 0.25, Adamax
-    vqa <variant>  infer   B questions: forward under inference_mode
-    captioner      xe      B images x G captions: CaptioningModule.training_step (cross-entropy), backward, clip 0.1, Adam
+    vqa <variant>  train   B questions: VQAModule.training_step (forward, BCE loss), backward, clipping, optimiser step
+    vqa <variant>  infer   B questions: forward without autograd
+    captioner      xe      B images x G captions: CaptioningModule.training_step (cross-entropy), backward, clipping,
+                           optimiser step
     captioner      greedy  B images: greedy decoding
     captioner      beamN   B images: beam search with N beams
-    captioner      scst    B images x 5 samples: CaptioningModule._self_critical_step (CIDEr-D reward on synthetic
-                           references, greedy baseline), backward, clip 0.1, Adam
+    captioner      scst    B images x 5 samples: CaptioningModule's self-critical step (CIDEr-D reward on synthetic
+                           references, greedy baseline), backward, clipping, optimiser step
 
 Sizes are the published ones: VQA hidden 1024, 36 x 2048 regions, 14 question tokens (all real words), 20,000 question
 words embedded in 300 dims, 3129 answers (hengyuan-hu/bottom-up-attention-vqa); captioner hidden 1000, attention 512,
-embedding 1000, 9,487 words, 36 x 2048 regions, 16 words + <bos>/<eos> (Anderson et al. 2018). Optimisers and clipping as
-in conf/model and conf/experiment. Inputs are random. Decoding runs to full length: the <eos> logit bias is set to
+embedding 1000, 9,487 words, 36 x 2048 regions, 16 words + <bos>/<eos> (Anderson et al. 2018). The optimiser and the
+gradient-norm clip are those of the recipes (conf/experiment/vqa2_<variant>, caption_coco_xe, caption_coco_scst), as
+training composes them: Adamax and 0.25 for VQA, Adam and 0.1 for the captioner. Inputs are random. Decoding runs to full length: the <eos> logit bias is set to
 -1e4, so no sequence ends before `max_length` words (then <eos> is the only choice), and every path does the same
 number of steps on every run.
 
@@ -37,6 +39,9 @@ from functools import partial
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from vqacap.bench import peak
@@ -51,6 +56,7 @@ from vqacap.metrics.captions import CiderDReward
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import DecodingOptions
 from vqacap.models.vqa import UpDownVQA
+from vqacap.train import CONFIG_DIR
 
 # % of the matmul peak asked for on the project's 2-core CPU machine, fp32: (model, path, batch or None for any).
 TARGETS = {("vqa reference", "train", 256): 60, ("captioner", "xe", None): 55, ("captioner", "greedy", None): 45,
@@ -164,6 +170,15 @@ def _regions(batch: int, regions: int, dim: int, dev: torch.device) -> Regions:
     )
 
 
+def recipe(experiment: str) -> tuple[Callable, float]:
+    """The optimiser (a partial taking the parameters) and gradient-norm clip of conf/experiment/<experiment>.yaml."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    GlobalHydra.instance().clear()
+    return instantiate(cfg.model.optimizer), float(cfg.trainer.gradient_clip_val or 0.0)
+
+
 def _train_step(
     module, optimizer: torch.optim.Optimizer, step: Callable, clip: float
 ) -> Callable[[], torch.Tensor]:
@@ -172,7 +187,8 @@ def _train_step(
     def call() -> torch.Tensor:
         loss = step()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -183,6 +199,7 @@ def _train_step(
 def vqa_paths(
     s: VQASizes, variant: str, train_batches: list[int], infer_batch: int, dev: torch.device
 ) -> list[Path]:
+    optimizer, clip = recipe(f"vqa2_{variant}")
     torch.manual_seed(0)
     module = VQAModule(
         net=partial(UpDownVQA, variant=variant, hidden_size=s.hidden, embedding_dim=s.embedding),
@@ -191,7 +208,7 @@ def vqa_paths(
         answer_types=["yes/no", "number", "other"],
         question_types=["what", "how many", "is"],
         feature_dim=s.feature_dim,
-        optimizer=partial(torch.optim.Adamax, lr=2e-3),  # conf/model/vqa_updown.yaml
+        optimizer=optimizer,
     ).to(dev)
     optimizer = module.configure_optimizers()
 
@@ -203,7 +220,7 @@ def vqa_paths(
         return VQABatch(ids, ids, _regions(size, s.regions, s.feature_dim, dev), questions, targets)
 
     def train(b: VQABatch) -> Callable:
-        return _train_step(module.train(), optimizer, lambda: module.training_step(b, 0), clip=0.25)
+        return _train_step(module.train(), optimizer, lambda: module.training_step(b, 0), clip)
 
     @torch.no_grad()  # not inference_mode: FlopCounterMode's module tracker fails on weight-normalised layers there
     def infer(b: VQABatch) -> torch.Tensor:
@@ -220,14 +237,13 @@ def vqa_paths(
     return paths
 
 
-def _captioning_module(s: CaptionerSizes, dev: torch.device, lr: float = 5e-4, scst: dict | None = None):
-    """conf/model/updown_captioner.yaml at sizes `s` (conf/experiment/caption_coco_scst.yaml with `scst`)."""
+def _captioning_module(s: CaptionerSizes, dev: torch.device, optimizer: Callable, scst: dict | None = None):
     torch.manual_seed(0)
     module = CaptioningModule(
         net=partial(UpDownCaptioner, embed_dim=s.embedding, hidden_dim=s.hidden, attention_dim=s.attention),
         words=_words(s.words),
         feature_dim=s.feature_dim,
-        optimizer=partial(torch.optim.Adam, lr=lr),
+        optimizer=optimizer,
         decoding={"max_length": s.max_length},
         scst=scst,
     ).to(dev)
@@ -246,7 +262,8 @@ def captioner_paths(
     scst_samples: int,
     dev: torch.device,
 ) -> list[Path]:
-    module = _captioning_module(s, dev)
+    optimizer, clip = recipe("caption_coco_xe")
+    module = _captioning_module(s, dev, optimizer)
     optimizer = module.configure_optimizers()
     steps = s.max_length + 1  # <bos> -> w_1, ..., w_16 -> <eos>
     rng = np.random.default_rng(0)
@@ -263,7 +280,7 @@ def captioner_paths(
     paths = []
     if xe_images:
         xe = batch(xe_images, captions_per_image)
-        call = _train_step(module, optimizer, lambda: module.train().training_step(xe, 0), clip=0.1)
+        call = _train_step(module, optimizer, lambda: module.train().training_step(xe, 0), clip)
         flops = captioner_flops(s, xe_images, captions_per_image, steps, train=True)
         paths.append(Path("captioner", "xe", xe_images * captions_per_image, "caption", call, flops))
 
@@ -281,13 +298,15 @@ def captioner_paths(
         # CIDEr-D against 5 synthetic references per image, word frequencies falling off as 1/rank as in captions.
         refs = sentences(rng, scst_images * 5, s.words)
         # A module of its own: training_step is the self-critical step when the module is built with `scst`.
-        tuned = _captioning_module(s, dev, lr=5e-5, scst={"num_samples": scst_samples, "baseline": "greedy"})
+        optimizer, clip = recipe("caption_coco_scst")
+        scst_config = {"num_samples": scst_samples, "baseline": "greedy"}
+        tuned = _captioning_module(s, dev, optimizer, scst=scst_config)
         tuned.reward = CiderDReward(
             {i: refs[5 * i : 5 * i + 5] for i in range(scst_images)}, vocab_size=s.words
         )
         scst = batch(scst_images)
         call = _train_step(
-            tuned, tuned.configure_optimizers(), lambda: tuned.train().training_step(scst, 0), clip=0.1
+            tuned, tuned.configure_optimizers(), lambda: tuned.train().training_step(scst, 0), clip
         )
         flops = captioner_flops(s, scst_images, scst_samples, steps, train=True) + captioner_flops(
             s, scst_images, 1, steps, train=False
