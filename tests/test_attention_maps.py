@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -83,6 +84,7 @@ def test_wandb_offline_run_holds_the_images_and_their_attention_boxes(make_cfg, 
         "callbacks.attention_maps.num_examples=4",
     )  # fmt: skip
     run(cfg)
+    wandb.teardown()  # `finish()` may return before the wandb service has written the run's log; this waits for it
     (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
     (history_file,) = run_dir.glob("run-*.wandb")
     rows = [
