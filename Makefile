@@ -29,9 +29,9 @@ test: $(STAMP)  ## the fast test suite (what CI runs)
 test-all: $(STAMP)  ## every test, the slow end-to-end runs included
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
-sweep: $(STAMP)  ## small Hydra multirun on Shapes (lr x attention size), then a table of its test metrics
+sweep: $(STAMP)  ## small Hydra multirun on Shapes (lr x attention size), then its jobs by val/CIDEr
 	$(BIN)/python -m vqacap.train experiment=sweep_shapes $(ARGS)
-	$(BIN)/python -m vqacap.sweep $${VQACAP_ROOT:-.}/outputs/train/multiruns/sweep_shapes --sort test/CIDEr
+	$(BIN)/python -m vqacap.sweep $${VQACAP_ROOT:-.}/outputs/train/multiruns/sweep_shapes --sort val/CIDEr
 
 bench: $(STAMP)  ## benchmarks: tables on stdout, JSON under outputs/bench/
 	$(BIN)/python -m vqacap.bench $(ARGS)

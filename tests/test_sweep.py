@@ -35,7 +35,7 @@ def _job(multirun: Path, number: int, overrides: list[str], metrics: dict | None
 def multirun(tmp_path) -> Path:
     folder = tmp_path / "sweep_shapes" / "2025-01-02_03-04-05"
     folder.mkdir(parents=True)
-    (folder / "multirun.yaml").write_text("hydra: {}\n")
+    (folder / "multirun.yaml").write_text("hydra: {}\n")  # the basic sweeper writes it, Optuna's does not
     _job(
         folder,
         0,
@@ -62,8 +62,7 @@ def test_summary_lists_every_job_with_the_settings_it_varies_and_its_metrics(mul
 
 def test_summary_sorts_by_a_metric_and_finds_the_newest_multirun(multirun, capsys):
     older = multirun.parent / "2024-12-31_00-00-00"
-    older.mkdir()
-    (older / "multirun.yaml").write_text("hydra: {}\n")
+    _job(older, 0, ["experiment=sweep_shapes"], {"test/CIDEr": 0.1})
     assert find_multirun(multirun.parent) == multirun
     assert main([str(multirun.parent), "--sort", "test/CIDEr"]) == 0
     rows = capsys.readouterr().out.splitlines()[3:]
@@ -72,7 +71,7 @@ def test_summary_sorts_by_a_metric_and_finds_the_newest_multirun(multirun, capsy
 
 def test_summary_errors_name_the_problem(tmp_path, multirun, capsys):
     assert main([str(tmp_path / "nothing")]) == 2
-    assert "no multirun.yaml" in capsys.readouterr().err
+    assert "no job folders" in capsys.readouterr().err
     assert main([str(multirun), "--sort", "test/SPICE"]) == 2
     assert "test/SPICE" in capsys.readouterr().err
 
@@ -86,21 +85,44 @@ def test_sweep_shapes_is_a_multirun_over_learning_rate_and_attention_size():
     assert cfg.trainer.limit_train_batches < 1 and list(cfg.logger) == ["csv"]
 
 
-def test_local_submitit_launcher_runs_a_two_job_multirun(make_cfg, data_root, tmp_path, capsys):
+def _multirun(make_cfg, data_root: Path, sweep_dir: Path, *overrides: str) -> None:
+    """`python -m vqacap.train` on the tiny Shapes with these multirun overrides, the jobs' outputs in sweep_dir."""
     datamodule = instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False)
-    datamodule.prepare_data()  # the tiny Shapes and its vocabulary, before two jobs would both write them
-    sweep_dir = tmp_path / "multirun"
+    datamodule.prepare_data()  # the tiny Shapes and its vocabulary, before two jobs could both write them
     command = [
-        sys.executable, "-m", "vqacap.train", "-m", "hydra/launcher=local", "experiment=caption_shapes",
-        *TINY_OVERRIDES, *TINY_CAPTIONER, f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep_dir}",
-        "callbacks.attention_maps=null", "+trainer.enable_progress_bar=false", "model.decoding.beam_size=1",
-        "model.optimizer.lr=0.001,0.01",
+        sys.executable, "-m", "vqacap.train", "experiment=caption_shapes", *TINY_OVERRIDES, *TINY_CAPTIONER,
+        f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep_dir}", "callbacks.attention_maps=null",
+        "+trainer.enable_progress_bar=false", "model.decoding.beam_size=1", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_local_submitit_launcher_runs_a_two_job_multirun(make_cfg, data_root, tmp_path, capsys):
+    sweep_dir = tmp_path / "multirun"
+    _multirun(
+        make_cfg,
+        data_root,
+        sweep_dir,
+        "hydra.mode=MULTIRUN",
+        "hydra/launcher=local",
+        "model.optimizer.lr=0.001,0.01",
+    )
     assert (sweep_dir / ".submitit").is_dir()  # the jobs went through submitit, not the basic launcher
     records = collect(find_multirun(sweep_dir))
     assert [r["overrides"]["model.optimizer.lr"] for r in records] == ["0.001", "0.01"]
     assert all("test/CIDEr" in r["metrics"] for r in records)
     assert main([str(sweep_dir)]) == 0 and "model.optimizer.lr" in capsys.readouterr().out
+
+
+def test_optuna_search_runs_trials_on_the_validation_score(make_cfg, data_root, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed")
+    sweep_dir = tmp_path / "optuna"
+    _multirun(
+        make_cfg, data_root, sweep_dir, "+hparams_search=caption_shapes_optuna", "trainer.limit_train_batches=1.0",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
+    )  # fmt: skip
+    assert "best_value" in (sweep_dir / "optimization_results.yaml").read_text()
+    records = collect(find_multirun(sweep_dir))
+    assert len(records) == 2 and all("val/CIDEr" in r["metrics"] for r in records)

@@ -4,7 +4,7 @@
     python -m vqacap.sweep outputs/train/multiruns/sweep_shapes/<date_time>      # one multirun
     python -m vqacap.sweep <folder> --sort test/CIDEr                            # best job first
 
-A multirun folder holds `multirun.yaml` and one folder per job (`0/`, `1/`, ...) with the job's overrides
+A multirun folder holds one folder per job (`0/`, `1/`, ...) with the job's overrides
 (`.hydra/overrides.yaml`) and, once it has been tested, `test_metrics.json`. A job without metrics (failed, or still
 running) gets a row all the same, marked so. Not here: launching the sweep (`python -m vqacap.train -m ...`).
 """
@@ -20,16 +20,20 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 
+def _jobs(folder: Path) -> list[Path]:
+    """The job folders of a multirun folder, in job order (Optuna's sweeper writes no multirun.yaml, only jobs)."""
+    jobs = (p.parent for p in folder.glob("*/.hydra") if p.parent.name.isdigit())
+    return sorted(jobs, key=lambda p: int(p.name))
+
+
 def find_multirun(folder: str | Path) -> Path:
-    """`folder` if it is a multirun folder, else the newest multirun folder right under it (names are date_time)."""
+    """`folder` if it holds job folders, else the newest multirun folder right under it (names are date_time)."""
     folder = Path(folder)
-    if (folder / "multirun.yaml").is_file():
+    if _jobs(folder):
         return folder
-    runs = sorted(p.parent for p in folder.glob("*/multirun.yaml"))
+    runs = sorted(p for p in folder.glob("*/") if _jobs(p))
     if not runs:
-        raise FileNotFoundError(
-            f"{folder}: no multirun.yaml in it or in its subfolders (is it a Hydra multirun?)"
-        )
+        raise FileNotFoundError(f"{folder}: no job folders (<n>/.hydra) in it or in its subfolders")
     return runs[-1]
 
 

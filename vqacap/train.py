@@ -57,9 +57,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        tested = trainer.checkpoint_callback
+        if cfg.get("train", True) and tested is not None and tested.best_model_score is not None:
+            metrics[tested.monitor] = float(tested.best_model_score)  # the tested checkpoint's validation score
         if trainer.is_global_zero:
             out = Path(cfg.paths.output_dir) / "test_metrics.json"
-            out.write_text(json.dumps({"experiment": cfg.get("name"), "checkpoint": ckpt, "metrics": metrics}, indent=2))
+            out.write_text(
+                json.dumps({"experiment": cfg.get("name"), "checkpoint": ckpt, "metrics": metrics}, indent=2)
+            )
             print(_table(metrics))
             print(f"test metrics written to {out}")
     for logger in loggers:
@@ -99,7 +104,7 @@ def _table(metrics: dict[str, float]) -> str:
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_SILENT", "true")
     metrics = run(cfg)
-    target = cfg.get("optimized_metric")
+    target = cfg.get("optimized_metric")  # for sweepers; a validation metric (model.monitor) to select on
     return metrics.get(target) if target else None
 
 
