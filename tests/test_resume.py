@@ -1,5 +1,6 @@
-"""Exact resume (vqacap/callbacks/checkpoint.py): a real training subprocess killed mid-epoch and resumed from its
-last.ckpt ends with the weights and metrics of an uninterrupted run; a write that dies half-way leaves last.ckpt whole."""
+"""Exact resume (vqacap/callbacks/checkpoint.py, vqacap/train.py): a real training subprocess killed mid-epoch and
+restarted as a requeued SLURM job resumes from its last.ckpt and ends with the weights and metrics of an uninterrupted
+run; a checkpoint write that dies half-way leaves the previous last.ckpt whole."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
 from vqacap.callbacks.checkpoint import ResumableCheckpoint, ResumableSampler, rng_states, set_rng_states
+from vqacap.train import _resume_path
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 15  # 60 training images, batches of 4
@@ -41,14 +43,20 @@ class StallAt(pl.Callback):
             time.sleep(600)
 
 
-def _train(data_root: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
+def _train(data_root: Path, run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
     args = [
         *TINY_OVERRIDES, *TINY_CAPTIONER, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}",
         "experiment=caption_shapes", "trainer.max_epochs=2", "trainer.deterministic=true", "model.optimizer.lr=0.01",
         "callbacks.model_checkpoint.save_last_every_n_train_steps=5", "callbacks.attention_maps=null",
         "+trainer.enable_progress_bar=false", *overrides,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        **(env or {}),
+    }
     log = (run_dir.parent / f"{run_dir.name}.log").open("w")
     command = [sys.executable, "-m", "vqacap.train", *args]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
@@ -85,8 +93,9 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(make_
     saved = _load(last)
     assert saved["global_step"] == 20 and saved["epoch"] == 1  # mid-epoch: 5 of the second epoch's 15 batches
     _finish(straight, straight_dir)
-    # Resumed in the same run folder, as a requeued SLURM job is.
-    _finish(_train(data_root, killed_dir, f"ckpt_path={last}"), killed_dir)
+    # Restarted as SLURM restarts a requeued job: same command and run folder, SLURM_RESTART_COUNT set.
+    _finish(_train(data_root, killed_dir, env={"SLURM_RESTART_COUNT": "1"}), killed_dir)
+    assert f"Restoring states from the checkpoint path at {last}" in (tmp_path / "killed.log").read_text()
 
     expected, resumed = _load(straight_dir / "checkpoints" / "last.ckpt"), _load(last)
     assert expected["global_step"] == resumed["global_step"] == 2 * STEPS_PER_EPOCH
@@ -97,6 +106,27 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(make_
         json.loads((d / "test_metrics.json").read_text())["metrics"] for d in (straight_dir, killed_dir)
     ]
     assert metrics[0] == metrics[1] and metrics[0]["test/CIDEr"] > 0
+
+
+@pytest.mark.parametrize(
+    ("ckpt_path", "restarts", "hpc", "expected"),
+    [
+        ("a.ckpt", "1", False, "a.ckpt"),
+        (None, None, False, None),
+        (None, "2", False, "last"),
+        (None, "1", True, None),
+    ],
+)
+def test_a_requeued_slurm_job_resumes_from_its_last_checkpoint(
+    make_cfg, tmp_path, monkeypatch, ckpt_path, restarts, hpc, expected
+):
+    cfg = make_cfg(f"ckpt_path={ckpt_path}" if ckpt_path else "ckpt_path=null")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    if restarts:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+    if hpc:  # Lightning's own requeue checkpoint: Lightning resumes from it when ckpt_path is None
+        (tmp_path / "run" / "hpc_ckpt_1.ckpt").touch()
+    assert _resume_path(cfg) == expected
 
 
 # -- atomic checkpoint files ----------------------------------------------------------------------------------------
