@@ -5,7 +5,7 @@ from vqacap.data.vocab import EOS_ID, PAD_ID, UNK_ID
 from vqacap.models import captioner
 from vqacap.models.attention import AdditiveAttention
 from vqacap.models.captioner import StepWeights, UpDownCaptioner
-from vqacap.models.decoding import DecodingOptions, beam_search, decode, sample
+from vqacap.models.decoding import DecodingOptions, beam_search, decode, draw, sample
 
 V, D = 30, 12
 
@@ -209,3 +209,13 @@ def test_step_weights_gather_linear_and_embedding_gradients():
         autocast = grads(StepWeights(embed, cell))
     assert all(g.dtype == torch.float32 for g in autocast)
     torch.testing.assert_close(autocast[1], grads(StepWeights())[1], atol=0.05, rtol=0.05)
+
+
+def test_sampling_draws_tokens_with_their_probabilities():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    tokens = draw(probs.expand(20_000, 2, 5))  # (20000, 2)
+    assert tokens.shape == (20_000, 2) and (tokens[:, 1] == 4).all()
+    frequencies = torch.bincount(tokens[:, 0], minlength=5) / 20_000.0
+    assert frequencies[1] == 0 and frequencies[4] == 0
+    torch.testing.assert_close(frequencies, probs[0], atol=0.015, rtol=0)

@@ -72,6 +72,17 @@ def _block_trigrams(logp: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
     return logp.masked_fill(blocked > 0, NEG_INF)
 
 
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs (..., V) -> (...), by inverting the cumulative distribution.
+
+    One uniform number per row (torch.multinomial draws V exponential ones per row); tokens of probability 0 are never
+    drawn. The cumulative sums are float64, so rounding cannot move probability between tokens.
+    """
+    cdf = probs.to(torch.float64).cumsum(-1)
+    u = torch.rand_like(cdf[..., -1:]) * cdf[..., -1:]  # uniform in [0, total)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
+
+
 def _finish(logp: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
     """Finished hypotheses can only continue with <pad> at no cost."""
     done = torch.full_like(logp, NEG_INF)
@@ -106,10 +117,7 @@ def sample(
         allowed = _constrain(logp, t, opts)
         if opts.block_trigrams:
             allowed = _block_trigrams(allowed, torch.stack(tokens, -1)) if tokens else allowed
-        if greedy:
-            token = allowed.argmax(-1)
-        else:
-            token = torch.multinomial(torch.softmax(allowed, -1).flatten(0, 1), 1).view(b, num_samples)
+        token = allowed.argmax(-1) if greedy else draw(torch.softmax(allowed.detach(), -1))
         token = token.masked_fill(finished, PAD_ID)
         token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0)
         tokens.append(token)
