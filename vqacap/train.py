@@ -1,7 +1,8 @@
 """Train and test one experiment composed by Hydra: `python -m vqacap.train experiment=... [overrides]`.
 
 The DataModule, LightningModule, loggers, callbacks and Trainer are all `_target_` nodes of `conf/train.yaml`. The final
-test metrics are written to `<run folder>/test_metrics.json`.
+test metrics, with the validation score of the tested checkpoint (`model.monitor`, what sweeps select on), are written to
+`<run folder>/test_metrics.json`.
 
 Two settings are handled here rather than by a `_target_`: `model.compile` (`+model.compile=true`, or a mapping of
 `torch.compile` options) compiles the pure nn.Module in place, and a SLURM job that was requeued (preempted, or timed out
@@ -59,7 +60,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         tested = trainer.checkpoint_callback
         if cfg.get("train", True) and tested is not None and tested.best_model_score is not None:
-            metrics[tested.monitor] = float(tested.best_model_score)  # the tested checkpoint's validation score
+            # The validation score of the tested checkpoint, for sweepers to select on.
+            metrics[tested.monitor] = float(tested.best_model_score)
         if trainer.is_global_zero:
             out = Path(cfg.paths.output_dir) / "test_metrics.json"
             out.write_text(
