@@ -129,3 +129,12 @@ def test_question_encoder_equals_packed_gru():
     expected_grads = torch.autograd.grad(expected.square().sum(), params)
     for g, e in zip(grads, expected_grads):
         assert torch.allclose(g, e, atol=1e-5)
+
+
+def test_updown_starts_from_glorot_scale():
+    model = _model("updown")
+    for layer in (model.f_v.linear, model.attention.f_a.linear, model.w_o):
+        fan_out, fan_in = layer.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert (layer.bias == 0).all()
