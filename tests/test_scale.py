@@ -106,11 +106,6 @@ def test_vqa_trained_and_tested_under_ddp_scores_as_on_one_process(odd_data, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="CaptionMetrics.compute() after the DDP sync: `if not self.image_ids` on a tensor with several values "
-    "(vqacap/metrics/captions/metric.py); remove this mark once it checks the number of elements instead",
-)
 def test_captioner_trained_and_tested_under_ddp_scores_as_on_one_process(odd_data, tmp_path):
     overrides = [*ODD_SHAPES, *TINY_CAPTIONS, "trainer.max_epochs=3"]
     ddp = _ddp_run(tmp_path / "ddp", odd_data, *overrides)
