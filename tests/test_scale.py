@@ -158,16 +158,9 @@ def test_slurm_launcher_asks_one_task_per_gpu_and_the_requeue_signal(monkeypatch
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # as if srun were installed
     executor = SlurmExecutor(tmp_path, max_num_timeout=params.pop("max_num_timeout"))
     del params["submitit_folder"]
-    generic = (
-        SlurmExecutor._equivalence_dict()
-    )  # the launcher's queue-independent names, as AutoExecutor maps them
-    executor.update_parameters(**{generic.get(k, k): v for k, v in params.items()})
+    # Generic names and units converted as AutoExecutor converts them (mem_gb=64 -> --mem=64GB).
+    executor.update_parameters(**executor._convert_parameters(params))
     sbatch = executor._make_submission_file_text("python -m vqacap.train", "uid")
-    for line in (
-        "--nodes=2",
-        "--ntasks-per-node=4",
-        "--gpus-per-node=4",
-        "--partition=gpu",
-        "--signal=USR2@120",
-    ):
+    lines = ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--mem=64GB", "--partition=gpu"]
+    for line in [*lines, "--signal=USR2@120"]:
         assert f"#SBATCH {line}" in sbatch, line
