@@ -29,7 +29,8 @@ def test_maps_are_drawn_each_validation_epoch_and_not_in_the_sanity_check(make_c
     monkeypatch.setattr(
         callback_module, "save_maps", lambda maps, folder: saved.append(folder) or real_save(maps, folder)
     )
-    cfg = make_cfg("experiment=caption_shapes", *TINY_CAPTIONER, *SHORT, "trainer.max_epochs=2", "test=false")
+    cfg = make_cfg("experiment=caption_shapes", *TINY_CAPTIONER, *SHORT, "trainer.max_epochs=2", "test=false",
+                   "callbacks.attention_maps.num_examples=8")  # the default
     assert cfg.trainer.get("num_sanity_val_steps", 2) > 0  # the sanity check runs and must not draw
     run(cfg)
     out = Path(cfg.paths.output_dir) / "attention"
@@ -149,7 +150,9 @@ def test_missing_images_are_drawn_on_a_blank_canvas_of_the_image_size(make_cfg, 
         for m in attention_maps(module, dm, "val", ids, image_root=tmp_path / "no_images"):
             assert not m.image_found and m.image.size == m.item["image_size"] == (IMAGE_SIZE, IMAGE_SIZE)
             assert m.image.getextrema() == ((255, 255), (255, 255), (255, 255))  # blank
-            assert m.figure.width >= PANEL and m.figure.height > PANEL
+            # an untrained captioner may stop at once: panels are drawn per generated word (VQA: one per question)
+            if m.item.get("words", [None]):
+                assert m.figure.width >= PANEL and m.figure.height > PANEL
 
 
 def test_box_metadata_scores_each_word_s_most_attended_boxes():
