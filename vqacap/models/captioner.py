@@ -24,106 +24,6 @@ from torch import nn
 from vqacap.models.attention import AdditiveAttention, attend
 
 
-class StepWeights:
-    """Layers applied at every time step of a pass, with their weight gradients computed once for all steps.
-
-    Autograd computes the gradient of a weight used at T steps as T products g_t^T x_t of only the step's rows each, and
-    adds them up one by one (for an embedding, T dense (V, E) gradients). Here each step's backward keeps (x_t, g_t),
-    and when the backward pass reaches the weight its gradient is one product over the rows of all steps. The values
-    are those of the layers; only the order of the additions in the gradient changes. Without grad mode (decoding)
-    the layers are called as they are. One backward pass per forward pass.
-    """
-
-    def __init__(self, *layers: nn.Linear | nn.Embedding) -> None:
-        self._steps: dict[nn.Module, tuple[list, tuple[torch.Tensor, ...]]] = {}
-        if not torch.is_grad_enabled():
-            return
-        for layer in layers:
-            if isinstance(layer, nn.Embedding) and (
-                layer.max_norm or layer.scale_grad_by_freq or layer.sparse
-            ):
-                continue  # not the plain lookup the deferred gradient assumes
-            params = tuple(p for p in (layer.weight, getattr(layer, "bias", None)) if p is not None)
-            if any(p.requires_grad for p in params):
-                steps: list = []
-                self._steps[layer] = (steps, _GatherGradients.apply(steps, layer, *params))
-
-    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if layer not in self._steps or not torch.is_grad_enabled():
-            return layer(x)
-        steps, params = self._steps[layer]
-        if isinstance(layer, nn.Embedding):
-            return _EmbeddingStep.apply(x, steps, layer.padding_idx, *params)
-        return _LinearStep.apply(x, steps, *params)
-
-
-class _LinearStep(torch.autograd.Function):
-    """y = x W^T + b at one step; the backward returns the input gradient and leaves (x, g) for `_GatherGradients`."""
-
-    @staticmethod
-    def forward(ctx, x, steps, weight, bias=None):
-        ctx.save_for_backward(x, weight)
-        ctx.steps = steps
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        ctx.steps.append((x.reshape(-1, x.size(-1)), grad.reshape(-1, grad.size(-1))))
-        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, None, None, None
-
-
-class _EmbeddingStep(torch.autograd.Function):
-    """Embedding lookup at one step; the backward leaves (ids, g) for `_GatherGradients`."""
-
-    @staticmethod
-    def forward(ctx, ids, steps, padding_idx, weight):
-        ctx.save_for_backward(ids)
-        ctx.steps = steps
-        return F.embedding(ids, weight, padding_idx)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (ids,) = ctx.saved_tensors
-        ctx.steps.append((ids.reshape(-1), grad.reshape(-1, grad.size(-1))))
-        return None, None, None, None
-
-
-class _GatherGradients(torch.autograd.Function):
-    """Identity on a layer's parameters; its backward runs after every step's and returns the gradients of all steps."""
-
-    @staticmethod
-    def forward(ctx, steps, layer, *params):
-        ctx.set_materialize_grads(False)
-        ctx.steps, ctx.padding_idx = steps, getattr(layer, "padding_idx", None)
-        ctx.embedding = isinstance(layer, nn.Embedding)
-        ctx.shapes = [(p.shape, p.dtype) for p in params]
-        return tuple(p.view_as(p) for p in params)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        if not ctx.steps:
-            return None, None, *grads
-        inputs, outputs = (
-            torch.cat(t) for t in zip(*ctx.steps)
-        )  # (N, in) or (N,) ids, (N, out): all steps' rows
-        ctx.steps.clear()
-        (shape, dtype), *bias = ctx.shapes
-        if ctx.embedding:
-            weight = torch.zeros(shape, dtype=dtype, device=outputs.device).index_add_(
-                0, inputs, outputs.to(dtype)
-            )
-            if ctx.padding_idx is not None:
-                weight[ctx.padding_idx] = 0  # as the lookup's own backward: <pad> rows get no gradient
-            found = [weight]
-        else:
-            found = [(outputs.t() @ inputs.to(outputs.dtype)).to(dtype)]  # sum_t g_t^T x_t
-            if bias:
-                found.append(outputs.sum(0).to(bias[0][1]))
-        return None, None, *(f if g is None else f + g for f, g in zip(found, grads))
-
-
 @dataclass
 class ImageContext:
     """Per-image tensors computed once and shared by every step and every hypothesis of that image."""
@@ -131,9 +31,7 @@ class ImageContext:
     language_regions: torch.Tensor  # (B, K, 4H)  language LSTM input projection of each region, W v_i + b
     projected: torch.Tensor  # (B, K, A)  W_va v_i
     mask: torch.Tensor  # (B, K) bool
-    mean_gates: (
-        torch.Tensor
-    )  # (B, 1, 4H) contribution of the mean region feature v_bar to the attention LSTM gates
+    mean_gates: torch.Tensor  # (B, 1, 4H) the mean region feature's input to the attention LSTM gates
     layers: StepWeights  # the layers applied at every step, for this pass
 
 
@@ -275,3 +173,101 @@ class UpDownCaptioner(nn.Module):
         logits = self.logits(torch.stack(outputs, 2))  # (B, G, T-1, V) in one matmul
         attention = torch.stack(attention, 2)  # (B, G, T-1, K)
         return (logits.squeeze(1), attention.squeeze(1)) if single else (logits, attention)
+
+
+# -- gradients of the weights applied at every step ----------------------------------------------------------------
+class StepWeights:
+    """Layers applied at every time step of a pass, with their weight gradients computed once for all steps.
+
+    Autograd computes the gradient of a weight used at T steps as T products g_t^T x_t of only the step's rows each, and
+    adds them up one by one (for an embedding, T dense (V, E) gradients). Here each step's backward keeps (x_t, g_t),
+    and when the backward pass reaches the weight its gradient is one product over the rows of all steps. The values
+    are those of the layers; only the order of the additions in the gradient changes. Without grad mode (decoding)
+    the layers are called as they are. One backward pass per forward pass.
+    """
+
+    def __init__(self, *layers: nn.Linear | nn.Embedding) -> None:
+        self._steps: dict[nn.Module, tuple[list, tuple[torch.Tensor, ...]]] = {}
+        if not torch.is_grad_enabled():
+            return
+        for layer in layers:
+            embedding = isinstance(layer, nn.Embedding)
+            if embedding and (layer.max_norm or layer.scale_grad_by_freq or layer.sparse):
+                continue  # not the plain lookup the gathered gradient assumes
+            params = tuple(p for p in (layer.weight, getattr(layer, "bias", None)) if p is not None)
+            if any(p.requires_grad for p in params):
+                steps: list = []
+                self._steps[layer] = (steps, _GatherGradients.apply(steps, layer, *params))
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if layer not in self._steps or not torch.is_grad_enabled():
+            return layer(x)
+        steps, params = self._steps[layer]
+        if isinstance(layer, nn.Embedding):
+            return _EmbeddingStep.apply(x, steps, layer.padding_idx, *params)
+        return _LinearStep.apply(x, steps, *params)
+
+
+class _LinearStep(torch.autograd.Function):
+    """y = x W^T + b at one step; the backward returns the input gradient and leaves (x, g) for `_GatherGradients`."""
+
+    @staticmethod
+    def forward(ctx, x, steps, weight, bias=None):
+        ctx.save_for_backward(x, weight)
+        ctx.steps = steps
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        ctx.steps.append((x.reshape(-1, x.size(-1)), grad.reshape(-1, grad.size(-1))))
+        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None
+
+
+class _EmbeddingStep(torch.autograd.Function):
+    """Embedding lookup at one step; the backward leaves (ids, g) for `_GatherGradients`."""
+
+    @staticmethod
+    def forward(ctx, ids, steps, padding_idx, weight):
+        ctx.save_for_backward(ids)
+        ctx.steps = steps
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        ctx.steps.append((ids.reshape(-1), grad.reshape(-1, grad.size(-1))))
+        return None, None, None, None
+
+
+class _GatherGradients(torch.autograd.Function):
+    """Identity on a layer's parameters; its backward runs after every step's and returns the gradients of all steps."""
+
+    @staticmethod
+    def forward(ctx, steps, layer, *params):
+        ctx.set_materialize_grads(False)
+        ctx.steps, ctx.padding_idx = steps, getattr(layer, "padding_idx", None)
+        ctx.embedding = isinstance(layer, nn.Embedding)
+        ctx.shapes = [(p.shape, p.dtype) for p in params]
+        return tuple(p.view_as(p) for p in params)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if not ctx.steps:
+            return None, None, *grads
+        # All steps' rows: inputs (N, in), or (N,) ids for an embedding; output gradients (N, out).
+        inputs, outputs = (torch.cat(t) for t in zip(*ctx.steps))
+        ctx.steps.clear()
+        (shape, dtype), *bias = ctx.shapes
+        if ctx.embedding:
+            weight = torch.zeros(shape, dtype=dtype, device=outputs.device)
+            weight.index_add_(0, inputs, outputs.to(dtype))
+            if ctx.padding_idx is not None:
+                weight[ctx.padding_idx] = 0  # as the lookup's own backward: <pad> rows get no gradient
+            found = [weight]
+        else:
+            found = [(outputs.t() @ inputs.to(outputs.dtype)).to(dtype)]  # sum_t g_t^T x_t
+            if bias:
+                found.append(outputs.sum(0).to(bias[0][1]))
+        return None, None, *(f if g is None else f + g for f, g in zip(found, grads))
