@@ -37,7 +37,7 @@ from vqacap.metrics.vqa import (
     load_annotations,
     load_questions,
     process_answer,
-    soft_scores,
+    soft_scores_of_indices,
 )
 
 SPLITS = ("train", "val", "test")
@@ -194,7 +194,7 @@ def build_split(
     for ann in ordered:
         human = [a["answer"] for a in ann["answers"]]
         gt.append(gt_answer_indices(human, answers.index))
-        i, s = soft_scores(human, answers.index)
+        i, s = soft_scores_of_indices(gt[-1])
         indices += i
         scores += s
         offsets.append(len(indices))

@@ -107,6 +107,7 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def _clean(text: str) -> str:
     """What the evaluator does to every answer before anything else."""
     return text.replace("\n", " ").replace("\t", " ").strip()
@@ -160,9 +161,13 @@ def soft_scores(
     The score of a candidate is exactly `answer_accuracy(candidate, gt_answers)` (see `gt_answer_indices` for the
     candidates), so the accuracy of a predicted index is the target value at that index. Sorted by index.
     """
-    indices = gt_answer_indices(gt_answers, answer_to_index)
-    candidates = sorted(set(indices) - {-1})
-    return candidates, [_leave_one_out([i == c for i in indices]) for c in candidates]
+    return soft_scores_of_indices(gt_answer_indices(gt_answers, answer_to_index))
+
+
+def soft_scores_of_indices(gt_indices: Sequence[int]) -> tuple[list[int], list[float]]:
+    """`soft_scores` from the `gt_answer_indices` of a question, for callers that need both."""
+    candidates = sorted(set(gt_indices) - {-1})
+    return candidates, [_leave_one_out([i == c for i in gt_indices]) for c in candidates]
 
 
 def batch_accuracy(pred_index: torch.Tensor, gt_answer_index: torch.Tensor) -> torch.Tensor:
