@@ -53,7 +53,7 @@ from vqacap.data.vqa import VQABatch
 from vqacap.lightning.captioning import CaptioningModule
 from vqacap.lightning.vqa import VQAModule
 from vqacap.metrics.captions import CiderDReward
-from vqacap.models.captioner import UpDownCaptioner
+from vqacap.models.captioner import ALIGN_ROWS, UpDownCaptioner
 from vqacap.models.decoding import DecodingOptions
 from vqacap.models.vqa import UpDownVQA
 from vqacap.train import CONFIG_DIR
@@ -136,7 +136,8 @@ def captioner_flops(s: CaptionerSizes, images: int, per_image: int, steps: int, 
     Teacher forcing computes the word input and the output projection of all steps at once; decoding step by step;
     the counts are the same.
     """
-    b, k, d, e, h, a, v = images, s.regions, s.feature_dim, s.embedding, s.hidden, s.attention, s.words
+    b, k, d, e, h, a = images, s.regions, s.feature_dim, s.embedding, s.hidden, s.attention
+    v = -(-s.words // ALIGN_ROWS) * ALIGN_ROWS  # the output layer's rows, padded for speed (StepWeights)
     rows = images * per_image * steps  # sequence steps
     first = images * per_image  # the first step's recurrent input is the zero state
     products = [

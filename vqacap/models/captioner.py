@@ -107,7 +107,7 @@ class UpDownCaptioner(nn.Module):
                 self.attention_lstm_word,
                 self.embed,
                 self.output,
-            ),  # fmt: skip
+            ),
         )
 
     def init_state(self, batch: int, device, dtype=torch.float32) -> State:
@@ -137,13 +137,13 @@ class UpDownCaptioner(nn.Module):
     def word_gates(self, tokens: torch.Tensor, ctx: ImageContext | None = None) -> torch.Tensor:
         """tokens (B, G) or (B, T) -> their word input to the attention LSTM gates (..., 4H).
 
-        Pass the pass's context when called once per step (decoding), so the weight gradients are gathered.
+        With the pass's context (`encode`) the layers run as its `StepWeights` prepared them.
         """
         layers = ctx.layers if ctx is not None else StepWeights()
         return layers(self.attention_lstm_word, layers(self.embed, tokens))
 
     def logits(self, h2: torch.Tensor, ctx: ImageContext | None = None) -> torch.Tensor:
-        """h2 (..., H) -> (..., V); pass the context when called once per step, as `word_gates`."""
+        """h2 (..., H) -> (..., V); the context as in `word_gates`."""
         layers = ctx.layers if ctx is not None else StepWeights()
         return layers(self.output, self.dropout(h2))
 
@@ -170,7 +170,7 @@ class UpDownCaptioner(nn.Module):
             h2, alpha, state = self.step(ctx, state, word_gates[t])
             outputs.append(h2)
             attention.append(alpha)
-        logits = self.logits(torch.stack(outputs, 2))  # (B, G, T-1, V) in one matmul
+        logits = self.logits(torch.stack(outputs, 2), ctx)  # (B, G, T-1, V) in one matmul
         attention = torch.stack(attention, 2)  # (B, G, T-1, K)
         return (logits.squeeze(1), attention.squeeze(1)) if single else (logits, attention)
 
@@ -182,30 +182,46 @@ class StepWeights:
     Autograd computes the gradient of a weight used at T steps as T products g_t^T x_t of only the step's rows each, and
     adds them up one by one (for an embedding, T dense (V, E) gradients). Here each step's backward keeps (x_t, g_t),
     and when the backward pass reaches the weight its gradient is one product over the rows of all steps. The values
-    are those of the layers; only the order of the additions in the gradient changes. Without grad mode (decoding)
-    the layers are called as they are. One backward pass per forward pass.
+    are those of the layers; only the order of the additions in the gradient changes. One backward pass per forward.
+
+    A linear layer whose output count is not a multiple of 16 (a 9,487-word vocabulary) gets zero rows appended to its
+    weight for the pass, and the extra outputs are cut off: matrix products with such row counts run up to twice as
+    slowly. Without grad mode (decoding) only that is done.
     """
 
     def __init__(self, *layers: nn.Linear | nn.Embedding) -> None:
-        self._steps: dict[nn.Module, tuple[list, tuple[torch.Tensor, ...]]] = {}
-        if not torch.is_grad_enabled():
-            return
+        self._steps: dict[nn.Module, tuple[list | None, tuple[torch.Tensor, ...]]] = {}
         for layer in layers:
             embedding = isinstance(layer, nn.Embedding)
             if embedding and (layer.max_norm or layer.scale_grad_by_freq or layer.sparse):
                 continue  # not the plain lookup the gathered gradient assumes
             params = tuple(p for p in (layer.weight, getattr(layer, "bias", None)) if p is not None)
-            if any(p.requires_grad for p in params):
+            pad = 0 if embedding else -layer.out_features % ALIGN_ROWS
+            if torch.is_grad_enabled() and any(p.requires_grad for p in params):
                 steps: list = []
-                self._steps[layer] = (steps, _GatherGradients.apply(steps, layer, *params))
+                self._steps[layer] = (steps, _GatherGradients.apply(steps, layer, pad, *params))
+            elif pad:
+                self._steps[layer] = (None, tuple(_pad_rows(p, pad) for p in params))
 
     def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if layer not in self._steps or not torch.is_grad_enabled():
+        if layer not in self._steps:
             return layer(x)
         steps, params = self._steps[layer]
         if isinstance(layer, nn.Embedding):
             return _EmbeddingStep.apply(x, steps, layer.padding_idx, *params)
-        return _LinearStep.apply(x, steps, *params)
+        if steps is None or not torch.is_grad_enabled():
+            y = F.linear(x, *params)
+        else:
+            y = _LinearStep.apply(x, steps, *params)
+        return y[..., : layer.out_features] if y.size(-1) > layer.out_features else y
+
+
+ALIGN_ROWS = 16
+
+
+def _pad_rows(p: torch.Tensor, pad: int) -> torch.Tensor:
+    """A weight (out, in) or bias (out,) with `pad` zero rows appended."""
+    return F.pad(p, (0, 0, 0, pad) if p.dim() == 2 else (0, pad)) if pad else p.view_as(p)
 
 
 class _LinearStep(torch.autograd.Function):
@@ -245,17 +261,17 @@ class _GatherGradients(torch.autograd.Function):
     """Identity on a layer's parameters; its backward runs after every step's and returns the gradients of all steps."""
 
     @staticmethod
-    def forward(ctx, steps, layer, *params):
+    def forward(ctx, steps, layer, pad, *params):
         ctx.set_materialize_grads(False)
         ctx.steps, ctx.padding_idx = steps, getattr(layer, "padding_idx", None)
         ctx.embedding = isinstance(layer, nn.Embedding)
         ctx.shapes = [(p.shape, p.dtype) for p in params]
-        return tuple(p.view_as(p) for p in params)
+        return tuple(_pad_rows(p, pad) for p in params)
 
     @staticmethod
     def backward(ctx, *grads):
         if not ctx.steps:
-            return None, None, *grads
+            return None, None, None, *grads
         # All steps' rows: inputs (N, in), or (N,) ids for an embedding; output gradients (N, out).
         inputs, outputs = (torch.cat(t) for t in zip(*ctx.steps))
         ctx.steps.clear()
@@ -267,7 +283,8 @@ class _GatherGradients(torch.autograd.Function):
                 weight[ctx.padding_idx] = 0  # as the lookup's own backward: <pad> rows get no gradient
             found = [weight]
         else:
-            found = [(outputs.t() @ inputs.to(outputs.dtype)).to(dtype)]  # sum_t g_t^T x_t
+            rows = shape[0]  # without the appended rows
+            found = [(outputs.t() @ inputs.to(outputs.dtype))[:rows].to(dtype)]  # sum_t g_t^T x_t
             if bias:
-                found.append(outputs.sum(0).to(bias[0][1]))
-        return None, None, *(f if g is None else f + g for f, g in zip(found, grads))
+                found.append(outputs.sum(0)[:rows].to(bias[0][1]))
+        return None, None, None, *(f if g is None else f + g[: f.size(0)] for f, g in zip(found, grads))

@@ -147,8 +147,8 @@ def beam_search(
     token_logps = torch.empty(b, g, 0, device=device)
     attention = torch.empty(b, g, 0, regions.size(1), device=device)
     for t in range(opts.max_length + 1):
-        h2, alpha, state = model.step(ctx, state, model.word_gates(token))
-        logp = torch.log_softmax(model.logits(h2), dim=-1)  # (B, G, V)
+        h2, alpha, state = model.step(ctx, state, model.word_gates(token, ctx))
+        logp = torch.log_softmax(model.logits(h2, ctx), dim=-1)  # (B, G, V)
         allowed = _constrain(logp, t, opts)
         if opts.block_trigrams:
             allowed = _block_trigrams(allowed, history)
