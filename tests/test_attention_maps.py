@@ -29,8 +29,14 @@ def test_maps_are_drawn_each_validation_epoch_and_not_in_the_sanity_check(make_c
     monkeypatch.setattr(
         callback_module, "save_maps", lambda maps, folder: saved.append(folder) or real_save(maps, folder)
     )
-    cfg = make_cfg("experiment=caption_shapes", *TINY_CAPTIONER, *SHORT, "trainer.max_epochs=2", "test=false",
-                   "callbacks.attention_maps.num_examples=8")  # the default
+    cfg = make_cfg(
+        "experiment=caption_shapes",
+        *TINY_CAPTIONER,
+        *SHORT,
+        "trainer.max_epochs=2",
+        "test=false",
+        "callbacks.attention_maps.num_examples=8",
+    )  # the default
     assert cfg.trainer.get("num_sanity_val_steps", 2) > 0  # the sanity check runs and must not draw
     run(cfg)
     out = Path(cfg.paths.output_dir) / "attention"

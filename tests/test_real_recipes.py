@@ -23,24 +23,57 @@ def _features(tmp_path, image_ids, out):
 
 def test_caption_coco_recipes_run_on_prepared_karpathy_data(make_cfg, tmp_path):
     coco = tmp_path / "data" / "coco"
-    assert vqacap(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(coco),
-                   "--min-count", "1"]) == 0
+    assert (
+        vqacap(
+            [
+                "prepare",
+                "coco-captions",
+                "--karpathy",
+                str(karpathy_file(tmp_path)),
+                "--out",
+                str(coco),
+                "--min-count",
+                "1",
+            ]
+        )
+        == 0
+    )
     _features(tmp_path, [9, 25, 30, 42], coco / "regions.h5")
     for experiment in ("caption_coco_xe", "caption_coco_scst"):
-        cfg = make_cfg(f"experiment={experiment}", "debug=fdr", f"paths.data_dir={tmp_path / 'data'}", "init_from=null",
-                       *CPU_LOADER, *TINY_CAPTIONER, "model.metrics=[Bleu_4,ROUGE_L,CIDEr]", tiny=False)
+        cfg = make_cfg(
+            f"experiment={experiment}",
+            "debug=fdr",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "init_from=null",
+            *CPU_LOADER,
+            *TINY_CAPTIONER,
+            "model.metrics=[Bleu_4,ROUGE_L,CIDEr]",
+            tiny=False,
+        )
         metrics = run(cfg)
         assert {"test/Bleu_4", "test/ROUGE_L", "test/CIDEr"} <= metrics.keys()
 
 
 @pytest.mark.parametrize("experiment", ["vqa2_updown", "vqa2_reference"])
-def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experiment, official):
+def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experiment, official):  # noqa: F811
     vqa2 = tmp_path / "data" / "vqa2"
     assert run_prepare(official, vqa2) == 0
-    image_ids = sorted({q["image_id"] for name in official.values() if "questions" in name.name
-                        for q in json.loads(name.read_text())["questions"]})
+    image_ids = sorted(
+        {
+            q["image_id"]
+            for name in official.values()
+            if "questions" in name.name
+            for q in json.loads(name.read_text())["questions"]
+        }
+    )
     _features(tmp_path, image_ids, vqa2 / "regions.h5")
-    cfg = make_cfg(f"experiment={experiment}", "debug=fdr", f"paths.data_dir={tmp_path / 'data'}",
-                   "model.net.hidden_size=32", *CPU_LOADER, tiny=False)
+    cfg = make_cfg(
+        f"experiment={experiment}",
+        "debug=fdr",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "model.net.hidden_size=32",
+        *CPU_LOADER,
+        tiny=False,
+    )
     metrics = run(cfg)
     assert "test/accuracy" in metrics

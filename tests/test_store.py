@@ -105,8 +105,17 @@ def test_writer_repairs_a_half_written_tail(tmp_path):
     ],
 )
 def test_writer_names_the_image_on_bad_input(tmp_path, change, message):
-    args = {"image_id": 7, "features": np.zeros((3, 8)), "boxes": np.zeros((3, 4)), "image_w": 64, "image_h": 48}
-    with RegionStoreWriter(tmp_path / "s.h5", 8) as w, pytest.raises(RegionStoreError, match=f"image 7: {message}"):
+    args = {
+        "image_id": 7,
+        "features": np.zeros((3, 8)),
+        "boxes": np.zeros((3, 4)),
+        "image_w": 64,
+        "image_h": 48,
+    }
+    with (
+        RegionStoreWriter(tmp_path / "s.h5", 8) as w,
+        pytest.raises(RegionStoreError, match=f"image 7: {message}"),
+    ):
         w.add(**{**args, **change})
 
 
@@ -146,8 +155,13 @@ def test_loading_with_two_workers(tmp_path, context):
     store = RegionStore(tmp_path / "s.h5")
     store.read(100)  # an open handle in the parent must not leak into the workers
     data = _Images(store)
-    loader = DataLoader(data, batch_size=3, num_workers=2, collate_fn=data.collate,
-                        multiprocessing_context=mp.get_context(context))
+    loader = DataLoader(
+        data,
+        batch_size=3,
+        num_workers=2,
+        collate_fn=data.collate,
+        multiprocessing_context=mp.get_context(context),
+    )
     seen = {}
     for ids, feats in loader:
         for image_id, f in zip(ids, feats):

@@ -1,7 +1,7 @@
 """Offline evaluation of result files, as the reference toolkits score them.
 
-    python -m vqacap.evaluate captions --annotations A --results R [--metrics ...] [--no-tokenize] [--json]
-    python -m vqacap.evaluate vqa --questions Q --annotations A --results R [--json]
+python -m vqacap.evaluate captions --annotations A --results R [--metrics ...] [--no-tokenize] [--json]
+python -m vqacap.evaluate vqa --questions Q --annotations A --results R [--json]
 """
 
 from __future__ import annotations

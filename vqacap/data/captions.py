@@ -34,18 +34,26 @@ SPLITS = ("train", "val", "test")
 class CaptionBatch:
     image_ids: torch.Tensor  # (B,) long
     regions: Regions  # features (B, K, D), boxes, mask (B, K)
-    tokens: torch.Tensor | None  # (B, G, T) long: G captions per image, <bos> w_1 .. w_n <eos> <pad>...; None in eval
+    tokens: (
+        torch.Tensor | None
+    )  # (B, G, T) long: G captions per image, <bos> w_1 .. w_n <eos> <pad>...; None in eval
 
     def to(self, device) -> CaptionBatch:  # Lightning moves batches through this method
         r = self.regions
-        regions = Regions(r.features.to(device), r.boxes.to(device), r.mask.to(device), r.image_size.to(device))
+        regions = Regions(
+            r.features.to(device), r.boxes.to(device), r.mask.to(device), r.image_size.to(device)
+        )
         tokens = None if self.tokens is None else self.tokens.to(device)
         return CaptionBatch(self.image_ids.to(device), regions, tokens)
 
     def pin_memory(self) -> CaptionBatch:
         r = self.regions
-        regions = Regions(r.features.pin_memory(), r.boxes.pin_memory(), r.mask.pin_memory(), r.image_size.pin_memory())
-        return CaptionBatch(self.image_ids.pin_memory(), regions, None if self.tokens is None else self.tokens.pin_memory())
+        regions = Regions(
+            r.features.pin_memory(), r.boxes.pin_memory(), r.mask.pin_memory(), r.image_size.pin_memory()
+        )
+        return CaptionBatch(
+            self.image_ids.pin_memory(), regions, None if self.tokens is None else self.tokens.pin_memory()
+        )
 
 
 def load_caption_annotations(path: str | os.PathLike) -> tuple[dict[int, list[str]], dict[int, dict]]:
@@ -63,10 +71,14 @@ def load_caption_annotations(path: str | os.PathLike) -> tuple[dict[int, list[st
     references: dict[int, list[str]] = defaultdict(list)
     for n, ann in enumerate(data["annotations"]):
         if "caption" not in ann or "image_id" not in ann:
-            raise ValueError(f"{path}: annotation {n} lacks 'caption' or 'image_id' (is this a caption file?)")
+            raise ValueError(
+                f"{path}: annotation {n} lacks 'caption' or 'image_id' (is this a caption file?)"
+            )
         image_id = int(ann["image_id"])
         if image_id not in images:
-            raise ValueError(f"{path}: annotation {ann.get('id', n)} refers to image {image_id}, absent from 'images'")
+            raise ValueError(
+                f"{path}: annotation {ann.get('id', n)} refers to image {image_id}, absent from 'images'"
+            )
         references[image_id].append(ann["caption"])
     return dict(references), images
 
@@ -74,7 +86,9 @@ def load_caption_annotations(path: str | os.PathLike) -> tuple[dict[int, list[st
 class RegionBatcher:
     """Reads the regions of a batch of image ids; picklable, so it runs inside DataLoader workers (fork or spawn)."""
 
-    def __init__(self, store: RegionStore, zero_regions: bool = False, pad_regions_to: int | None = None) -> None:
+    def __init__(
+        self, store: RegionStore, zero_regions: bool = False, pad_regions_to: int | None = None
+    ) -> None:
         self.store = store
         self.zero_regions = zero_regions
         self.pad_regions_to = pad_regions_to
@@ -96,8 +110,13 @@ class CaptionTrainSet(Dataset):
     """
 
     def __init__(
-        self, image_ids: np.ndarray, tokens: torch.Tensor, first: np.ndarray, count: np.ndarray,
-        regions: RegionBatcher, captions_per_image: int = 5,
+        self,
+        image_ids: np.ndarray,
+        tokens: torch.Tensor,
+        first: np.ndarray,
+        count: np.ndarray,
+        regions: RegionBatcher,
+        captions_per_image: int = 5,
     ) -> None:
         self.image_ids = image_ids  # (N,)
         self.tokens = tokens  # (C, T) all captions, grouped by image
@@ -173,7 +192,9 @@ class CaptionDataModule(pl.LightningDataModule):
         self.vocab_path = self.data_dir / vocab
         self.min_count = min_count
         self.max_length = max_length
-        self.batch_size = batch_size  # images per training batch; captions per batch = batch_size * captions_per_image
+        self.batch_size = (
+            batch_size  # images per training batch; captions per batch = batch_size * captions_per_image
+        )
         self.captions_per_image = captions_per_image
         self.eval_batch_size = eval_batch_size
         self.loader_options = {
@@ -184,7 +205,9 @@ class CaptionDataModule(pl.LightningDataModule):
         }
         self.zero_regions = zero_regions
         self.pad_regions_to = pad_regions_to
-        self.generator = generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
+        self.generator = (
+            generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
+        )
         self.references: dict[str, dict[int, list[str]]] = {}
         self.images: dict[str, dict[int, dict]] = {}
         self._scenes: dict[str, dict[int, list[dict]] | None] = {}
@@ -200,7 +223,9 @@ class CaptionDataModule(pl.LightningDataModule):
         if not self.vocab_path.exists():
             references, _ = load_caption_annotations(self.annotation_paths["train"])
             captions = [c for refs in references.values() for c in refs]
-            Vocabulary.build(captions, min_count=self.min_count, max_length=self.max_length).save(self.vocab_path)
+            Vocabulary.build(captions, min_count=self.min_count, max_length=self.max_length).save(
+                self.vocab_path
+            )
 
     # -- per process -----------------------------------------------------------------------------------------------
     @property
@@ -250,7 +275,8 @@ class CaptionDataModule(pl.LightningDataModule):
         count = np.array([len(refs[i]) for i in image_ids], dtype=np.int64)
         first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
         tokens = self.vocab.encode_batch(
-            [c for i in image_ids for c in refs[i]], add_bos_eos=True,
+            [c for i in image_ids for c in refs[i]],
+            add_bos_eos=True,
             field=f"{self.annotation_paths['train']}: caption",
         )
         return CaptionTrainSet(image_ids, tokens, first, count, self._batcher(), self.captions_per_image)
@@ -260,7 +286,11 @@ class CaptionDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate, drop_last=False,
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=dataset.collate,
+            drop_last=False,
             **self.loader_options,
         )
 

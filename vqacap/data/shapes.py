@@ -76,7 +76,9 @@ def _relation(a: ShapesObject, b: ShapesObject) -> str:
 class ShapesGenerator:
     """Scenes, images, regions, captions and questions, all from one seeded generator."""
 
-    def __init__(self, seed: int = 0, image_size: int = 128, feature_dim: int = 2048, noise: float = 0.1) -> None:
+    def __init__(
+        self, seed: int = 0, image_size: int = 128, feature_dim: int = 2048, noise: float = 0.1
+    ) -> None:
         self.rng = np.random.default_rng(seed)
         self.image_size = image_size
         self.feature_dim = feature_dim
@@ -102,9 +104,7 @@ class ShapesGenerator:
             cx, cy = self.rng.uniform(r + 2, self.image_size - r - 2, size=2)
             box = [cx - r, cy - r, cx + r, cy + r]
             if all(_gap(box, o.box) > 3 for o in objects):
-                objects.append(
-                    ShapesObject(self._pick(SHAPES), self._pick(list(COLOURS)), size, box)
-                )
+                objects.append(ShapesObject(self._pick(SHAPES), self._pick(list(COLOURS)), size, box))
         return self._pick(list(BACKGROUNDS)), objects
 
     def render(self, background: str, objects: list[ShapesObject]) -> Image.Image:
@@ -156,7 +156,9 @@ class ShapesGenerator:
             f"{_article(a.colour).capitalize()} {a.colour} {a.shape} {rel} {_article(b.colour)} {b.colour} {b.shape}.",
             f"There is {_article(desc_a)} {desc_a} and {n} shapes in total.",
             f"{n.capitalize()} shapes, including {_article(a.colour)} {a.colour} {a.shape}, on {_article(background)} "
-            f"{background} background." if len(colours) > 1 else f"{n} {a.colour} shapes on a {background} background.",
+            f"{background} background."
+            if len(colours) > 1
+            else f"{n} {a.colour} shapes on a {background} background.",
         ]
 
     def questions(self, objects: list[ShapesObject]) -> list[dict]:
@@ -171,40 +173,62 @@ class ShapesGenerator:
             else:
                 shape, colour = self._pick(SHAPES), self._pick(list(COLOURS))
             matches = [o for o in objects if o.shape == shape and o.colour == colour]
-            qs.append({
-                "question": f"Is there {_article(colour)} {colour} {shape}?",
-                "answer": "yes" if matches else "no", "answer_type": "yes/no", "question_type": "is there a",
-                "target": matches[0] if len(matches) == 1 else None,
-            })
+            qs.append(
+                {
+                    "question": f"Is there {_article(colour)} {colour} {shape}?",
+                    "answer": "yes" if matches else "no",
+                    "answer_type": "yes/no",
+                    "question_type": "is there a",
+                    "target": matches[0] if len(matches) == 1 else None,
+                }
+            )
         # number
         shape = self._pick(SHAPES)
-        qs.append({
-            "question": f"How many {_plural(shape)} are there?",
-            "answer": str(sum(o.shape == shape for o in objects)), "answer_type": "number",
-            "question_type": "how many", "target": None,
-        })
+        qs.append(
+            {
+                "question": f"How many {_plural(shape)} are there?",
+                "answer": str(sum(o.shape == shape for o in objects)),
+                "answer_type": "number",
+                "question_type": "how many",
+                "target": None,
+            }
+        )
         colour = self._pick(list(COLOURS))
-        qs.append({
-            "question": f"How many {colour} shapes are there?",
-            "answer": str(sum(o.colour == colour for o in objects)), "answer_type": "number",
-            "question_type": "how many", "target": None,
-        })
+        qs.append(
+            {
+                "question": f"How many {colour} shapes are there?",
+                "answer": str(sum(o.colour == colour for o in objects)),
+                "answer_type": "number",
+                "question_type": "how many",
+                "target": None,
+            }
+        )
         # other: attributes of a uniquely described object
         shapes_once = [o for o in objects if sum(p.shape == o.shape for p in objects) == 1]
         if shapes_once:
             o = shapes_once[int(rng.integers(len(shapes_once)))]
-            qs.append({
-                "question": f"What color is the {o.shape}?", "answer": o.colour, "answer_type": "other",
-                "question_type": "what color is the", "target": o,
-            })
+            qs.append(
+                {
+                    "question": f"What color is the {o.shape}?",
+                    "answer": o.colour,
+                    "answer_type": "other",
+                    "question_type": "what color is the",
+                    "target": o,
+                }
+            )
         colours_once = [o for o in objects if sum(p.colour == o.colour for p in objects) == 1]
         if colours_once:
             o = colours_once[int(rng.integers(len(colours_once)))]
             kind = "shape" if rng.random() < 0.5 else "size"
-            qs.append({
-                "question": f"What {kind} is the {o.colour} object?", "answer": o.shape if kind == "shape" else o.size,
-                "answer_type": "other", "question_type": f"what {kind} is the", "target": o,
-            })
+            qs.append(
+                {
+                    "question": f"What {kind} is the {o.colour} object?",
+                    "answer": o.shape if kind == "shape" else o.size,
+                    "answer_type": "other",
+                    "question_type": f"what {kind} is the",
+                    "target": o,
+                }
+            )
         return qs
 
     def human_answers(self, answer: str, answer_type: str) -> list[str]:
@@ -243,8 +267,14 @@ def generate(
     """Write the whole dataset under `root` unless a complete copy with the same settings is there. Returns root."""
     root = Path(root)
     sizes = dict(sizes or {"train": 4000, "val": 500, "test": 500})
-    settings = {"version": VERSION, "sizes": sizes, "seed": seed, "feature_dim": feature_dim, "image_size": image_size,
-                "dtype": dtype}
+    settings = {
+        "version": VERSION,
+        "sizes": sizes,
+        "seed": seed,
+        "feature_dim": feature_dim,
+        "image_size": image_size,
+        "dtype": dtype,
+    }
     done = root / "COMPLETE.json"
     if done.exists() and json.loads(done.read_text()) == settings:
         return root
@@ -267,7 +297,9 @@ def generate(
                 gen.render(background, objects).save(root / file_name, compress_level=1)
                 feats, boxes = gen.regions(background, objects)
                 store.add(image_id, feats, boxes, image_size, image_size)
-                images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
+                images.append(
+                    {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
+                )
                 for text in gen.captions(background, objects):
                     captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
                 for n, q in enumerate(gen.questions(objects)):
@@ -275,26 +307,53 @@ def generate(
                     questions.append({"image_id": image_id, "question": q["question"], "question_id": qid})
                     answers = gen.human_answers(q["answer"], q["answer_type"])
                     ann = {
-                        "question_id": qid, "image_id": image_id, "question_type": q["question_type"],
-                        "answer_type": q["answer_type"], "multiple_choice_answer": q["answer"],
-                        "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
-                                    for i, a in enumerate(answers)],
+                        "question_id": qid,
+                        "image_id": image_id,
+                        "question_type": q["question_type"],
+                        "answer_type": q["answer_type"],
+                        "multiple_choice_answer": q["answer"],
+                        "answers": [
+                            {"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                            for i, a in enumerate(answers)
+                        ],
                     }
                     if q["target"] is not None:
                         ann["target_box"] = q["target"].box
                     annotations.append(ann)
-                scenes.append({"image_id": image_id, "background": background,
-                               "objects": [asdict(o) for o in objects]})
-            info = {"description": f"Shapes {split} (vqacap embedded dataset)", "version": str(VERSION), "seed": seed}
-            _dump(root / f"captions_{split}.json",
-                  {"info": info, "images": images, "annotations": captions, "type": "captions", "licenses": []})
+                scenes.append(
+                    {"image_id": image_id, "background": background, "objects": [asdict(o) for o in objects]}
+                )
+            info = {
+                "description": f"Shapes {split} (vqacap embedded dataset)",
+                "version": str(VERSION),
+                "seed": seed,
+            }
+            _dump(
+                root / f"captions_{split}.json",
+                {"info": info, "images": images, "annotations": captions, "type": "captions", "licenses": []},
+            )
             subtype = f"shapes_{split}"
-            _dump(root / f"vqa_{split}_questions.json",
-                  {"info": info, "task_type": "Open-Ended", "data_type": "shapes", "data_subtype": subtype,
-                   "questions": questions, "license": {}})
-            _dump(root / f"vqa_{split}_annotations.json",
-                  {"info": info, "data_type": "shapes", "data_subtype": subtype, "annotations": annotations,
-                   "license": {}})
+            _dump(
+                root / f"vqa_{split}_questions.json",
+                {
+                    "info": info,
+                    "task_type": "Open-Ended",
+                    "data_type": "shapes",
+                    "data_subtype": subtype,
+                    "questions": questions,
+                    "license": {},
+                },
+            )
+            _dump(
+                root / f"vqa_{split}_annotations.json",
+                {
+                    "info": info,
+                    "data_type": "shapes",
+                    "data_subtype": subtype,
+                    "annotations": annotations,
+                    "license": {},
+                },
+            )
             _dump(root / f"scenes_{split}.json", {"scenes": scenes})
     done.write_text(json.dumps(settings))
     return root

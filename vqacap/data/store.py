@@ -69,7 +69,9 @@ class RegionStore:
             with h5py.File(self.path, "r") as f:
                 missing = [k for k in (*_INDEX_FIELDS, "features", "boxes") if k not in f]
                 if missing:
-                    raise RegionStoreError(f"{self.path}: not a region-feature store (missing {', '.join(missing)})")
+                    raise RegionStoreError(
+                        f"{self.path}: not a region-feature store (missing {', '.join(missing)})"
+                    )
                 self.feature_dim = int(f["features"].shape[1])
                 self.dtype = f["features"].dtype
                 self.image_ids = f["image_ids"][:].astype(np.int64)
@@ -161,10 +163,17 @@ class RegionStore:
             i = j
         mask = np.arange(k)[None, :] < counts[:, None]
         size = np.stack([self.image_w[rows], self.image_h[rows]], axis=1).astype(np.float32)
-        return Regions(torch.from_numpy(features), torch.from_numpy(boxes), torch.from_numpy(mask), torch.from_numpy(size))
+        return Regions(
+            torch.from_numpy(features),
+            torch.from_numpy(boxes),
+            torch.from_numpy(mask),
+            torch.from_numpy(size),
+        )
 
 
-def collate_regions(items: list[tuple[np.ndarray, np.ndarray, int, int]], pad_to: int | None = None) -> Regions:
+def collate_regions(
+    items: list[tuple[np.ndarray, np.ndarray, int, int]], pad_to: int | None = None
+) -> Regions:
     """Pad per-image (features (k, D), boxes (k, 4), width, height) tuples into a `Regions` batch."""
     counts = np.array([len(it[0]) for it in items])
     k = int(counts.max()) if pad_to is None else int(pad_to)
@@ -222,7 +231,10 @@ class RegionStoreWriter:
             f.attrs["version"] = FORMAT_VERSION
             f.attrs["feature_dim"] = self.feature_dim
             f.create_dataset(
-                "features", (0, self.feature_dim), maxshape=(None, self.feature_dim), dtype=dtype,
+                "features",
+                (0, self.feature_dim),
+                maxshape=(None, self.feature_dim),
+                dtype=dtype,
                 chunks=(chunk_regions, self.feature_dim),
             )
             f.create_dataset("boxes", (0, 4), maxshape=(None, 4), dtype="float32", chunks=(chunk_regions, 4))
@@ -254,7 +266,9 @@ class RegionStoreWriter:
         features = np.asarray(features)
         boxes = np.asarray(boxes, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise RegionStoreError(f"{where}: features have shape {features.shape}, expected (k, {self.feature_dim})")
+            raise RegionStoreError(
+                f"{where}: features have shape {features.shape}, expected (k, {self.feature_dim})"
+            )
         k = features.shape[0]
         if k == 0:
             raise RegionStoreError(f"{where}: no regions")

@@ -81,7 +81,11 @@ class Vocabulary:
         return [self.decode(row) for row in ids.tolist()]
 
     def save(self, path: str | os.PathLike) -> None:
-        data = {"words": self.words[len(SPECIALS) :], "max_length": self.max_length, "min_count": self.min_count}
+        data = {
+            "words": self.words[len(SPECIALS) :],
+            "max_length": self.max_length,
+            "min_count": self.min_count,
+        }
         Path(path).write_text(json.dumps(data, indent=0))
 
     @classmethod

@@ -46,11 +46,20 @@ class CaptioningModule(pl.LightningModule):
         self.val_decoding = DecodingOptions(**{**(decoding or {}), "beam_size": val_beam_size})
         self.metric_names = tuple(metrics)
         self.results_dir = results_dir
-        self.scst = None if not scst or not scst.get("enabled", True) else {
-            "num_samples": 5, "baseline": "greedy", "temperature": 1.0, **{k: v for k, v in scst.items() if k != "enabled"}
-        }
+        self.scst = (
+            None
+            if not scst or not scst.get("enabled", True)
+            else {
+                "num_samples": 5,
+                "baseline": "greedy",
+                "temperature": 1.0,
+                **{k: v for k, v in scst.items() if k != "enabled"},
+            }
+        )
         if self.scst and self.scst["baseline"] not in ("greedy", "mean"):
-            raise ValueError(f"model.scst.baseline: expected 'greedy' or 'mean', got {self.scst['baseline']!r}")
+            raise ValueError(
+                f"model.scst.baseline: expected 'greedy' or 'mean', got {self.scst['baseline']!r}"
+            )
         if self.scst and self.scst["baseline"] == "mean" and self.scst["num_samples"] < 2:
             raise ValueError("model.scst.num_samples: the 'mean' baseline needs at least 2 samples per image")
         self.reward: CiderDReward | None = None
@@ -62,10 +71,14 @@ class CaptioningModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         if list(dm.vocab.words) != list(self.vocab.words):
-            raise ValueError(f"{dm.vocab_path}: the data's vocabulary differs from the model's (was it rebuilt?)")
+            raise ValueError(
+                f"{dm.vocab_path}: the data's vocabulary differs from the model's (was it rebuilt?)"
+            )
         for split in ("val", "test"):
             if split in dm.references and split not in self._metrics:
-                self._metrics[split] = CaptionMetrics(dm.references[split], self.vocab.words, self.metric_names)
+                self._metrics[split] = CaptionMetrics(
+                    dm.references[split], self.vocab.words, self.metric_names
+                )
         if self.scst and stage == "fit" and self.reward is None:
             # Document frequencies over all training references, precomputed once (Rennie et al. 2017).
             refs = dm.references["train"]
@@ -80,7 +93,9 @@ class CaptioningModule(pl.LightningModule):
         if self.scst:
             return self._self_critical_step(batch)
         regions = batch.regions
-        logits, _ = self.net(region_inputs(regions, self.use_spatial), regions.mask, batch.tokens)  # (B, G, T-1, V)
+        logits, _ = self.net(
+            region_inputs(regions, self.use_spatial), regions.mask, batch.tokens
+        )  # (B, G, T-1, V)
         target = batch.tokens[..., 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=PAD_ID)
         self.log("train/loss", loss, prog_bar=True, batch_size=target.size(0))
@@ -134,7 +149,13 @@ class CaptioningModule(pl.LightningModule):
         scores = metric.compute()
         metric.reset()
         for name, value in scores.items():
-            self.log(f"{split}/{name}", float(value), prog_bar=name == "CIDEr", sync_dist=False, rank_zero_only=True)
+            self.log(
+                f"{split}/{name}",
+                float(value),
+                prog_bar=name == "CIDEr",
+                sync_dist=False,
+                rank_zero_only=True,
+            )
         return scores
 
     def on_validation_epoch_end(self) -> None:
