@@ -11,7 +11,9 @@ from vqacap.data.vocab import BOS_ID, EOS_ID
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), sizes={"train": 20, "val": 6, "test": 6}, feature_dim=32)
+    return generate(
+        tmp_path_factory.mktemp("shapes"), sizes={"train": 20, "val": 6, "test": 6}, feature_dim=32
+    )
 
 
 def test_shapes_is_deterministic_and_in_public_formats(shapes, tmp_path):
@@ -39,7 +41,9 @@ def test_train_batches_carry_regions_and_tokens(shapes):
     assert batch.tokens.shape == (8, 3, 18)
     assert (batch.tokens[..., 0] == BOS_ID).all() and ((batch.tokens == EOS_ID).sum(-1) == 1).all()
     # the G captions of an image are distinct references of that image
-    refs = {i: set(dm.vocab.decode_batch(dm.vocab.encode_batch(c))) for i, c in dm.references["train"].items()}
+    refs = {
+        i: set(dm.vocab.decode_batch(dm.vocab.encode_batch(c))) for i, c in dm.references["train"].items()
+    }
     for image_id, captions in zip(batch.image_ids.tolist(), batch.tokens):
         texts = dm.vocab.decode_batch(captions)
         assert len(set(texts)) == 3 and set(texts) <= refs[image_id]
