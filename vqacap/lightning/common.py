@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -19,13 +20,39 @@ def region_inputs(regions: Regions, use_spatial: bool) -> torch.Tensor:
 
 def configure_optimizers(module, optimizer: Callable, scheduler: Callable | None, monitor: str | None = None):
     """Optimiser and scheduler are `_partial_` Hydra nodes; the module calls them with its parameters."""
-    opt = optimizer(params=[p for p in module.parameters() if p.requires_grad])
+    params = [p for p in module.parameters() if p.requires_grad]
+    trainer = getattr(module, "_trainer", None)
+    mixed = trainer is not None and "mixed" in str(trainer.precision)
+    opt = optimizer(params=params, **({} if mixed else fused_default(optimizer, params)))
     if scheduler is None:
         return opt
     config = {"scheduler": scheduler(optimizer=opt), "interval": "epoch"}
     if monitor:
         config["monitor"] = monitor
     return {"optimizer": opt, "lr_scheduler": config}
+
+
+def fused_default(optimizer: Callable, params: list[torch.Tensor]) -> dict:
+    """{"fused": True} for parameters on the CPU when the optimiser has a fused implementation and the config leaves
+    the choice open.
+
+    A fused step (torch.optim.Adam, AdamW, SGD, Adagrad) updates each parameter in one vectorised pass instead of one
+    pass per arithmetic operation: the same update rule, e.g. 61 ms instead of 263 ms for Adam over the paper-sized
+    captioner's 57M parameters on 2 CPU cores. On a GPU PyTorch's default (foreach) is kept: Lightning refuses gradient
+    clipping with a fused optimiser under mixed precision, which the GPU recipes use, and the caller skips this under
+    mixed precision on the CPU too. `fused` or `foreach` set in the config (or on the command line,
+    `+model.optimizer.fused=false`) is kept as given.
+    """
+    func = getattr(optimizer, "func", optimizer)
+    given = getattr(optimizer, "keywords", {}) or {}
+    if "fused" in given or "foreach" in given or not params:
+        return {}
+    try:
+        accepts = "fused" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return {}
+    supported = all(p.device.type == "cpu" and p.is_floating_point() for p in params)
+    return {"fused": True} if accepts and supported else {}
 
 
 def gather_objects(items: list) -> list:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vqacap.models.linear import Linear
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
     """Softmax over `dim` where masked-out positions get exactly zero weight.
@@ -28,9 +30,9 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, feature_dim: int, query_dim: int, attention_dim: int) -> None:
         super().__init__()
-        self.region_proj = nn.Linear(feature_dim, attention_dim, bias=False)  # W_va
-        self.query_proj = nn.Linear(query_dim, attention_dim)  # W_ha
-        self.score = nn.Linear(attention_dim, 1, bias=False)  # w_a
+        self.region_proj = Linear(feature_dim, attention_dim, bias=False)  # W_va
+        self.query_proj = Linear(query_dim, attention_dim)  # W_ha
+        self.score = Linear(attention_dim, 1, bias=False)  # w_a
 
     def project_regions(self, regions: torch.Tensor) -> torch.Tensor:
         return self.region_proj(regions)  # (B, K, A)

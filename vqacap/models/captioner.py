@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqacap.models.attention import AdditiveAttention, attend
+from vqacap.models.linear import Linear, linear
 
 
 @dataclass
@@ -75,15 +76,15 @@ class UpDownCaptioner(nn.Module):
         h4 = 4 * hidden_dim
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)  # W_e
         # Attention LSTM, Eq. (2): input x1_t = [h2_{t-1}; v_bar; W_e Pi_t], recurrent h1_{t-1}.
-        self.attention_lstm_mean = nn.Linear(feature_dim, h4)  # v_bar part (+ bias)
-        self.attention_lstm_word = nn.Linear(embed_dim, h4, bias=False)  # W_e Pi_t part
-        self.attention_lstm_recurrent = nn.Linear(2 * hidden_dim, h4, bias=False)  # [h2_{t-1}; h1_{t-1}] part
+        self.attention_lstm_mean = Linear(feature_dim, h4)  # v_bar part (+ bias)
+        self.attention_lstm_word = Linear(embed_dim, h4, bias=False)  # W_e Pi_t part
+        self.attention_lstm_recurrent = Linear(2 * hidden_dim, h4, bias=False)  # [h2_{t-1}; h1_{t-1}] part
         self.attention = AdditiveAttention(feature_dim, hidden_dim, attention_dim)  # Eq. (3)-(4)
         # Language LSTM, Eq. (6): input x2_t = [v_hat_t; h1_t], recurrent h2_{t-1}.
-        self.language_lstm_attended = nn.Linear(feature_dim, h4)  # v_hat_t part (+ bias)
-        self.language_lstm_recurrent = nn.Linear(2 * hidden_dim, h4, bias=False)  # [h1_t; h2_{t-1}] part
+        self.language_lstm_attended = Linear(feature_dim, h4)  # v_hat_t part (+ bias)
+        self.language_lstm_recurrent = Linear(2 * hidden_dim, h4, bias=False)  # [h1_t; h2_{t-1}] part
         self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(hidden_dim, vocab_size)  # Eq. (7): p(y_t) = softmax(W_p h2_t + b_p)
+        self.output = Linear(hidden_dim, vocab_size)  # Eq. (7): p(y_t) = softmax(W_p h2_t + b_p)
 
     # -- pieces shared by training and decoding ----------------------------------------------------------------------
     def encode(self, regions: torch.Tensor, mask: torch.Tensor) -> ImageContext:
@@ -210,7 +211,7 @@ class StepWeights:
         if isinstance(layer, nn.Embedding):
             return _EmbeddingStep.apply(x, steps, layer.padding_idx, *params)
         if steps is None or not torch.is_grad_enabled():
-            y = F.linear(x, *params)
+            y = linear(x, *params)
         else:
             y = _LinearStep.apply(x, steps, *params)
         return y[..., : layer.out_features] if y.size(-1) > layer.out_features else y
@@ -231,13 +232,15 @@ class _LinearStep(torch.autograd.Function):
     def forward(ctx, x, steps, weight, bias=None):
         ctx.save_for_backward(x, weight)
         ctx.steps = steps
-        return F.linear(x, weight, bias)
+        return linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         ctx.steps.append((x.reshape(-1, x.size(-1)), grad.reshape(-1, grad.size(-1))))
-        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_x = (
+            linear(grad, weight.to(grad.dtype).t()).to(x.dtype) if ctx.needs_input_grad[0] else None
+        )  # g W
         return grad_x, None, None, None
 
 

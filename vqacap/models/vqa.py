@@ -26,13 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from vqacap.data.vocab import PAD_ID
 from vqacap.models.attention import attend, masked_softmax
+from vqacap.models.linear import Linear, linear
 
 VARIANTS = ("updown", "reference")
 SPATIAL_DIM = 6  # Regions.spatial(): x1/w, y1/h, x2/w, y2/h, box w/w, box h/h
@@ -52,7 +52,7 @@ class GatedTanh(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_dim, 2 * out_dim)  # [W; W'], [b; b']
+        self.linear = Linear(in_dim, 2 * out_dim)  # [W; W'], [b; b']
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.linear(x))
@@ -77,7 +77,7 @@ def gru_cell(
 ) -> torch.Tensor:
     """nn.GRU's update from input_gates = W_i x + b_i (B, 3H) and h (B, H), gates ordered reset, update, new."""
     r_x, z_x, n_x = input_gates.chunk(3, dim=-1)
-    r_h, z_h, n_h = F.linear(h, weight_hh, bias_hh).chunk(3, dim=-1)
+    r_h, z_h, n_h = linear(h, weight_hh, bias_hh).chunk(3, dim=-1)
     r, z = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
     n = torch.tanh(n_x + r * n_h)
     return n + z * (h - n)  # (1 - z) n + z h, in ATen's order of operations
@@ -85,7 +85,7 @@ def gru_cell(
 
 def wn_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
     """Linear layer with weight normalisation over the whole matrix (dim=None), as the reference implementation."""
-    return weight_norm(nn.Linear(in_dim, out_dim, bias=bias), dim=None)
+    return weight_norm(Linear(in_dim, out_dim, bias=bias), dim=None)
 
 
 def wn_relu(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -100,14 +100,14 @@ class ConcatAttention(nn.Module):
         super().__init__()
         self.feature_dim = feature_dim
         self.f_a = GatedTanh(feature_dim + query_dim, hidden_dim)
-        self.w_a = nn.Linear(hidden_dim, 1, bias=False)  # a bias would cancel in the softmax
+        self.w_a = Linear(hidden_dim, 1, bias=False)  # a bias would cancel in the softmax
 
     def forward(self, regions: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """regions (B, K, D), query (B, H), mask (B, K) -> weights (B, K)."""
         # f_a([v_i; q]) computed as W_v v_i + (W_q q + b): the same product without building the (B, K, D + H)
         # concatenation, and the question half once per question instead of once per region.
         w_v, w_q = self.f_a.linear.weight.split([self.feature_dim, query.size(-1)], dim=1)
-        pre = F.linear(regions, w_v) + F.linear(query, w_q, self.f_a.linear.bias).unsqueeze(1)  # (B, K, 2A)
+        pre = linear(regions, w_v) + linear(query, w_q, self.f_a.linear.bias).unsqueeze(1)  # (B, K, 2A)
         scores = self.w_a(self.f_a.activate(pre)).squeeze(-1)  # (B, K)
         return masked_softmax(scores, mask)
 
@@ -168,7 +168,7 @@ class UpDownVQA(nn.Module):
         self.question_encoder = nn.GRU(embedding_dim, hid, batch_first=True)
 
         if variant == "updown":
-            layer, out_hidden, out_linear = GatedTanh, hid, nn.Linear
+            layer, out_hidden, out_linear = GatedTanh, hid, Linear
             self.attention: nn.Module = ConcatAttention(self.region_dim, hid, hid)
             dropout = 0.0 if dropout is None else dropout
         else:
@@ -208,7 +208,7 @@ class UpDownVQA(nn.Module):
         gru = self.question_encoder
         lengths, order = (question != PAD_ID).sum(dim=1).clamp(min=1).sort(descending=True)  # (B,)
         words = pack_padded_sequence(self.embedding(question[order]), lengths.cpu(), batch_first=True)
-        steps = F.linear(words.data, gru.weight_ih_l0, gru.bias_ih_l0).split(
+        steps = linear(words.data, gru.weight_ih_l0, gru.bias_ih_l0).split(
             words.batch_sizes.tolist()
         )  # (n_t, 3H)
         h = words.data.new_zeros(len(order), gru.hidden_size)  # (B, H), longest question first
