@@ -41,6 +41,9 @@ def test_models_reports_every_path_with_sane_figures(rows):
         assert row["samples/s"] > 0 and 0 < row["best ms"] <= row["median ms"]
         assert row["GFLOP/sample"] > 0 and row["GFLOP/s"] > 0 and row["peak GFLOP/s"] > 0
         assert row["% peak"] == pytest.approx(100 * row["GFLOP/s"] / row["peak GFLOP/s"])
+        assert row["% run peak"] <= row["% peak"] * (
+            1 + 1e-9
+        )  # the run's highest peak is at least the local one
         assert row["GFLOP/s"] == pytest.approx(row["GFLOP/sample"] * row["samples/s"])
         json.dumps(row)  # the JSON file holds the rows as they are
     targets = {(r["model"], r["path"]): r["target %"] for r in rows}
@@ -50,6 +53,18 @@ def test_models_reports_every_path_with_sane_figures(rows):
 def test_flop_counts_match_the_flop_counter(rows):
     # `flops ok`: FlopCounterMode's count of one call equals the analytic count of vqa_flops / captioner_flops.
     assert [r["flops ok"] for r in rows] == [True] * len(rows)
+
+
+def test_scst_rate_counts_only_the_work_the_step_needs(rows):
+    # The greedy baseline rides in the sampling pass: its row is multiplied forward and backward (counted, `flops ok`),
+    # but only its forward is work the step needs.
+    c, images, samples, steps = TINY_CAPTIONER, 2, 3, TINY_CAPTIONER.max_length + 1
+    scst = next(r for r in rows if r["path"] == "scst")
+    useful = models.captioner_flops(c, images, samples, steps, True) + models.captioner_flops(
+        c, images, 1, steps, False
+    )
+    assert scst["GFLOP/sample"] == pytest.approx(useful / images / 1e9)
+    assert useful < models.captioner_flops(c, images, samples + 1, steps, True)
 
 
 def test_analytic_counts_follow_the_sizes():

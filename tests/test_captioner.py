@@ -5,7 +5,7 @@ from vqacap.data.vocab import EOS_ID, PAD_ID, UNK_ID
 from vqacap.models import captioner
 from vqacap.models.attention import AdditiveAttention
 from vqacap.models.captioner import StepWeights, UpDownCaptioner
-from vqacap.models.decoding import DecodingOptions, beam_search, decode, draw, sample
+from vqacap.models.decoding import DecodingOptions, beam_search, decode, draw, sample, sample_with_greedy
 
 V, D = 30, 12
 
@@ -142,6 +142,35 @@ def test_sampling_keeps_gradients_and_respects_temperature(model):
     )
     greedy = sample(model, regions, mask, DecodingOptions(max_length=6), greedy=True)
     assert torch.equal(cold.tokens, greedy.tokens.expand_as(cold.tokens))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_greedy_baseline_in_the_sampling_pass_equals_separate_passes(model, temperature):
+    """sample_with_greedy: the samples of sample(greedy=False) from the same random state, and eval-mode greedy."""
+    regions, mask = _regions()
+    opts = DecodingOptions(max_length=6, temperature=temperature)
+    model.train()  # dropout on: the samples get it, the greedy row must not
+    torch.manual_seed(3)
+    samples, greedy = sample_with_greedy(model, regions, mask, opts, num_samples=4)
+    torch.manual_seed(3)
+    alone = sample(model, regions, mask, opts, num_samples=4, greedy=False)
+    model.eval()
+    with torch.no_grad():
+        greedy_alone = sample(model, regions, mask, opts, greedy=True)
+    model.train()
+    t = alone.tokens.size(-1)
+    assert torch.equal(samples.tokens[..., :t], alone.tokens)
+    assert (
+        samples.tokens[..., t:] == PAD_ID
+    ).all()  # the joint pass ran on while the greedy row was unfinished
+    torch.testing.assert_close(samples.log_probs[..., :t], alone.log_probs, rtol=1e-5, atol=1e-5)
+    tg = greedy_alone.tokens.size(-1)
+    assert (
+        torch.equal(greedy.tokens[..., :tg], greedy_alone.tokens)
+        and (greedy.tokens[..., tg:] == PAD_ID).all()
+    )
+    torch.testing.assert_close(greedy.attention[..., :tg, :], greedy_alone.attention, rtol=1e-5, atol=1e-6)
+    assert samples.log_probs.requires_grad and not greedy.log_probs.requires_grad
 
 
 def test_feature_dimension_mismatch_is_a_clear_error(model):

@@ -31,7 +31,10 @@ def test_fused_and_plain_adam_take_the_same_steps():
     torch.manual_seed(0)
     plain, fused = nn.Linear(5, 4), nn.Linear(5, 4)
     fused.load_state_dict(plain.state_dict())
-    opts = [torch.optim.Adam(plain.parameters(), lr=1e-2), torch.optim.Adam(fused.parameters(), lr=1e-2, fused=True)]
+    opts = [
+        torch.optim.Adam(plain.parameters(), lr=1e-2),
+        torch.optim.Adam(fused.parameters(), lr=1e-2, fused=True),
+    ]
     for _ in range(3):
         x = torch.randn(8, 5)
         for model, opt in zip((plain, fused), opts):

@@ -18,7 +18,7 @@ from vqacap.data.vocab import PAD_ID, Vocabulary
 from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
 from vqacap.metrics.captions import CaptionMetrics, CiderDReward
 from vqacap.metrics.grounding import GroundingAccuracy, caption_targets
-from vqacap.models.decoding import Decoded, DecodingOptions, decode, sample
+from vqacap.models.decoding import Decoded, DecodingOptions, decode, sample, sample_with_greedy
 
 
 class CaptioningModule(pl.LightningModule):
@@ -106,16 +106,19 @@ class CaptioningModule(pl.LightningModule):
         regions, n = batch.regions, self.scst["num_samples"]
         x = region_inputs(regions, self.use_spatial)
         opts = DecodingOptions(**{**(self.hparams.decoding or {}), "temperature": self.scst["temperature"]})
-        samples = sample(self.net, x, regions.mask, opts, num_samples=n, greedy=False)  # tokens (B, n, T)
+        if (
+            self.scst["baseline"] == "greedy"
+        ):  # the greedy caption decoded as one more hypothesis of the same pass
+            samples, greedy = sample_with_greedy(
+                self.net, x, regions.mask, opts, num_samples=n
+            )  # (B, n, T), (B, 1, T)
+        else:
+            samples = sample(self.net, x, regions.mask, opts, num_samples=n, greedy=False)  # tokens (B, n, T)
         b = x.size(0)
         rewards = self.reward(batch.image_ids.repeat_interleave(n), samples.tokens.flatten(0, 1)).view(b, n)
         rewards = rewards.to(x.device)
         if self.scst["baseline"] == "greedy":
-            self.net.eval()
-            with torch.no_grad():
-                greedy = sample(self.net, x, regions.mask, opts, num_samples=1, greedy=True).tokens[:, 0]
-            self.net.train()
-            baseline = self.reward(batch.image_ids, greedy).to(x.device).unsqueeze(1)  # (B, 1)
+            baseline = self.reward(batch.image_ids, greedy.tokens[:, 0]).to(x.device).unsqueeze(1)  # (B, 1)
         else:  # mean reward of the other samples of the same image
             baseline = (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
         advantage = (rewards - baseline).unsqueeze(-1)  # (B, n, 1)

@@ -143,9 +143,16 @@ class UpDownCaptioner(nn.Module):
         layers = ctx.layers if ctx is not None else StepWeights()
         return layers(self.attention_lstm_word, layers(self.embed, tokens))
 
-    def logits(self, h2: torch.Tensor, ctx: ImageContext | None = None) -> torch.Tensor:
-        """h2 (..., H) -> (..., V); the context as in `word_gates`."""
+    def logits(self, h2: torch.Tensor, ctx: ImageContext | None = None, exact: int = 0) -> torch.Tensor:
+        """h2 (..., H) -> (..., V); the context as in `word_gates`.
+
+        exact: the last `exact` hypotheses of h2 (B, G, H) skip dropout, as in eval mode (the greedy baseline decoded in
+        the same pass as the self-critical samples).
+        """
         layers = ctx.layers if ctx is not None else StepWeights()
+        if exact and self.training:
+            cut = h2.size(1) - exact
+            return layers(self.output, torch.cat([self.dropout(h2[:, :cut]), h2[:, cut:]], 1))
         return layers(self.output, self.dropout(h2))
 
     # -- teacher forcing ----------------------------------------------------------------------------------------------
