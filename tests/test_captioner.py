@@ -173,6 +173,29 @@ def test_greedy_baseline_in_the_sampling_pass_equals_separate_passes(model, temp
     assert samples.log_probs.requires_grad and not greedy.log_probs.requires_grad
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_decoding_on_a_gpu_stops_after_every_eos_without_changing_the_result(model):
+    regions, mask = _regions()
+    model.eval()
+    opts = DecodingOptions(beam_size=3, max_length=12)
+    with torch.no_grad():
+        cpu = decode(model, regions, mask, opts)
+        gpu = decode(model.cuda(), regions.cuda(), mask.cuda(), opts)
+    model.cpu()
+    t = cpu.tokens.size(-1)
+    assert torch.equal(gpu.tokens[..., :t].cpu(), cpu.tokens) and (gpu.tokens[..., t:] == PAD_ID).all()
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_stops_once_every_hypothesis_has_ended(model):
+    regions, mask = _regions()
+    model.eval()
+    with torch.no_grad():
+        model.output.bias[EOS_ID] = 1e4  # <eos> first, everywhere
+        out = decode(model, regions, mask, DecodingOptions(beam_size=1, max_length=12))
+    assert out.tokens.shape[-1] == 1 and (out.tokens == EOS_ID).all()
+
+
 def test_feature_dimension_mismatch_is_a_clear_error(model):
     with pytest.raises(ValueError, match="dimension 5 but the model expects feature_dim=12"):
         model(torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.long))

@@ -4,7 +4,8 @@ Dims: B images, G hypotheses per image (samples or beams), K regions, V vocabula
 
 Hypotheses of one image share the image context (regions, W_va v_i, mean-region gates) by broadcasting: region features are
 never copied per beam. There is no per-image Python loop; the only loop is over time, and it stops once every hypothesis has
-emitted <eos>. Every function returns the per-step attention weights with the tokens.
+emitted <eos> (on a GPU a step or two later, without waiting for the device: `AllEnded`). Every function returns the
+per-step attention weights with the tokens.
 """
 
 from __future__ import annotations
@@ -83,6 +84,34 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
+class AllEnded:
+    """Whether every hypothesis has emitted <eos>, asked once per decoding step without stalling a GPU.
+
+    On the CPU this is `finished.all()`. On a GPU, reading a device value waits for all queued work, every step. Here
+    each step queues an asynchronous copy of the flag into pinned host memory and reads the copy of an earlier step only
+    once its event reports it landed: the loop stops a step or two after the last <eos> (the extra steps emit <pad> at
+    no cost and change nothing), and never waits for the device.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.asynchronous = device.type == "cuda"
+        self.pending: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+
+    def __call__(self, finished: torch.Tensor) -> bool:
+        if not self.asynchronous:
+            return bool(finished.all())
+        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        flag.copy_(finished.all(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((flag, event))
+        while self.pending and self.pending[0][1].query():  # landed copies, oldest first
+            landed, _ = self.pending.pop(0)
+            if bool(landed):
+                return True
+        return False
+
+
 def _finish(logp: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
     """Finished hypotheses can only continue with <pad> at no cost."""
     done = torch.full_like(logp, NEG_INF)
@@ -149,6 +178,7 @@ def _sample(
             -1
         )  # (G, 1)
     tokens, attention, log_probs = [], [], []
+    all_ended = AllEnded(device)
     for t in range(opts.max_length + 1):
         h2, alpha, state = model.step(ctx, state, model.word_gates(token, ctx))
         logits = model.logits(h2, ctx, exact=greedy if drawn else 0)  # (B, G, V)
@@ -169,7 +199,7 @@ def _sample(
         attention.append(alpha)
         log_probs.append(token_logp)
         finished = finished | (token == EOS_ID)
-        if bool(finished.all()):
+        if all_ended(finished):
             break
     log_probs = torch.stack(log_probs, -1)
     return Decoded(torch.stack(tokens, -1), torch.stack(attention, 2), log_probs, log_probs.sum(-1))
@@ -191,6 +221,7 @@ def beam_search(
     history = torch.empty(b, g, 0, dtype=torch.long, device=device)
     token_logps = torch.empty(b, g, 0, device=device)
     attention = torch.empty(b, g, 0, regions.size(1), device=device)
+    all_ended = AllEnded(device)
     for t in range(opts.max_length + 1):
         h2, alpha, state = model.step(ctx, state, model.word_gates(token, ctx))
         logp = torch.log_softmax(model.logits(h2, ctx), dim=-1)  # (B, G, V)
@@ -215,7 +246,7 @@ def beam_search(
         step_alpha = alpha.gather(1, source.unsqueeze(-1).expand(-1, -1, alpha.size(-1)))
         attention = torch.cat([attention.gather(1, src_attention), step_alpha.unsqueeze(2)], 2)
         finished = finished | (token == EOS_ID)
-        if bool(finished.all()):
+        if all_ended(finished):
             break
     if opts.length_penalty > 0:
         lengths = (history != PAD_ID).sum(-1).to(scores.dtype)  # words + <eos>
