@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def wandb_records(path: Path):
 
 def test_wandb_offline_run_holds_the_images_and_their_attention_boxes(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # table artifacts are staged there
+    monkeypatch.delenv("WANDB_DATA_DIR", raising=False)  # table artifacts are staged in the run folder then
     cfg = make_cfg(
         "experiment=vqa_shapes", *TINY_VQA, *SHORT, "logger=default", "test=false",
         "callbacks.attention_maps.num_examples=4",
@@ -126,6 +127,13 @@ def test_wandb_offline_run_holds_the_images_and_their_attention_boxes(make_cfg, 
     table = row["val/attention_table/path"]
     assert row["val/attention_table/nrows"] == 4
     assert json.loads((files / table).read_text())["columns"] == ["id", "attention_map", "text", "top_boxes"]
+    # The table's artifact files wait for `wandb sync` inside the run folder, not in the user's home.
+    staged = [
+        p.read_bytes() for p in (Path(cfg.paths.output_dir) / "wandb" / "artifacts").rglob("*") if p.is_file()
+    ]
+    assert any(b.startswith(b"\x89PNG") for b in staged)
+    assert any(b.startswith(b"{") and json.loads(b).get("_type") == "table" for b in staged)
+    assert "WANDB_DATA_DIR" not in os.environ
 
 
 def test_tensorboard_gets_the_rendered_maps(make_cfg):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -31,6 +32,26 @@ def _instantiate_all(node: DictConfig | None) -> list:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the test metrics."""
+    with _wandb_data_in(Path(cfg.paths.output_dir) / "wandb"):
+        return _run(cfg)
+
+
+@contextmanager
+def _wandb_data_in(folder: Path):
+    """wandb stages the files of logged tables (artifacts) under WANDB_DATA_DIR, by default ~/.local/share/wandb, where
+    an offline run's `wandb sync` later reads them. Unless the user set it, it is the run folder's wandb/ for the run, so
+    a run folder holds everything it logged (and can be synced from another machine)."""
+    if "WANDB_DATA_DIR" in os.environ:
+        yield
+        return
+    os.environ["WANDB_DATA_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("WANDB_DATA_DIR", None)
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
