@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.vocab import PAD_ID, Vocabulary
-from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
+from vqacap.lightning.common import configure_optimizers, gather_objects, log_grounding, region_inputs
 from vqacap.metrics.captions import CaptionMetrics, CiderDReward
 from vqacap.metrics.grounding import GroundingAccuracy, caption_targets
 from vqacap.models.decoding import Decoded, DecodingOptions, decode, sample, sample_with_greedy
@@ -106,18 +106,15 @@ class CaptioningModule(pl.LightningModule):
         regions, n = batch.regions, self.scst["num_samples"]
         x = region_inputs(regions, self.use_spatial)
         opts = DecodingOptions(**{**(self.hparams.decoding or {}), "temperature": self.scst["temperature"]})
-        if (
-            self.scst["baseline"] == "greedy"
-        ):  # the greedy caption decoded as one more hypothesis of the same pass
-            samples, greedy = sample_with_greedy(
-                self.net, x, regions.mask, opts, num_samples=n
-            )  # (B, n, T), (B, 1, T)
+        greedy_baseline = self.scst["baseline"] == "greedy"
+        if greedy_baseline:  # the greedy caption is decoded as one more hypothesis of the sampling pass
+            samples, greedy = sample_with_greedy(self.net, x, regions.mask, opts, n)  # (B, n, T), (B, 1, T)
         else:
             samples = sample(self.net, x, regions.mask, opts, num_samples=n, greedy=False)  # tokens (B, n, T)
         b = x.size(0)
         rewards = self.reward(batch.image_ids.repeat_interleave(n), samples.tokens.flatten(0, 1)).view(b, n)
         rewards = rewards.to(x.device)
-        if self.scst["baseline"] == "greedy":
+        if greedy_baseline:
             baseline = self.reward(batch.image_ids, greedy.tokens[:, 0]).to(x.device).unsqueeze(1)  # (B, 1)
         else:  # mean reward of the other samples of the same image
             baseline = (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
@@ -163,11 +160,11 @@ class CaptioningModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        self._log_grounding("val")
+        log_grounding(self, "val")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-        self._log_grounding("test")
+        log_grounding(self, "test")
         results = gather_objects(self._results)
         self._results = []
         if self.results_dir and self.trainer.is_global_zero:
@@ -193,11 +190,6 @@ class CaptioningModule(pl.LightningModule):
         self.grounding[split].update(
             decoded.attention[:, 0], batch.regions.boxes, targets.to(self.device), grounded, batch.image_ids
         )
-
-    def _log_grounding(self, split: str) -> None:
-        accuracy = self.grounding[split].compute_and_reset()
-        if accuracy is not None:  # data with scenes or target boxes, and something to ground
-            self.log(f"{split}/grounding", accuracy)
 
     @torch.no_grad()
     def explain(self, batch: CaptionBatch) -> list[dict]:

@@ -55,6 +55,13 @@ def fused_default(optimizer: Callable, params: list[torch.Tensor]) -> dict:
     return {"fused": True} if accepts and supported else {}
 
 
+def log_grounding(module, split: str) -> None:
+    """Log `<split>/grounding` from the module's `grounding[split]` metric (GroundingAccuracy), then reset it."""
+    accuracy = module.grounding[split].compute_and_reset()
+    if accuracy is not None:  # data with scenes or target boxes, and something to ground
+        module.log(f"{split}/grounding", accuracy)
+
+
 def gather_objects(items: list) -> list:
     """Concatenate per-rank Python lists on every rank (identity when not distributed)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

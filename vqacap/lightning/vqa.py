@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from vqacap.data.vocab import PAD_ID
 from vqacap.data.vqa import VQABatch
-from vqacap.lightning.common import configure_optimizers, gather_objects, region_inputs
+from vqacap.lightning.common import configure_optimizers, gather_objects, log_grounding, region_inputs
 from vqacap.metrics.grounding import GroundingAccuracy
 from vqacap.metrics.vqa import VQAAccuracy
 from vqacap.models.vqa import VQAOutput
@@ -123,11 +123,11 @@ class VQAModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy("val")
-        self._log_grounding("val")
+        log_grounding(self, "val")
 
     def on_test_epoch_end(self) -> None:
         scores = self._log_accuracy("test")
-        self._log_grounding("test")
+        log_grounding(self, "test")
         results = gather_objects(self._results)
         self._results = []
         if self.results_dir and self.trainer.is_global_zero:
@@ -159,11 +159,6 @@ class VQAModule(pl.LightningModule):
         self.grounding[split].update(
             attention.unsqueeze(1), batch.regions.boxes, targets, grounded, batch.question_ids
         )
-
-    def _log_grounding(self, split: str) -> None:
-        accuracy = self.grounding[split].compute_and_reset()
-        if accuracy is not None:  # data with scenes or target boxes, and something to ground
-            self.log(f"{split}/grounding", accuracy)
 
     @torch.no_grad()
     def explain(self, batch: VQABatch) -> list[dict]:

@@ -43,7 +43,13 @@ class Decoded:
 
     def best(self) -> Decoded:
         """Keep the first hypothesis of each image (beams are sorted best first): tensors keep G = 1."""
-        return Decoded(self.tokens[:, :1], self.attention[:, :1], self.log_probs[:, :1], self.scores[:, :1])
+        return self.hypotheses(slice(None, 1))
+
+    def hypotheses(self, index: slice) -> Decoded:
+        """The hypotheses `index` of each image (a slice of the G axis)."""
+        return Decoded(
+            self.tokens[:, index], self.attention[:, index], self.log_probs[:, index], self.scores[:, index]
+        )
 
 
 def _constrain(logp: torch.Tensor, t: int, opts: DecodingOptions) -> torch.Tensor:
@@ -146,15 +152,11 @@ def sample_with_greedy(
     (B, num_samples, T), greedy (B, 1, T) with no graph).
     """
     both = _sample(model, regions, mask, opts, num_samples, 1)
-    cut = slice(None, num_samples)
-    samples = Decoded(
-        both.tokens[:, cut], both.attention[:, cut], both.log_probs[:, cut], both.scores[:, cut]
-    )
-    rest = slice(num_samples, None)
+    greedy = both.hypotheses(slice(num_samples, None))
     greedy = Decoded(
-        *(t[:, rest].detach() for t in (both.tokens, both.attention, both.log_probs, both.scores))
+        greedy.tokens, greedy.attention.detach(), greedy.log_probs.detach(), greedy.scores.detach()
     )
-    return samples, greedy
+    return both.hypotheses(slice(None, num_samples)), greedy
 
 
 def _sample(
@@ -172,11 +174,9 @@ def _sample(
     token = torch.full((b, g), BOS_ID, dtype=torch.long, device=device)
     finished = torch.zeros(b, g, dtype=torch.bool, device=device)
     # Sampled rows divide their logits by the temperature, greedy rows by 1 (greedy decoding has no temperature).
-    divisor = None
+    divisor = None  # (G, 1)
     if drawn and opts.temperature != 1.0:
-        divisor = torch.tensor([opts.temperature] * drawn + [1.0] * greedy, device=device).unsqueeze(
-            -1
-        )  # (G, 1)
+        divisor = torch.tensor([[opts.temperature]] * drawn + [[1.0]] * greedy, device=device)
     tokens, attention, log_probs = [], [], []
     all_ended = AllEnded(device)
     for t in range(opts.max_length + 1):
