@@ -12,15 +12,29 @@ from vqacap.metrics.captions import CiderDReward
 cider_scorer = pytest.importorskip("pycocoevalcap.cider.cider_scorer", reason="pycocoevalcap not installed")
 
 
-def _words(ids) -> str:
-    """Token ids as pycocoevalcap sees them: cut at <eos>/<pad>, specials dropped."""
+def _words(ids, eos_word: bool = True, unk_word: bool = True) -> str:
+    """Token ids as strings for pycocoevalcap, written the way ruotianluo/self-critical.pytorch scores SCST samples:
+    words up to the first <eos>/<pad>, <bos> skipped, "<unk>" a word, and the end token itself written as the word
+    "<eos>" when the caption emitted it. eos_word=False, unk_word=False: coco-caption's evaluation of finished
+    captions (end and unknown tokens dropped)."""
     out = []
     for i in ids:
+        if i == EOS_ID and eos_word:
+            out.append("<eos>")
         if i in (EOS_ID, PAD_ID):
             break
-        if i not in (BOS_ID, UNK_ID):
+        if i == UNK_ID:
+            if unk_word:
+                out.append("<unk>")
+        elif i != BOS_ID:
             out.append(f"w{i}")
     return " ".join(out)
+
+
+def _reference(ids, eos_word: bool = True, unk_word: bool = True) -> str:
+    """A reference as a string: as prepro_ngrams.py writes them, each one closed by the end word."""
+    ids = list(ids)
+    return _words(ids + [EOS_ID] if EOS_ID not in ids else ids, eos_word, unk_word)
 
 
 def _problem(seed: int, images: int, samples: int, vocab: int, width: int = 20):
@@ -46,14 +60,17 @@ def _problem(seed: int, images: int, samples: int, vocab: int, width: int = 20):
     return references, ids, candidates
 
 
-def _pycoco(references, ids, candidates, samples: int) -> np.ndarray:
+def _pycoco(
+    references, ids, candidates, samples: int, eos_word: bool = True, unk_word: bool = True
+) -> np.ndarray:
     """pycocoevalcap scoring each round of samples (one candidate per image): its document frequencies then come from
     exactly the images the reward was built on."""
     scores = np.zeros(len(ids))
     for s in range(samples):
         scorer = cider_scorer.CiderScorer(n=4, sigma=6.0)
         for n in range(s, len(ids), samples):
-            scorer += (_words(candidates[n]), [_words(r) for r in references[int(ids[n])]])
+            refs = [_reference(r, eos_word, unk_word) for r in references[int(ids[n])]]
+            scorer += (_words(candidates[n], eos_word, unk_word), refs)
         scores[s::samples] = scorer.compute_score()[1]
     return scores
 
@@ -67,6 +84,52 @@ def test_reward_equals_pycocoevalcap_cider_d(seed, images, samples, vocab):
     np.testing.assert_allclose(
         reward.scores(ids, candidates), _pycoco(references, ids, candidates, samples), atol=1e-9
     )
+
+
+@pytest.mark.parametrize(("seed", "images", "samples", "vocab"), [(5, 40, 4, 200), (6, 3, 2, 12)])
+def test_without_eos_and_unk_the_reward_equals_coco_caption_on_finished_captions(
+    seed, images, samples, vocab
+):
+    references, ids, candidates = _problem(seed, images, samples, vocab)
+    reward = CiderDReward(references, vocab_size=vocab, count_eos=False, keep_unk=False)
+    expected = _pycoco(references, ids, candidates, samples, eos_word=False, unk_word=False)
+    np.testing.assert_allclose(reward.scores(ids, candidates), expected, atol=1e-9)
+
+
+def test_a_caption_that_stops_mid_sentence_scores_clearly_below_the_completed_caption():
+    text = "<pad> <bos> <eos> <unk> a man riding horse on the beach dog running in park cat sitting sofa"
+    words = text.split()
+    ids = {w: i for i, w in enumerate(words)}
+
+    def encode(text):
+        return [ids[w] for w in text.split()]
+
+    references = {
+        1: [encode(t) for t in ("a man riding a horse on the beach", "a man riding a horse on a beach",
+                                "a man on a horse on the beach")],
+        2: [encode(t) for t in ("a dog running in the park", "a dog running on the beach")],
+        3: [encode(t) for t in ("a cat sitting on the sofa", "a cat on a sofa")],
+    }  # fmt: skip
+    completed = encode("a man riding a horse on the beach") + [EOS_ID]
+    fragment = encode("a man riding a horse on the") + [EOS_ID, PAD_ID]
+    candidates = torch.tensor([completed, fragment])
+    full, cut = CiderDReward(references, vocab_size=len(words))(torch.tensor([1, 1]), candidates).tolist()
+    assert cut <= 0.95 * full
+    # Without <eos> as a word the fragment is nearly free: every n-gram of it is in a reference.
+    old = CiderDReward(references, vocab_size=len(words), count_eos=False, keep_unk=False)
+    old_full, old_cut = old(torch.tensor([1, 1]), candidates).tolist()
+    assert old_cut / old_full > cut / full
+
+
+def test_unk_is_a_word_and_does_not_join_its_neighbours():
+    references = {1: [[4, 5, 6, 7]], 2: [[8, 9, 10]]}
+    joined = torch.tensor([[4, 5, UNK_ID, 6, 7, EOS_ID]])  # without <unk>: exactly the reference
+    kept = CiderDReward(references, vocab_size=12)(torch.tensor([1]), joined).item()
+    dropped = CiderDReward(references, vocab_size=12, keep_unk=False)(torch.tensor([1]), joined).item()
+    exact = CiderDReward(references, vocab_size=12, keep_unk=False)(
+        torch.tensor([1]), torch.tensor([[4, 5, 6, 7, EOS_ID, 0]])
+    ).item()
+    assert dropped == pytest.approx(exact) and kept < 0.8 * dropped
 
 
 def test_hashed_ngram_keys_for_a_large_vocabulary_give_the_same_rewards():

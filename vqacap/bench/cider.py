@@ -61,13 +61,16 @@ def pycocoevalcap_scores(
     from pycocoevalcap.cider.cider_scorer import CiderScorer
 
     def text(ids) -> str:
-        return " ".join(str(i) for i in ids if i >= FIRST_WORD)
+        """Words up to the end token, which counts as the word "2" (the reward's default, `count_eos`)."""
+        ids = list(ids)
+        ids = ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
+        return " ".join(str(i) for i in ids if i >= FIRST_WORD or i == EOS_ID)
 
     scores = np.zeros(len(batch_ids))
     for s in range(samples):  # one round of samples: one caption per image
         scorer = CiderScorer(n=4, sigma=6.0)
         for n in range(s, len(batch_ids), samples):
-            scorer += (text(candidates[n]), [text(r) for r in references[int(batch_ids[n])]])
+            scorer += (text(candidates[n]), [text([*r, EOS_ID]) for r in references[int(batch_ids[n])]])
         scores[s::samples] = scorer.compute_score()[1]
     return scores
 

@@ -1,5 +1,7 @@
 """CIDEr-D of sampled captions against training references: the reward of self-critical sequence training.
 
+<eos> is a word of every caption and <unk> an ordinary word, as in Rennie et al. 2017 (see `CiderDReward`).
+
 Same formula as coco-caption's CIDEr-D scorer (cider.py), with the document frequencies counted once over all training
 images and log(number of training images) as the reference length, so the reward of a caption does not depend on the
 batch. Everything about the references (n-gram ids, tf-idf weights, norms, lengths) is computed at construction; a call
@@ -11,7 +13,7 @@ Shapes: N candidates, L tokens; R references in all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +36,17 @@ def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class CiderDReward:
     """references: {image_id: [reference token ids, ...]} of the training images (sequences may hold specials).
 
-    Token sequences end at the first id in `end_ids`; ids in `ignore_ids` are dropped (by default the four specials
-    <pad>, <bos>, <eos>, <unk>). `vocab_size` bounds the token ids; the default accepts any id below 55,000 (n-gram
-    keys stay exact up to that size) or the largest reference id.
+    A sequence ends at its first <eos> or <pad>. With `count_eos` (the default) <eos> is a word of every caption: each
+    reference gets one appended, and a candidate's own <eos> counts where it emitted one, as Rennie et al. 2017 and
+    ruotianluo/self-critical.pytorch score it (their `array_to_str` keeps the end token 0 of samples and of the
+    padded references). A caption that stops mid-sentence then ends in an n-gram ("on the <eos>") no reference has,
+    so SCST cannot learn to cut captions short. With `keep_unk` (the default) <unk> is an ordinary word; dropping it
+    would join its neighbours into n-grams that were never there and make <unk> free. <pad> and <bos> are never
+    words. `count_eos=False, keep_unk=False` is the convention of coco-caption's evaluation of finished captions
+    (and of this reward before): cut at <eos>, all specials dropped.
+
+    `vocab_size` bounds the token ids; the default accepts any id below 55,000 (n-gram keys stay exact up to that
+    size) or the largest reference id.
     """
 
     def __init__(
@@ -45,12 +55,16 @@ class CiderDReward:
         n: int = 4,
         sigma: float = SIGMA,
         vocab_size: int | None = None,
-        end_ids: Iterable[int] = (EOS_ID, PAD_ID),
-        ignore_ids: Iterable[int] = (PAD_ID, BOS_ID, EOS_ID, UNK_ID),
+        count_eos: bool = True,
+        keep_unk: bool = True,
     ) -> None:
         self.n, self.sigma = n, sigma
-        self.end_ids = np.array(sorted(set(end_ids)), dtype=np.int64)
-        self.ignore_ids = np.array(sorted(set(ignore_ids)), dtype=np.int64)
+        self.count_eos, self.keep_unk = bool(count_eos), bool(keep_unk)
+        self.end_ids = np.array([PAD_ID, EOS_ID], dtype=np.int64)
+        self.ignore_ids = np.array(
+            [PAD_ID, BOS_ID] + ([] if self.count_eos else [EOS_ID]) + ([] if self.keep_unk else [UNK_ID]),
+            dtype=np.int64,
+        )
         if not references:
             raise ValueError("CiderDReward needs the references of at least one image")
         self.image_ids = np.array(sorted(references), dtype=np.int64)
@@ -60,7 +74,8 @@ class CiderDReward:
             i = int(self.image_ids[np.argmax(self.ref_counts == 0)])
             raise ValueError(f"image {i} has no reference")
         self.first_ref = np.cumsum(self.ref_counts) - self.ref_counts  # (I,)
-        tokens, lengths = self._clean(*flatten(r for rs in refs for r in rs))
+        # The appended <eos> closes references that have none; one that has its own ends there as a candidate would.
+        tokens, lengths = self._clean(*flatten([*r, EOS_ID] for rs in refs for r in rs))
         largest = int(tokens.max(initial=0)) + 1
         self.vocab_size = int(vocab_size) if vocab_size is not None else max(largest, EXACT_VOCAB)
         if largest > self.vocab_size:
@@ -89,11 +104,14 @@ class CiderDReward:
             self.blocks.append(np.searchsorted(pair, np.arange(len(self.image_ids) + 1) * width))
 
     def _clean(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flat sequences (T,), (S,) -> the same cut at their first end id, without the ignored ids."""
+        """Flat sequences (T,), (S,) -> the same up to and with their first <eos>/<pad>, without the ignored ids."""
         sentence = np.repeat(np.arange(len(lengths)), lengths)
         ends = np.cumsum(np.isin(tokens, self.end_ids))
         ends_before_sentence = np.r_[0, ends][np.cumsum(lengths) - lengths]
-        keep = (ends - ends_before_sentence[sentence] == 0) & ~np.isin(tokens, self.ignore_ids)
+        ended_before = (
+            ends - ends_before_sentence[sentence] - np.isin(tokens, self.end_ids)
+        )  # ends before this token
+        keep = (ended_before == 0) & ~np.isin(tokens, self.ignore_ids)
         return tokens[keep], np.bincount(sentence[keep], minlength=len(lengths))
 
     def __call__(self, image_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
