@@ -34,21 +34,23 @@ def test_equals_evaluate_captions_on_the_images_seen_with_repeats_and_varying_wi
     expected = evaluate_captions(
         {i: REFERENCES[i] for i in (7, 8)}, {7: "a dog on grass", 8: "a cat"}, metrics=METRICS
     )
-    assert scores == expected
-    assert list(scores) == list(METRICS) and scores["CIDEr"] > 0
+    assert scores == {**expected, "bad_endings": 0.0}
+    assert list(scores) == [*METRICS, "bad_endings"] and scores["CIDEr"] > 0
 
 
 def test_first_copy_of_a_repeated_image_is_kept():
     metric = CaptionMetrics(REFERENCES, WORDS, metrics=["Bleu_1"])
     metric.update(torch.tensor([9, 9]), torch.tensor([_ids("a red car", 6), _ids("the dog", 6)]))
-    assert metric.compute() == evaluate_captions({9: REFERENCES[9]}, {9: "a red car"}, metrics=["Bleu_1"])
+    expected = evaluate_captions({9: REFERENCES[9]}, {9: "a red car"}, metrics=["Bleu_1"])
+    assert metric.compute() == {**expected, "bad_endings": 0.0}
 
 
 def test_decoding_stops_at_pad_skips_bos_and_keeps_unk_as_a_word():
     metric = CaptionMetrics(REFERENCES, WORDS, metrics=["Bleu_1"])
     tokens = torch.tensor([[BOS_ID, ID["a"], UNK_ID, ID["car"], PAD_ID, ID["dog"], EOS_ID]])
     metric.update(torch.tensor([9]), tokens)
-    assert metric.compute() == evaluate_captions({9: REFERENCES[9]}, {9: "a <unk> car"}, metrics=["Bleu_1"])
+    expected = evaluate_captions({9: REFERENCES[9]}, {9: "a <unk> car"}, metrics=["Bleu_1"])
+    assert metric.compute() == {**expected, "bad_endings": 0.0}
 
 
 def test_states_merged_from_two_processes_equal_one_process():
@@ -87,3 +89,10 @@ def test_compute_accepts_states_concatenated_by_a_distributed_sync():
     metric.lengths = torch.cat(metric.lengths)
     metric.tokens = torch.cat(metric.tokens)
     assert metric.compute() == expected and expected["Bleu_1"] > 0.99
+
+
+def test_bad_endings_is_the_fraction_of_captions_ending_in_a_function_word():
+    metric = CaptionMetrics(REFERENCES, WORDS, metrics=["CIDEr"])
+    captions = {7: "a dog sits on the", 8: "a cat on the car", 9: "the red car a"}
+    metric.update(torch.tensor(list(captions)), torch.tensor([_ids(c, 8) for c in captions.values()]))
+    assert metric.compute()["bad_endings"] == pytest.approx(2 / 3)  # "the" and "a" end two of the three

@@ -3,7 +3,8 @@
 `update` keeps the image ids and the generated ids (cut at the first <eos>/<pad>, <bos> dropped) as flat tensor
 states, so torchmetrics gathers them across processes under DDP. `compute` drops the images a distributed sampler
 repeated, decodes the ids to words and scores the captions with `evaluate_captions` against the references of the
-images seen (references PTB-tokenized once, at construction; generated captions tokenized the same way).
+images seen (references PTB-tokenized once, at construction; generated captions tokenized the same way), and adds
+`bad_endings`, the fraction of captions ending in a function word (endings.py).
 
 Shapes: B captions per update, L tokens.
 """
@@ -17,6 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from vqacap.metrics.captions.endings import bad_endings
 from vqacap.metrics.captions.evaluation import METRICS, check_metrics, evaluate_captions
 from vqacap.metrics.captions.ptb import tokenize_captions
 
@@ -78,4 +80,5 @@ class CaptionMetrics(Metric):
         seen = [i for i in self.references if i in captions]  # reference order, as the tokenizer saw them
         hypotheses = dict(zip(seen, tokenize_captions([captions[i] for i in seen])))
         references = {i: self.references[i] for i in seen}
-        return evaluate_captions(references, hypotheses, metrics=self.metric_names, tokenize=False)
+        scores = evaluate_captions(references, hypotheses, metrics=self.metric_names, tokenize=False)
+        return {**scores, "bad_endings": bad_endings(hypotheses.values())}
