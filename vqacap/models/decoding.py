@@ -118,13 +118,6 @@ class AllEnded:
         return False
 
 
-def _finish(logp: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
-    """Finished hypotheses can only continue with <pad> at no cost."""
-    done = torch.full_like(logp, NEG_INF)
-    done[..., PAD_ID] = 0.0
-    return torch.where(finished.unsqueeze(-1), done, logp)
-
-
 def sample(
     model: UpDownCaptioner,
     regions: torch.Tensor,
@@ -205,61 +198,87 @@ def _sample(
     return Decoded(torch.stack(tokens, -1), torch.stack(attention, 2), log_probs, log_probs.sum(-1))
 
 
+def length_penalty(length: torch.Tensor | float, alpha: float) -> torch.Tensor | float:
+    """GNMT's length penalty ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, Eq. 14); |Y| counts the words and <eos>."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, G, ...) -> (B, G', ...): the hypotheses `index` (B, G') of each image."""
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
+
+
 @torch.no_grad()
 def beam_search(
     model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions
 ) -> Decoded:
-    """Beam search over B images x G = beam_size hypotheses at once. Returns all beams, best first."""
+    """Beam search over B images x G = beam_size hypotheses at once. Returns the G best captions, best first.
+
+    At each step the beam keeps the G best continuations (summed log-probabilities) of its live hypotheses. A
+    continuation that is <eos> leaves the beam for a store of finished captions, ranked by its length-penalised score
+    (`length_penalty`, applied when the caption finishes, as GNMT and fairseq do); its slot goes to the live
+    hypotheses at the next step. The store keeps the G best finished captions, so a caption finished early is never
+    pushed out by live hypotheses that later lose probability (ruotianluo/self-critical.pytorch's `done_beams`).
+    The search stops at `max_length` or once no live hypothesis can still beat the G-th finished caption: extending
+    a hypothesis only lowers its log-probability, and no length penalty is larger than the one at `max_length`.
+    Scores are the ranked (length-penalised) scores; hypotheses that could not be completed (fewer than G captions
+    exist under the options) have score -inf and only <pad> tokens.
+    """
     b, g, device = regions.size(0), opts.beam_size, regions.device
+    width = opts.max_length + 1  # words and <eos>
     ctx = model.encode(regions, mask)
     state = model.init_state(b, device, regions.dtype).expand(g)
     # All beams start identical: only the first may expand at step 0, or the beam would fill with copies.
-    scores = torch.full((b, g), NEG_INF, device=device)
-    scores[:, 0] = 0.0
+    dtype = regions.dtype
+    live = torch.full(
+        (b, g), NEG_INF, device=device, dtype=dtype
+    )  # (B, G) summed log-probs, -inf: empty slot
+    live[:, 0] = 0.0
     token = torch.full((b, g), BOS_ID, dtype=torch.long, device=device)
-    finished = torch.zeros(b, g, dtype=torch.bool, device=device)
-    history = torch.empty(b, g, 0, dtype=torch.long, device=device)
-    token_logps = torch.empty(b, g, 0, device=device)
-    attention = torch.empty(b, g, 0, regions.size(1), device=device)
+    history = torch.full((b, g, width), PAD_ID, dtype=torch.long, device=device)  # (B, G, T) live tokens
+    token_logps = torch.zeros(b, g, width, device=device, dtype=dtype)
+    attention = torch.zeros(b, g, width, regions.size(1), device=device, dtype=dtype)  # (B, G, T, K)
+    # The finished captions: ranked score, tokens, per-token log-probs, attention.
+    done = torch.full((b, g), NEG_INF, device=device, dtype=dtype)
+    done_tokens, done_logps, done_attention = history.clone(), token_logps.clone(), attention.clone()
+    best_possible = length_penalty(float(width), opts.length_penalty) if opts.length_penalty >= 0 else None
     all_ended = AllEnded(device)
-    for t in range(opts.max_length + 1):
+    steps = width
+    for t in range(width):
         h2, alpha, state = model.step(ctx, state, model.word_gates(token, ctx))
         logp = torch.log_softmax(model.logits(h2, ctx), dim=-1)  # (B, G, V)
         allowed = _constrain(logp, t, opts)
         if opts.block_trigrams:
-            allowed = _block_trigrams(allowed, history)
-        allowed = _finish(allowed, finished)
+            allowed = _block_trigrams(allowed, history[..., :t])
         vocab = allowed.size(-1)
-        total = (scores.unsqueeze(-1) + allowed).view(b, g * vocab)
-        scores, flat = total.topk(g, dim=-1)  # (B, G) best continuations over all beams
+        total = (live.unsqueeze(-1) + allowed).view(b, g * vocab)
+        score, flat = total.topk(g, dim=-1)  # (B, G) best continuations over all live hypotheses
         source, token = flat // vocab, flat % vocab
         state = state.select(source)
-        finished = finished.gather(1, source)
-        step_logp = logp.view(b, g * vocab).gather(1, flat).masked_fill(finished, 0.0)  # logp[source, token]
-        history = torch.cat(
-            [history.gather(1, source.unsqueeze(-1).expand_as(history)), token.unsqueeze(-1)], -1
-        )
-        token_logps = torch.cat(
-            [token_logps.gather(1, source.unsqueeze(-1).expand_as(token_logps)), step_logp.unsqueeze(-1)], -1
-        )
-        src_attention = source[..., None, None].expand(-1, -1, attention.size(2), attention.size(3))
-        step_alpha = alpha.gather(1, source.unsqueeze(-1).expand(-1, -1, alpha.size(-1)))
-        attention = torch.cat([attention.gather(1, src_attention), step_alpha.unsqueeze(2)], 2)
-        finished = finished | (token == EOS_ID)
-        if all_ended(finished):
+        history = _gather(history, source)
+        history[..., t] = token
+        token_logps = _gather(token_logps, source)
+        token_logps[..., t] = logp.view(b, g * vocab).gather(1, flat)
+        attention = _gather(attention, source)
+        attention[:, :, t] = _gather(alpha, source)
+        # Continuations that end go to the store, ranked with the length penalty of their length t + 1.
+        ended = token == EOS_ID
+        ranked = torch.where(ended, score / length_penalty(t + 1.0, opts.length_penalty), NEG_INF)
+        done, keep = torch.cat([done, ranked], 1).topk(g, dim=-1)
+        done_tokens = _gather(torch.cat([done_tokens, history], 1), keep)
+        done_logps = _gather(torch.cat([done_logps, token_logps], 1), keep)
+        done_attention = _gather(torch.cat([done_attention, attention], 1), keep)
+        live = score.masked_fill(ended, NEG_INF)
+        # Stop once no live hypothesis can beat the worst stored caption (all live slots empty included).
+        if best_possible is not None and all_ended(live.max(-1).values / best_possible <= done.min(-1).values):
+            steps = t + 1
             break
-    if opts.length_penalty > 0:
-        lengths = (history != PAD_ID).sum(-1).to(scores.dtype)  # words + <eos>
-        ranked = scores / ((5.0 + lengths) / 6.0) ** opts.length_penalty
-    else:
-        ranked = scores
-    ranked, order = ranked.sort(dim=-1, descending=True)
-    idx = order.unsqueeze(-1)
+    missing = done == NEG_INF
     return Decoded(
-        history.gather(1, idx.expand_as(history)),
-        attention.gather(1, order[..., None, None].expand_as(attention)),
-        token_logps.gather(1, idx.expand_as(token_logps)),
-        ranked,
+        done_tokens[..., :steps].masked_fill(missing.unsqueeze(-1), PAD_ID),
+        done_attention[:, :, :steps],
+        done_logps[..., :steps].masked_fill(missing.unsqueeze(-1), 0.0),
+        done,
     )
 
 
