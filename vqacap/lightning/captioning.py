@@ -16,9 +16,15 @@ import torch.nn.functional as F
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.vocab import PAD_ID, Vocabulary
 from vqacap.lightning.common import configure_optimizers, gather_objects, log_grounding, region_inputs
+from vqacap.lightning.self_critical import (
+    SelfCriticalOptions,
+    baseline,
+    self_critical_loss,
+    teacher_forced_log_probs,
+)
 from vqacap.metrics.captions import CaptionMetrics, CiderDReward
 from vqacap.metrics.grounding import GroundingAccuracy, caption_targets
-from vqacap.models.decoding import Decoded, DecodingOptions, decode, sample, sample_with_greedy
+from vqacap.models.decoding import Decoded, DecodingOptions, beam_search, decode, sample, sample_with_greedy
 
 
 class CaptioningModule(pl.LightningModule):
@@ -47,21 +53,10 @@ class CaptioningModule(pl.LightningModule):
         self.metric_names = tuple(metrics)
         self.results_dir = results_dir
         self.scst = (
-            None
-            if not scst or not scst.get("enabled", True)
-            else {
-                "num_samples": 5,
-                "baseline": "greedy",
-                "temperature": 1.0,
-                **{k: v for k, v in scst.items() if k != "enabled"},
-            }
+            SelfCriticalOptions(**{k: v for k, v in scst.items() if k != "enabled"})
+            if scst and scst.get("enabled", True)
+            else None
         )
-        if self.scst and self.scst["baseline"] not in ("greedy", "mean"):
-            raise ValueError(
-                f"model.scst.baseline: expected 'greedy' or 'mean', got {self.scst['baseline']!r}"
-            )
-        if self.scst and self.scst["baseline"] == "mean" and self.scst["num_samples"] < 2:
-            raise ValueError("model.scst.num_samples: the 'mean' baseline needs at least 2 samples per image")
         self.reward: CiderDReward | None = None
         self._metrics: dict[str, CaptionMetrics] = {}
         self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
@@ -82,7 +77,7 @@ class CaptioningModule(pl.LightningModule):
         if self.scst and stage == "fit" and self.reward is None:
             # Document frequencies over all training references, precomputed once (Rennie et al. 2017).
             refs = dm.references["train"]
-            self.reward = CiderDReward({i: [self.vocab.encode(c) for c in caps] for i, caps in refs.items()})
+            self.reward = self._cider_d_reward(refs)
 
     def forward(self, batch: CaptionBatch, opts: DecodingOptions | None = None) -> Decoded:
         regions = batch.regions
@@ -101,29 +96,43 @@ class CaptioningModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=target.size(0))
         return loss
 
+    def _cider_d_reward(self, references: dict[int, list[str]]) -> CiderDReward:
+        """The reward over the training references, cut to the trained captions' length as the data cuts them."""
+        vocab = Vocabulary(self.vocab.words[4:], max_length=self.scst_decoding.max_length)
+        encoded = {i: [vocab.encode(c) for c in captions] for i, captions in references.items()}
+        return CiderDReward(encoded, count_eos=self.scst.count_eos)
+
+    @property
+    def scst_decoding(self) -> DecodingOptions:
+        return self.scst.decoding(max_length=self.decoding.max_length)
+
     def _self_critical_step(self, batch: CaptionBatch) -> torch.Tensor:
-        """REINFORCE with a CIDEr-D reward and a baseline (Rennie et al. 2017, as in Anderson et al. 2018 Sec. 4.2)."""
-        regions, n = batch.regions, self.scst["num_samples"]
-        x = region_inputs(regions, self.use_spatial)
-        opts = DecodingOptions(**{**(self.hparams.decoding or {}), "temperature": self.scst["temperature"]})
-        greedy_baseline = self.scst["baseline"] == "greedy"
-        if greedy_baseline:  # the greedy caption is decoded as one more hypothesis of the sampling pass
-            samples, greedy = sample_with_greedy(self.net, x, regions.mask, opts, n)  # (B, n, T), (B, 1, T)
+        """Self-critical training; `model.scst.mode` picks Rennie et al.'s (sample) or Anderson et al.'s (beam)."""
+        regions, opts = batch.regions, self.scst_decoding
+        x, g = region_inputs(regions, self.use_spatial), self.scst.num_samples
+        greedy_rewards = None
+        if self.scst.mode == "beam":  # top-g beam captions, decoded without dropout (Up-Down-Captioner)
+            training = self.net.training
+            self.net.eval()
+            tokens = beam_search(self.net, x, regions.mask, opts).tokens  # (B, g, T)
+            self.net.train(training)
+            log_probs = teacher_forced_log_probs(self.net, x, regions.mask, tokens)  # (B, g, T)
+        elif self.scst.baseline == "greedy":  # the greedy caption is one more hypothesis of the sampling pass
+            samples, greedy = sample_with_greedy(self.net, x, regions.mask, opts, g)  # (B, g, T), (B, 1, T)
+            tokens, log_probs = samples.tokens, samples.log_probs
+            greedy_rewards = self.reward(batch.image_ids, greedy.tokens[:, 0]).to(x.device)  # (B,)
         else:
-            samples = sample(self.net, x, regions.mask, opts, num_samples=n, greedy=False)  # tokens (B, n, T)
+            samples = sample(self.net, x, regions.mask, opts, num_samples=g, greedy=False)
+            tokens, log_probs = samples.tokens, samples.log_probs
         b = x.size(0)
-        rewards = self.reward(batch.image_ids.repeat_interleave(n), samples.tokens.flatten(0, 1)).view(b, n)
-        rewards = rewards.to(x.device)
-        if greedy_baseline:
-            baseline = self.reward(batch.image_ids, greedy.tokens[:, 0]).to(x.device).unsqueeze(1)  # (B, 1)
-        else:  # mean reward of the other samples of the same image
-            baseline = (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
-        advantage = (rewards - baseline).unsqueeze(-1)  # (B, n, 1)
-        emitted = (samples.tokens != PAD_ID).to(x.dtype)  # words and <eos>
-        loss = -(advantage * samples.log_probs * emitted).sum() / emitted.sum()
+        rewards = (
+            self.reward(batch.image_ids.repeat_interleave(g), tokens.flatten(0, 1)).view(b, g).to(x.device)
+        )
+        baselines = baseline(rewards, self.scst.baseline, greedy_rewards)  # (B, g)
+        loss = self_critical_loss(log_probs, tokens, rewards, baselines)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=b)
-        self.log("train/baseline", baseline.mean(), batch_size=b)
+        self.log("train/baseline", baselines.mean(), batch_size=b)
         return loss
 
     # -- evaluation -----------------------------------------------------------------------------------------------

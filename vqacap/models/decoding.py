@@ -128,7 +128,10 @@ def sample(
 ) -> Decoded:
     """Greedy decoding (greedy=True) or sampling from softmax(logits / temperature), G = num_samples per image.
 
-    Log-probabilities keep their graph when grad is enabled (self-critical training backpropagates through them).
+    Sampling draws from the allowed tokens only (the options' constraints), renormalised, and returns each token's
+    log-probability under that distribution; greedy decoding returns the model's own log-probabilities (as beam
+    search ranks them). Log-probabilities keep their graph when grad is enabled (self-critical training
+    backpropagates through them).
     """
     return _sample(model, regions, mask, opts, 0 if greedy else num_samples, num_samples if greedy else 0)
 
@@ -187,6 +190,10 @@ def _sample(
         if greedy:
             picked.append(allowed[:, drawn:].argmax(-1))
         token = (picked[0] if len(picked) == 1 else torch.cat(picked, 1)).masked_fill(finished, PAD_ID)
+        if drawn:
+            # A sampled token's log-probability is under the distribution it was drawn from: the allowed tokens,
+            # renormalised. A forced token (<eos> at max_length) has log-probability 0 there and no gradient.
+            logp = torch.cat([torch.log_softmax(allowed[:, :drawn], -1), logp[:, drawn:]], 1)
         token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0)
         tokens.append(token)
         attention.append(alpha)
