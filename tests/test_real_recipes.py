@@ -67,13 +67,22 @@ def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experim
         }
     )
     _features(tmp_path, image_ids, vqa2 / "regions.h5")
-    cfg = make_cfg(
+    overrides = [
         f"experiment={experiment}",
         "debug=fdr",
         f"paths.data_dir={tmp_path / 'data'}",
         "model.net.hidden_size=32",
         *CPU_LOADER,
-        tiny=False,
-    )
+    ]
+    glove = tmp_path / "data" / "glove" / "glove.6B.300d.txt"
+    with pytest.raises(FileNotFoundError, match=f"{glove}: GloVe file not found"):
+        run(make_cfg(*overrides, tiny=False))  # the recipe names GloVe 300d; the file is not there yet
+    glove.parent.mkdir()
+    glove.write_text("".join(f"{w} " + " ".join(["0.5"] * 300) + "\n" for w in ("what", "is", "the")))
+    cfg = make_cfg(*overrides, tiny=False)
     metrics = run(cfg)
     assert "test/accuracy" in metrics
+    saved = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert (
+        saved["test_data"] == "vqa_val_questions.json"
+    )  # the "test" of the VQA v2 recipes is the validation split

@@ -86,7 +86,15 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             out = Path(cfg.paths.output_dir) / "test_metrics.json"
             out.write_text(
-                json.dumps({"experiment": cfg.get("name"), "checkpoint": ckpt, "metrics": metrics}, indent=2)
+                json.dumps(
+                    {
+                        "experiment": cfg.get("name"),
+                        "checkpoint": ckpt,
+                        "test_data": cfg.get("test_data"),
+                        "metrics": metrics,
+                    },
+                    indent=2,
+                )
             )
             print(_table(metrics))
             print(f"test metrics written to {out}")
