@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from vqacap.cli import main
-from vqacap.data.store import RegionStore, RegionStoreWriter
+from vqacap.data.store import RegionStore, RegionStoreWriter, partial_path
 from vqacap.prepare.features import Source, convert, h5_source, npz_source, tsv_source
 
 D = 2048
@@ -331,3 +338,182 @@ def test_buffered_writer_writes_the_same_store_as_unbuffered(tmp_path):
         for name in ("image_ids", "image_w", "image_h", "num_regions", "region_start", "features", "boxes"):
             np.testing.assert_array_equal(a[name][:], b[name][:])
         assert (a["features"][:] >= 0).all()
+
+
+# ------------------------------------------------------------------------------------------- kills, full disks, locks
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL_D = 8  # small rows: hundreds of images stream through a pipe in well under a second
+ROWS_PER_FLUSH = 4096 // 36 + 1  # the converter's write buffer holds 4096 regions
+
+
+def small_images(ids) -> dict[int, tuple[np.ndarray, np.ndarray, int, int]]:
+    images = {}
+    for i in ids:
+        rng = np.random.default_rng(i)
+        x1, y1 = rng.uniform(0, 300, 36), rng.uniform(0, 200, 36)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(1, 300, 36), y1 + rng.uniform(1, 200, 36)], 1)
+        images[i] = rng.uniform(0, 10, (36, SMALL_D)).astype(np.float32), boxes.astype(np.float32), 640, 480
+    return images
+
+
+def write_tsv(path: Path, images: dict) -> Path:
+    path.write_text("".join(tsv_line(i, *image) + "\n" for i, image in images.items()))
+    return path
+
+
+def start_conversion(tsv: Path, out: Path, preexec_fn=None) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "vqacap.cli",
+        "prepare",
+        "features",
+        "--tsv",
+        str(tsv),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [*command, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=preexec_fn,
+    )  # fmt: skip
+
+
+def assert_store_holds(out: Path, images: dict, ids) -> None:
+    """The store at `out` opens, validates, and holds exactly `ids`, with the source's regions."""
+    store = RegionStore(out)
+    assert sorted(store.image_ids.tolist()) == sorted(ids)
+    for i in ids:
+        features, boxes = store.read(i)
+        np.testing.assert_allclose(features, images[i][0], rtol=1e-3)
+        np.testing.assert_array_equal(boxes, images[i][1])
+
+
+def feed_and_signal(tmp_path: Path, out: Path, images: dict, lines: int, sig: int) -> subprocess.Popen:
+    """Convert from a pipe, send `sig` once `lines` rows are written into it, and wait for the process to end."""
+    fifo = tmp_path / f"pipe-{lines}-{sig}.tsv"
+    os.mkfifo(fifo)
+    process = start_conversion(fifo, out)
+    with open(fifo, "w") as pipe:  # blocks until the converter opens the pipe
+        for i in list(images)[:lines]:
+            pipe.write(tsv_line(i, *images[i]) + "\n")
+        pipe.flush()
+        time.sleep(
+            0.3
+        )  # it reads what is buffered; the rows it has read are at least `lines` minus a pipe's worth
+        process.send_signal(sig)
+        process.wait(timeout=60)
+    return process
+
+
+@pytest.mark.parametrize("lines", [ROWS_PER_FLUSH // 2, 3 * ROWS_PER_FLUSH])
+def test_a_new_store_killed_mid_conversion_resumes_from_what_was_flushed(tmp_path, lines):
+    images = small_images(range(1, 4 * ROWS_PER_FLUSH))
+    out = tmp_path / "store.h5"
+    killed = feed_and_signal(tmp_path, out, images, lines, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists()  # the store's name only ever holds a committed store
+
+    rerun = start_conversion(write_tsv(tmp_path / "all.tsv", images), out)
+    stdout, stderr = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, stderr
+    skipped = int(stdout.split("skipped ")[1].split()[0])
+    if (
+        lines > 2 * ROWS_PER_FLUSH
+    ):  # at least two buffers were flushed before the kill, and are not converted again
+        assert skipped >= ROWS_PER_FLUSH and "resuming an interrupted conversion" in stderr
+    assert f"converted {len(images) - skipped}," in stdout
+    assert_store_holds(out, images, images)
+    assert not partial_path(out).exists()
+
+
+def test_an_existing_store_survives_kills_at_any_moment_and_the_rerun_completes_it(tmp_path):
+    images = small_images(range(1, 6 * ROWS_PER_FLUSH))
+    first = dict(list(images.items())[:ROWS_PER_FLUSH])
+    out = tmp_path / "store.h5"
+    assert convert(
+        tsv_source([write_tsv(tmp_path / "first.tsv", first)]), out, progress=False
+    ).converted == len(first)
+    committed = out.read_bytes()
+    everything = write_tsv(tmp_path / "all.tsv", images)
+    # Kills at several moments of the run: start-up, copying the store, writing buffers, flushing.
+    for delay in (0.2, 0.6, 0.9, 1.3):
+        process = start_conversion(everything, out)
+        time.sleep(delay)
+        process.kill()
+        process.wait(timeout=60)
+        if process.returncode == 0:
+            break  # it finished first: the store is committed and complete
+        assert out.read_bytes() == committed  # the previous store, untouched
+    # Killed after writing from a pipe too, with the partial copy holding more than the store.
+    before = out.read_bytes()
+    feed_and_signal(tmp_path, out, images, 4 * ROWS_PER_FLUSH, signal.SIGKILL)
+    assert out.read_bytes() == before
+    rerun = start_conversion(everything, out)
+    _, stderr = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, stderr
+    assert_store_holds(out, images, images)
+
+
+def test_sigterm_commits_a_shorter_valid_store_and_the_rerun_completes_it(tmp_path):
+    images = small_images(range(1, 4 * ROWS_PER_FLUSH))
+    out = tmp_path / "store.h5"
+    process = feed_and_signal(tmp_path, out, images, 2 * ROWS_PER_FLUSH, signal.SIGTERM)
+    assert process.returncode == 130
+    assert "interrupted: the images converted so far are in" in process.stderr.read()
+    assert not partial_path(out).exists()
+    held = RegionStore(out).image_ids.tolist()
+    assert ROWS_PER_FLUSH <= len(held) <= 2 * ROWS_PER_FLUSH
+    assert_store_holds(out, images, list(images)[: len(held)])  # a prefix of the input, every image whole
+
+    rerun = start_conversion(write_tsv(tmp_path / "all.tsv", images), out)
+    stdout, stderr = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, stderr
+    assert f"converted {len(images) - len(held)}, skipped {len(held)}" in stdout
+    assert_store_holds(out, images, images)
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_store_intact(tmp_path):
+    images = small_images(range(1, 6 * ROWS_PER_FLUSH))
+    out = tmp_path / "store.h5"
+    convert(
+        tsv_source([write_tsv(tmp_path / "first.tsv", dict(list(images.items())[:50]))]), out, progress=False
+    )
+    committed = out.read_bytes()
+    limit = len(committed) + 200_000  # room for the copy of the store and a little more
+
+    def full_disk() -> None:  # in the child: writes past `limit` bytes fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    everything = write_tsv(tmp_path / "all.tsv", images)
+    process = start_conversion(everything, out, preexec_fn=full_disk)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr  # not a segfault (-11) nor a traceback
+    assert stderr.strip().splitlines() == [
+        f"error: {partial_path(out)}: write failed (File too large); {out} is unchanged"
+    ]
+    assert out.read_bytes() == committed
+    # With room again, the same command finishes the job.
+    rerun = start_conversion(everything, out)
+    _, stderr = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, stderr
+    assert_store_holds(out, images, images)
+
+
+def test_a_second_writer_is_told_the_store_is_in_use(tmp_path, capsys):
+    images = small_images([1, 2])
+    out = tmp_path / "store.h5"
+    tsv = write_tsv(tmp_path / "a.tsv", images)
+    with RegionStoreWriter(out, SMALL_D) as writer:
+        writer.add(1, *images[1])
+        second = start_conversion(tsv, out)
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == 2
+        assert (
+            stderr.strip()
+            == f"error: {partial_path(out)}: in use by another process (a conversion into this store is running)"
+        )
+    assert_store_holds(out, images, [1])

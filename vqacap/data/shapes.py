@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vqacap.data.store import RegionStoreWriter
+from vqacap.data.store import RegionStoreWriter, partial_path
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
@@ -284,6 +284,7 @@ def generate(
         stale.unlink()
     store_path = root / "regions.h5"
     store_path.unlink(missing_ok=True)
+    partial_path(store_path).unlink(missing_ok=True)  # an interrupted generation: never resumed, regenerated
     gen = ShapesGenerator(seed=seed, image_size=image_size, feature_dim=feature_dim)
     image_id = 0
     with RegionStoreWriter(store_path, feature_dim, dtype=dtype, buffer_regions=1 << 16) as store:

@@ -18,18 +18,26 @@ incrementally (resizable chunked datasets), so conversions stream and can be res
 
 The reader opens the file lazily in the process that reads (h5py handles cannot be pickled, and a handle inherited across
 fork is unsafe), so a `RegionStore` can be handed to DataLoader workers under fork or spawn. Only the small per-image
-index (ids, counts, offsets, sizes) is held in memory; features are read on demand.
+index (ids, counts, offsets, sizes) is held in memory; features are read on demand. torch is imported only where
+tensors are made, so that `vqacap prepare features` starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "region-store"
 FORMAT_VERSION = 1
@@ -38,6 +46,10 @@ _INDEX_FIELDS = ("image_ids", "image_w", "image_h", "num_regions", "region_start
 
 class RegionStoreError(ValueError):
     """Raised with a one-line message naming the file and the offending image or field."""
+
+
+class StoreWriteError(RegionStoreError):
+    """A write to disk failed (disk full, file size limit): the store is unchanged, the conversion cannot go on."""
 
 
 @dataclass
@@ -51,6 +63,8 @@ class Regions:
 
     def spatial(self) -> torch.Tensor:
         """Normalised box geometry (x1/w, y1/h, x2/w, y2/h, box w/w, box h/h), shape (B, K, 6)."""
+        import torch
+
         w = self.image_size[:, 0].view(-1, 1)
         h = self.image_size[:, 1].view(-1, 1)
         x1, y1, x2, y2 = self.boxes.unbind(-1)
@@ -79,8 +93,10 @@ class RegionStore:
                 self.image_h = f["image_h"][:]
                 self.num_regions = f["num_regions"][:]
                 self.region_start = f["region_start"][:]
+                regions = min(len(f["features"]), len(f["boxes"]))
         except OSError as err:
-            raise RegionStoreError(f"{self.path}: cannot read HDF5 file ({err})") from None
+            raise RegionStoreError(_open_error(self.path, err)) from None
+        self._check_index(regions)
         self._row = {int(i): n for n, i in enumerate(self.image_ids)}
         if len(self._row) != len(self.image_ids):
             raise RegionStoreError(f"{self.path}: duplicate image ids in /image_ids")
@@ -88,6 +104,25 @@ class RegionStore:
         self._file: h5py.File | None = None
         self._features = self._boxes = None
         self._pid: int | None = None
+
+    def _check_index(self, regions: int) -> None:
+        """Once at open, so that no read can go past /features or pad an image of zero regions."""
+        lengths = {name: len(getattr(self, name)) for name in _INDEX_FIELDS}
+        if len(set(lengths.values())) > 1:
+            found = ", ".join(f"{name} {n}" for name, n in lengths.items())
+            raise RegionStoreError(
+                f"{self.path}: index datasets differ in length ({found}); an interrupted write?"
+            )
+        start = self.region_start.astype(np.int64)
+        count = self.num_regions.astype(np.int64)
+        for bad, what in (
+            (count < 1, "has num_regions < 1"),
+            ((start < 0) | (start + count > regions), f"has regions outside /features ({regions} rows)"),
+            ((self.image_w < 1) | (self.image_h < 1), "has a non-positive image size"),
+        ):
+            if bad.any():
+                n = int(np.flatnonzero(bad)[0])
+                raise RegionStoreError(f"{self.path}: image {self.image_ids[n]} (row {n}) {what}")
 
     # h5py handles are per process: drop the handle when pickled and reopen lazily after fork.
     def __getstate__(self) -> dict:
@@ -134,6 +169,8 @@ class RegionStore:
         Rows are read in store order, and runs of consecutive rows are read with one slice, so a batch of neighbouring
         images costs one HDF5 read.
         """
+        import torch
+
         rows = np.array([self.row(i) for i in image_ids], dtype=np.int64)
         counts = self.num_regions[rows]
         k = int(counts.max()) if pad_to is None else int(pad_to)
@@ -175,6 +212,8 @@ def collate_regions(
     items: list[tuple[np.ndarray, np.ndarray, int, int]], pad_to: int | None = None
 ) -> Regions:
     """Pad per-image (features (k, D), boxes (k, 4), width, height) tuples into a `Regions` batch."""
+    import torch
+
     counts = np.array([len(it[0]) for it in items])
     k = int(counts.max()) if pad_to is None else int(pad_to)
     d = items[0][0].shape[1]
@@ -189,68 +228,128 @@ def collate_regions(
 
 
 class RegionStoreWriter:
-    """Append images to a region-feature store; reopening an existing store resumes it.
+    """Append images to a region-feature store, so that a kill at any moment loses at most the last unflushed images.
+
+    The store's own file is never written in place: images go to `<store>.partial` (a copy of the store, made at the
+    first write, or a new file), which is flushed after every batch of images with the index written after the regions
+    it points to, and renamed over the store at `close`. A kill therefore leaves the previous store whole and a partial
+    file holding a consistent prefix; the next writer resumes that prefix (or discards it if it is unreadable or does
+    not continue the store, saying so in `note`). An exclusive lock on the partial file keeps a second writer out.
 
     Use as a context manager. `add` validates each image and raises `RegionStoreError` naming the image id; nothing
-    already written is touched by a failed `add`.
+    already written is touched by a failed `add`. A failed disk write (disk full, file size limit) raises
+    `RegionStoreError` and leaves the store unchanged; the HDF5 handle is then unusable, and the process should exit
+    without closing it (HDF5 crashes flushing a file whose writes failed).
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
-        feature_dim: int,
+        feature_dim: int | None,
         dtype: str = "float16",
         chunk_regions: int = 256,
         buffer_regions: int = 0,
     ) -> None:
-        """`buffer_regions` > 0 queues validated images in memory and writes them with one HDF5 call per dataset once
+        """`feature_dim` None takes D from the existing store or, for a new one, from the first image added.
+
+        `buffer_regions` > 0 queues validated images in memory and writes them with one HDF5 call per dataset once
         that many regions are queued (and on `flush`/`close`): converting 100k images then costs a few thousand writes
         instead of seven per image. 0 writes every image as it is added."""
         self.path = Path(path)
-        self.buffer_regions = int(buffer_regions)
-        self._pending: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []
-        self._pending_regions = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = partial_path(self.path)
         if dtype not in ("float16", "float32"):
             raise RegionStoreError(f"{self.path}: dtype must be float16 or float32, got {dtype}")
-        self.feature_dim = int(feature_dim)
-        exists = self.path.exists()
+        self.dtype = dtype
+        self.feature_dim = None if feature_dim is None else int(feature_dim)
+        self.chunk_regions = int(chunk_regions)
+        self.buffer_regions = int(buffer_regions)
+        self.note = ""  # what became of an interrupted conversion found at open
+        self._pending: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []
+        self._pending_regions = 0
+        self._f: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._failed = False
         try:
-            self._f = h5py.File(self.path, "a")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_exclusively(self.partial)
         except OSError as err:
-            raise RegionStoreError(f"{self.path}: cannot open for writing ({err})") from None
-        f = self._f
-        if exists and "features" in f:
-            if int(f["features"].shape[1]) != self.feature_dim:
-                raise RegionStoreError(
-                    f"{self.path}: existing store has feature_dim {f['features'].shape[1]}, not {self.feature_dim}"
-                )
-            self._repair()
-        else:
-            f.attrs["vqacap_format"] = FORMAT_NAME
-            f.attrs["version"] = FORMAT_VERSION
-            f.attrs["feature_dim"] = self.feature_dim
-            f.create_dataset(
-                "features",
-                (0, self.feature_dim),
-                maxshape=(None, self.feature_dim),
-                dtype=dtype,
-                chunks=(chunk_regions, self.feature_dim),
-            )
-            f.create_dataset("boxes", (0, 4), maxshape=(None, 4), dtype="float32", chunks=(chunk_regions, 4))
-            for name, dt in zip(_INDEX_FIELDS, ("int64", "int32", "int32", "int32", "int64")):
-                f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(4096,))
-        self._ids = set(int(i) for i in f["image_ids"][:])
+            raise RegionStoreError(f"{self.path}: cannot create the store here ({_reason(err)})") from None
+        try:
+            self._ids = self._open()
+        except BaseException:
+            self._release()
+            raise
 
-    def _repair(self) -> None:
-        """Truncate a half-written tail left by an interrupted run: the index is written last, so it is the truth."""
-        f = self._f
-        n = min(len(f[name]) for name in _INDEX_FIELDS)
-        for name in _INDEX_FIELDS:
-            f[name].resize((n,))
-        end = int(f["region_start"][n - 1] + f["num_regions"][n - 1]) if n else 0
-        f["features"].resize((end, self.feature_dim))
-        f["boxes"].resize((end, 4))
+    # ------------------------------------------------------------------------------------------------ opening/resuming
+
+    def _open(self) -> set[int]:
+        committed = _committed_index(self.path) if self.path.exists() else None
+        if committed is not None:
+            self._adopt_layout(self.path, *committed[1:])
+        if self.partial.stat().st_size:
+            try:
+                f = h5py.File(self.partial, "a", locking=False)  # our own lock is held on it
+            except OSError as err:
+                self.note = f"{self.partial}: unreadable interrupted conversion discarded ({_reason(err)})"
+            else:
+                problem = _continuation_problem(f, committed)
+                if problem is None:
+                    self._f = f
+                    _keep_metadata_in_memory(f)
+                    self._adopt_layout(self.partial, int(f["features"].shape[1]), f["features"].dtype.name)
+                    n = _repair(f)
+                    self.note = f"{self.partial}: resuming an interrupted conversion ({n} images)"
+                    return set(int(i) for i in f["image_ids"][:])
+                f.close()
+                self.note = f"{self.partial}: interrupted conversion discarded ({problem})"
+        return set(int(i) for i in committed[0]) if committed is not None else set()
+
+    def _adopt_layout(self, where: Path, feature_dim: int, dtype: str) -> None:
+        if self.feature_dim is not None and feature_dim != self.feature_dim:
+            raise RegionStoreError(
+                f"{where}: existing store has feature_dim {feature_dim}, not {self.feature_dim}"
+            )
+        if dtype != self.dtype:
+            raise RegionStoreError(f"{where}: existing store holds {dtype} features, not {self.dtype}")
+        self.feature_dim = feature_dim
+
+    def _open_for_writing(self) -> h5py.File:
+        """The partial file, copied from the committed store or created, at the first write of this writer."""
+        if self._f is not None:
+            return self._f
+        try:
+            if self.path.exists():
+                # Into the locked file itself, so the lock is never released while the copy is made.
+                with open(self.path, "rb") as src, open(self.partial, "r+b") as dst:
+                    dst.truncate(0)
+                    shutil.copyfileobj(src, dst, 1 << 24)
+                f = h5py.File(self.partial, "a", locking=False)
+                _repair(f)
+            else:
+                f = h5py.File(self.partial, "w", locking=False)
+                f.attrs["vqacap_format"] = FORMAT_NAME
+                f.attrs["version"] = FORMAT_VERSION
+                f.attrs["feature_dim"] = self.feature_dim
+                d = self.feature_dim
+                f.create_dataset(
+                    "features", (0, d), maxshape=(None, d), dtype=self.dtype, chunks=(self.chunk_regions, d)
+                )
+                f.create_dataset(
+                    "boxes", (0, 4), maxshape=(None, 4), dtype="float32", chunks=(self.chunk_regions, 4)
+                )
+                for name, dt in zip(_INDEX_FIELDS, ("int64", "int32", "int32", "int32", "int64")):
+                    f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+        except OSError as err:
+            self._failed = True
+            os.truncate(self.partial, 0)
+            raise StoreWriteError(
+                f"{self.partial}: cannot write ({_reason(err)}); {self.path} is unchanged"
+            ) from None
+        _keep_metadata_in_memory(f)
+        self._f = f
+        return f
+
+    # ---------------------------------------------------------------------------------------------------------- adding
 
     def __contains__(self, image_id: int) -> bool:
         return int(image_id) in self._ids
@@ -263,8 +362,12 @@ class RegionStoreWriter:
         where = f"{self.path}: image {image_id}"
         if image_id in self._ids:
             raise RegionStoreError(f"{where}: duplicate image id")
+        if not _INT64_MIN <= image_id <= _INT64_MAX:
+            raise RegionStoreError(f"{where}: image id does not fit in int64")
         features = np.asarray(features)
         boxes = np.asarray(boxes, dtype=np.float32)
+        if self.feature_dim is None and features.ndim == 2:
+            self.feature_dim = int(features.shape[1])
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise RegionStoreError(
                 f"{where}: features have shape {features.shape}, expected (k, {self.feature_dim})"
@@ -276,8 +379,9 @@ class RegionStoreWriter:
             raise RegionStoreError(f"{where}: boxes have shape {boxes.shape}, expected ({k}, 4)")
         if not (np.isfinite(features).all() and np.isfinite(boxes).all()):
             raise RegionStoreError(f"{where}: non-finite values in features or boxes")
-        if image_w <= 0 or image_h <= 0:
-            raise RegionStoreError(f"{where}: image size {image_w}x{image_h} is not positive")
+        if self.dtype == "float16" and np.abs(features).max() > _FLOAT16_MAX:
+            raise RegionStoreError(f"{where}: feature values overflow float16 (store them as float32)")
+        image_w, image_h = _pixel_size(where, image_w, image_h)
         # Detector boxes may overshoot the border by a pixel; anything further is corrupt input.
         tol = 1.0
         x1, y1, x2, y2 = boxes.T
@@ -289,44 +393,208 @@ class RegionStoreWriter:
             )
         if self.buffer_regions:  # the caller may reuse its arrays before the queue is written
             features, boxes = features.copy(), boxes.copy()
-        self._pending.append((image_id, int(image_w), int(image_h), features, boxes))
+        self._pending.append((image_id, image_w, image_h, features, boxes))
         self._pending_regions += k
         self._ids.add(image_id)
         if self._pending_regions >= self.buffer_regions:
             self._write_pending()
 
     def _write_pending(self) -> None:
-        """Append the queued images: regions first, index last, so an interruption leaves a tail `_repair` drops."""
+        """Append the queued images: regions first, index last, then flush, so the file always ends consistent."""
         if not self._pending:
             return
-        f = self._f
+        if self._failed:
+            raise StoreWriteError(f"{self.partial}: an earlier write failed; {self.path} is unchanged")
+        f = self._open_for_writing()
+        # Dataset objects held for the writer's life: a handle released after a failed write makes h5py print a
+        # traceback per object, however the failure is reported.
+        d = self._datasets = self._datasets or {
+            name: f[name] for name in ("features", "boxes", *_INDEX_FIELDS)
+        }
         ids, widths, heights, features, boxes = zip(*self._pending)
         counts = np.array([len(b) for b in boxes], dtype=np.int64)
-        start = f["features"].shape[0]
-        end = start + int(counts.sum())
-        f["features"].resize((end, self.feature_dim))
-        f["features"][start:end] = np.concatenate(features).astype(f["features"].dtype, copy=False)
-        f["boxes"].resize((end, 4))
-        f["boxes"][start:end] = np.concatenate(boxes)
-        starts = start + np.concatenate([[0], np.cumsum(counts)[:-1]])
-        n = f["image_ids"].shape[0]
-        for name, values in zip(_INDEX_FIELDS, (ids, widths, heights, counts, starts)):
-            f[name].resize((n + len(ids),))
-            f[name][n:] = np.asarray(values, dtype=f[name].dtype)
+        try:
+            start = d["features"].shape[0]
+            end = start + int(counts.sum())
+            d["features"].resize((end, self.feature_dim))
+            d["features"][start:end] = np.concatenate(features).astype(d["features"].dtype, copy=False)
+            d["boxes"].resize((end, 4))
+            d["boxes"][start:end] = np.concatenate(boxes)
+            starts = start + np.concatenate([[0], np.cumsum(counts)[:-1]])
+            n = d["image_ids"].shape[0]
+            for name, values in zip(_INDEX_FIELDS, (ids, widths, heights, counts, starts)):
+                d[name].resize((n + len(ids),))
+                d[name][n:] = np.asarray(values, dtype=d[name].dtype)
+            f.flush()
+        except (OSError, RuntimeError) as err:  # HDF5 reports a failed flush as RuntimeError
+            self._failed = True
+            raise StoreWriteError(
+                f"{self.partial}: write failed ({_reason(err)}); {self.path} is unchanged"
+            ) from None
         self._pending = []
         self._pending_regions = 0
 
     def flush(self) -> None:
         self._write_pending()
-        self._f.flush()
 
     def close(self) -> None:
-        if self._f.id.valid:
-            self._write_pending()
-            self._f.close()
+        """Write what is queued and commit: the partial file replaces the store in one rename."""
+        if self._lock is None:
+            return
+        try:
+            if self._failed:
+                return  # the HDF5 handle is poisoned: leave it, and the store, alone
+            with _signals_deferred():
+                self._write_pending()
+                if self._f is not None:
+                    self._datasets = {}
+                    self._f.close()
+                    _fsync(self.partial)
+                    os.replace(self.partial, self.path)
+                    _fsync(self.path.parent)
+                else:
+                    self.partial.unlink()  # nothing written: only the lock file (or a discarded partial) is there
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self) -> RegionStoreWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_INT32_MAX = int(np.iinfo(np.int32).max)
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where `RegionStoreWriter` writes before committing to `path`."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _pixel_size(where: str, image_w, image_h) -> tuple[int, int]:
+    """Whole positive pixel counts that fit the int32 index, whatever numeric type (or garbage) they arrive as."""
+    size = []
+    for name, value in (("image_w", image_w), ("image_h", image_h)):
+        try:
+            as_float = float(np.asarray(value).item()) if np.ndim(value) == 0 else None
+        except (TypeError, ValueError):
+            as_float = None
+        if as_float is None or not np.isfinite(as_float) or as_float != int(as_float):
+            raise RegionStoreError(f"{where}: {name} {str(value)[:40]!r} is not a whole number of pixels")
+        if not 0 < as_float <= _INT32_MAX:
+            raise RegionStoreError(f"{where}: image size {image_w}x{image_h} is not positive (or too large)")
+        size.append(int(as_float))
+    return size[0], size[1]
+
+
+def _lock_exclusively(partial: Path) -> int:
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RegionStoreError(
+            f"{partial}: in use by another process (a conversion into this store is running)"
+        ) from None
+    if not partial.exists() or os.stat(partial).st_ino != os.fstat(fd).st_ino:
+        os.close(fd)  # the other writer committed (renamed) it while we waited: lock the new file
+        return _lock_exclusively(partial)
+    return fd
+
+
+def _committed_index(path: Path) -> tuple[np.ndarray, int, str]:
+    """Image ids of the consistent prefix of the store at `path`, its feature dim and dtype (read-only)."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in (*_INDEX_FIELDS, "features", "boxes") if k not in f]
+            if missing:
+                raise RegionStoreError(f"{path}: not a region-feature store (missing {', '.join(missing)})")
+            n = _consistent_rows(f)
+            return f["image_ids"][:n].astype(np.int64), int(f["features"].shape[1]), f["features"].dtype.name
+    except OSError as err:
+        raise RegionStoreError(_open_error(path, err)) from None
+
+
+def _continuation_problem(f: h5py.File, committed: tuple[np.ndarray, int, str] | None) -> str | None:
+    """Why the partial file `f` cannot be resumed on top of the committed store, or None."""
+    if any(k not in f for k in (*_INDEX_FIELDS, "features", "boxes")):
+        return "not a region-feature store"
+    if committed is None:
+        return None
+    ids = f["image_ids"][: _consistent_rows(f)]
+    if len(ids) < len(committed[0]) or not np.array_equal(ids[: len(committed[0])], committed[0]):
+        return "it does not continue the store, which changed since"
+    return None
+
+
+def _consistent_rows(f: h5py.File) -> int:
+    """Length of the longest index prefix whose regions all lie inside /features and /boxes."""
+    n = min(len(f[name]) for name in _INDEX_FIELDS)
+    if n == 0:
+        return 0
+    start = f["region_start"][:n].astype(np.int64)
+    count = f["num_regions"][:n].astype(np.int64)
+    regions = min(len(f["features"]), len(f["boxes"]))
+    bad = np.flatnonzero((count < 1) | (start < 0) | (start + count > regions))
+    return int(bad[0]) if len(bad) else n
+
+
+def _repair(f: h5py.File) -> int:
+    """Truncate to the consistent prefix: a half-written tail left by an interruption is dropped."""
+    n = _consistent_rows(f)
+    for name in _INDEX_FIELDS:
+        f[name].resize((n,))
+    end = int(f["region_start"][n - 1] + f["num_regions"][n - 1]) if n else 0
+    f["features"].resize((end, f["features"].shape[1]))
+    f["boxes"].resize((end, 4))
+    return n
+
+
+def _keep_metadata_in_memory(f: h5py.File) -> None:
+    """Write HDF5 metadata only at flushes, never evicted half-way between two: the file on disk stays as of the last
+    flush (plus new regions past its end), so a kill leaves it readable."""
+    config = f.id.get_mdc_config()
+    config.evictions_enabled = False
+    config.incr_mode = config.decr_mode = config.flash_incr_mode = 0  # off: required with evictions disabled
+    f.id.set_mdc_config(config)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Block SIGINT/SIGTERM while a commit runs: the rename must happen whole or not at all."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reason(err: OSError) -> str:
+    """One line: HDF5's messages run over several lines with a time stamp and buffer addresses."""
+    if err.errno:
+        return os.strerror(err.errno)
+    return str(err).splitlines()[0][:200]
+
+
+def _open_error(path: str | os.PathLike, err: OSError) -> str:
+    if "lock" in str(err).lower():
+        return f"{path}: in use by another process (the HDF5 file lock is held)"
+    return f"{path}: cannot read HDF5 file ({_reason(err)})"

@@ -30,7 +30,9 @@ import base64
 import binascii
 import os
 import pickle
+import signal
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +42,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from vqacap.data.store import RegionStoreError, RegionStoreWriter
+from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError
 from vqacap.prepare.common import PrepareError, image_id_from_name, load_image_sizes
 
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Regions queued by the writer before one HDF5 write: ~16 MB of float16 features at D = 2048.
 _BUFFER_REGIONS = 4096
 # HDF5 chunk of 36 regions: a fixed-36 image is one chunk, and random image reads run ~3x faster than with 256-region
@@ -68,7 +69,7 @@ class Row:
 
 class Source(NamedTuple):
     rows: Iterator[Row]
-    total: int
+    total: int | None
     unit: str
 
 
@@ -88,9 +89,15 @@ class Summary:
 
 
 def convert(source: Source, out: str | os.PathLike, dtype: str = "float16", progress: bool = True) -> Summary:
-    """Append every readable row of `source` that the store at `out` does not hold yet."""
+    """Append every readable row of `source` that the store at `out` does not hold yet.
+
+    A row that cannot be decoded or validated is reported and skipped; only a failed disk write (`StoreWriteError`) or
+    an interruption stops the run, and the images written until then stay in the store (see `RegionStoreWriter`).
+    """
     summary = Summary()
-    writer = _open_existing(out, dtype)
+    writer = RegionStoreWriter(out, None, dtype, chunk_regions=CHUNK_REGIONS, buffer_regions=_BUFFER_REGIONS)
+    if writer.note:
+        print(writer.note, file=sys.stderr)
     first_seen: dict[int, str] = {}
     bar = tqdm(
         total=source.total, unit=source.unit, unit_scale=True, disable=not progress, desc=Path(out).name
@@ -107,60 +114,55 @@ def convert(source: Source, out: str | os.PathLike, dtype: str = "float16", prog
             if row.image_id is None:
                 try:  # the row's own loader says why the id is unreadable
                     row.load()
-                except (CorruptRow, PrepareError) as err:
-                    corrupt(row, str(err))
+                except ROW_ERRORS as err:
+                    corrupt(row, _reason(err))
                 continue
             if row.image_id in first_seen:
                 corrupt(row, f"duplicate image id (first at {first_seen[row.image_id]})")
                 continue
-            if writer is not None and row.image_id in writer:
+            if row.image_id in writer:
                 summary.skipped += 1
                 first_seen[row.image_id] = row.where
                 continue
             try:
-                features, boxes, image_w, image_h = row.load()
-                if dtype == "float16" and np.abs(features).max(initial=0.0) > _FLOAT16_MAX:
-                    raise CorruptRow("feature values overflow float16 (use --dtype float32)")
-            except (CorruptRow, PrepareError) as err:
-                corrupt(row, str(err))
-                continue
-            if writer is None:  # a store that cannot be created stops the run
-                writer = _writer(out, features.shape[-1], dtype)
-            try:
-                writer.add(row.image_id, features, boxes, image_w, image_h)
+                writer.add(row.image_id, *row.load())
+            except StoreWriteError:
+                raise
             except (
                 RegionStoreError
             ) as err:  # the writer's checks: sizes, boxes inside the image, finite values
                 corrupt(row, str(err).removeprefix(f"{writer.path}: image {row.image_id}: "))
                 continue
+            except ROW_ERRORS as err:
+                corrupt(row, _reason(err))
+                continue
             first_seen[row.image_id] = row.where
             summary.converted += 1
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        writer.close()
     return summary
 
 
-def _open_existing(out: str | os.PathLike, dtype: str) -> RegionStoreWriter | None:
-    """Reopen (and repair) an existing store; a new one is created at the first good row, when D is known."""
-    if not Path(out).exists():
-        return None
-    try:
-        with h5py.File(out, "r") as f:
-            feature_dim = int(f["features"].shape[1])
-            stored = f["features"].dtype.name
-    except (OSError, KeyError) as err:
-        raise PrepareError(f"{out}: exists but is not a region-feature store ({err})") from None
-    if stored != dtype:
-        raise PrepareError(f"{out}: existing store holds {stored} features; rerun with --dtype {stored}")
-    return _writer(out, feature_dim, dtype)
+# What decoding one user-supplied row can raise: each makes that row corrupt, never the run. A truncated npz raises
+# BadZipFile, an array where a number belongs TypeError, a huge number OverflowError, a damaged HDF5 block OSError.
+ROW_ERRORS = (
+    CorruptRow,
+    PrepareError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    KeyError,
+    OSError,
+    zipfile.BadZipFile,
+    EOFError,
+)
 
 
-def _writer(out: str | os.PathLike, feature_dim: int, dtype: str) -> RegionStoreWriter:
-    return RegionStoreWriter(
-        out, feature_dim, dtype, chunk_regions=CHUNK_REGIONS, buffer_regions=_BUFFER_REGIONS
-    )
+def _reason(err: Exception) -> str:
+    if isinstance(err, (CorruptRow, PrepareError)):
+        return str(err)
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
 
 
 # ---------------------------------------------------------------------------------------------------------------- TSV
@@ -168,9 +170,11 @@ def _writer(out: str | os.PathLike, feature_dim: int, dtype: str) -> RegionStore
 
 def tsv_source(paths: list[str | os.PathLike]) -> Source:
     for path in paths:
-        if not Path(path).is_file():
+        if not Path(path).exists() or Path(path).is_dir():
             raise PrepareError(f"{path}: TSV file not found")
-    return Source(_tsv_rows(paths), sum(os.path.getsize(p) for p in paths), "B")
+    # A pipe (`--tsv <(zcat file.tsv.gz)`) has no size: the progress bar then counts bytes without a total.
+    regular = all(Path(p).is_file() for p in paths)
+    return Source(_tsv_rows(paths), sum(os.path.getsize(p) for p in paths) if regular else None, "B")
 
 
 def _tsv_rows(paths: list[str | os.PathLike]) -> Iterator[Row]:
@@ -213,7 +217,7 @@ def _tsv_loader(fields: list[bytes]) -> Callable[[], Decoded]:
 
 def _pixels(text: bytes) -> int:
     value = float(text)
-    if value != int(value):
+    if not np.isfinite(value) or value != int(value):
         raise ValueError(f"image size {value} is not a whole number of pixels")
     return int(value)
 
@@ -251,8 +255,9 @@ class _IndexUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_row_index(path: str | os.PathLike) -> dict[int, int]:
-    """The pickled {image_id: row} of hengyuan-hu/bottom-up-attention-vqa (Python 2 or 3 pickles)."""
+def load_row_index(path: str | os.PathLike) -> dict:
+    """The pickled {image_id: row} of hengyuan-hu/bottom-up-attention-vqa (Python 2 or 3 pickles), entries unchecked:
+    an entry that is not int -> int becomes a reported row of the conversion, not the end of it."""
     try:
         with open(path, "rb") as f:
             index = _IndexUnpickler(f, encoding="latin1").load()
@@ -262,7 +267,7 @@ def load_row_index(path: str | os.PathLike) -> dict[int, int]:
         raise PrepareError(f"{path}: not an image id -> row pickle ({err})") from None
     if not isinstance(index, dict):
         raise PrepareError(f"{path}: holds a {type(index).__name__}, expected a dict image id -> row")
-    return {int(k): int(v) for k, v in index.items()}
+    return index
 
 
 def h5_source(path: str | os.PathLike, ids: str | os.PathLike, sizes: dict[int, tuple[int, int]]) -> Source:
@@ -279,16 +284,26 @@ def h5_source(path: str | os.PathLike, ids: str | os.PathLike, sizes: dict[int, 
     return Source(_h5_rows(path, index, sizes), len(index), "img")
 
 
-def _h5_rows(
-    path: str | os.PathLike, index: dict[int, int], sizes: dict[int, tuple[int, int]]
-) -> Iterator[Row]:
+def _h5_rows(path: str | os.PathLike, index: dict, sizes: dict[int, tuple[int, int]]) -> Iterator[Row]:
+    good = {}
+    for key, row in index.items():
+        if _is_integer(key) and _is_integer(row):
+            good[int(key)] = int(row)
+        else:
+
+            def bad(key=key, row=row) -> Decoded:
+                raise CorruptRow(
+                    f"id pickle entry {key!r}: {row!r} is not image id (integer) -> row (integer)"
+                )
+
+            yield Row(None, f"{path}", bad)
     with h5py.File(path, "r") as f:
         features, bb = f["image_features"], f["image_bb"]
         spatial = f.get("spatial_features")
         pos_boxes = f["pos_boxes"][:] if "pos_boxes" in f else None
         n_images = len(pos_boxes) if pos_boxes is not None else len(features)
         # Row order reads the file front to back.
-        for image_id, row in sorted(index.items(), key=lambda item: item[1]):
+        for image_id, row in sorted(good.items(), key=lambda item: item[1]):
 
             def load(image_id: int = image_id, row: int = row) -> Decoded:
                 if not 0 <= row < n_images:
@@ -308,10 +323,16 @@ def _h5_rows(
             yield Row(image_id, f"{path}:row {row}", load)
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _size_from_spatial(boxes: np.ndarray, spatial: np.ndarray | None) -> tuple[int, int]:
     """Invert spatial = (x1/w, y1/h, x2/w, y2/h, bw/w, bh/h): w = bw / (bw/w), or x2 / (x2/w); median over boxes."""
     if spatial is None:
         raise CorruptRow("image size unknown: no spatial_features in the file and no --image-sizes entry")
+    if spatial.shape != (len(boxes), 6):
+        raise CorruptRow(f"spatial_features have shape {spatial.shape}, expected ({len(boxes)}, 6)")
     size = []
     # Width from box columns (x1, x2) and spatial columns (x2/w, bw/w); height from (y1, y2) and (y2/h, bh/h).
     for lo, hi, scaled_far, scaled_extent in ((0, 2, 2, 4), (1, 3, 3, 5)):
@@ -358,20 +379,21 @@ def _npz_loader(
                 features = np.asarray(z[feat_key], dtype=np.float32)
                 box_key = next((k for k in ("bbox", "boxes") if k in keys), None)
                 boxes = z[box_key] if box_key else _npy_boxes(path, box_dir)
-                size = (int(z["image_w"]), int(z["image_h"])) if {"image_w", "image_h"} <= keys else None
-                num_bbox = int(z["num_bbox"]) if "num_bbox" in keys else None
+                # Checked by the store writer, which names a size that is not a whole number of pixels.
+                size = (z["image_w"][()], z["image_h"][()]) if {"image_w", "image_h"} <= keys else None
+                num_bbox = z["num_bbox"][()] if "num_bbox" in keys else None
         except CorruptRow:
             raise
-        # Zip errors are OSError or ValueError subclasses; a pickled object array is a ValueError.
-        except (OSError, ValueError) as err:
-            raise CorruptRow(f"unreadable npz ({err})") from None
+        # A truncated file raises BadZipFile or EOFError, a pickled object array ValueError.
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise CorruptRow(f"unreadable npz ({type(err).__name__}: {err})") from None
         boxes = np.asarray(boxes, dtype=np.float32)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise CorruptRow(f"boxes have shape {boxes.shape}, expected (k, 4)")
         k = len(boxes)
         if features.ndim == 2 and features.shape[0] != k and features.shape[1] == k:
             features = features.T  # stored (D, k), as MCAN's feature files
-        if num_bbox is not None and num_bbox != k:
+        if num_bbox is not None and not (np.ndim(num_bbox) == 0 and num_bbox == k):
             raise CorruptRow(f"num_bbox={num_bbox} but {k} boxes")
         if size is None:
             size = sizes.get(image_id)
@@ -433,9 +455,26 @@ def run(args: argparse.Namespace) -> int:
             source = h5_source(args.h5, args.ids, sizes)
         else:
             source = npz_source(args.npz_dir, args.box_dir, sizes)
-        summary = convert(source, args.out, dtype=args.dtype, progress=not args.no_progress)
+        # SIGTERM (a cluster's preemption, `kill`) ends the run as Ctrl-C does: what is converted is kept.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            summary = convert(source, args.out, dtype=args.dtype, progress=not args.no_progress)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except StoreWriteError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # HDF5 crashes when it closes a file whose writes failed, even at interpreter exit; nothing is left to close.
+        os._exit(2)
     except (PrepareError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the images converted so far are in {args.out}; rerun to resume", file=sys.stderr)
+        return 130
     print(summary.report(args.out))
     return 0 if summary.converted + summary.skipped > 0 else 1
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
