@@ -517,3 +517,71 @@ def test_a_second_writer_is_told_the_store_is_in_use(tmp_path, capsys):
             == f"error: {partial_path(out)}: in use by another process (a conversion into this store is running)"
         )
     assert_store_holds(out, images, [1])
+
+
+# ------------------------------------------------------------------------------------------------ one bad row each
+
+
+def test_bad_tsv_rows_are_reported_and_the_buffered_good_rows_kept(tmp_path):
+    images = small_images(range(1, 8))
+    lines = [tsv_line(i, *image) for i, image in images.items()]
+    lines[2] = tsv_line(3, *images[3][:2], "inf", 480)  # a size float() accepts and int() does not
+    lines[4] = tsv_line(2**63 + 5, *images[5])  # an id above int64, queued behind good rows
+    path = tmp_path / "bad.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "store.h5"
+    summary = convert(tsv_source([path]), out, progress=False)
+    assert summary.converted == 5
+    assert summary.corrupt == [
+        f"image 3 ({path}:3): unreadable id, size or num_boxes (image size inf is not a whole number of pixels)",
+        f"image {2**63 + 5} ({path}:5): image id does not fit in int64",
+    ]
+    assert_store_holds(out, images, [1, 2, 4, 6, 7])
+
+
+def test_bad_hdf5_index_entries_and_spatial_features_are_reported_rows(tmp_path):
+    images = {i: make_image(i, 36) for i in (1, 2)}
+    path = tmp_path / "train36.hdf5"
+    with h5py.File(path, "w") as f:
+        f["image_features"] = np.stack([images[i][0] for i in (1, 2)])
+        f["image_bb"] = np.stack([images[i][1] for i in (1, 2)])
+        spatial = np.stack([spatial_features(images[i][1], 640, 480) for i in (1, 2)])
+        f["spatial_features"] = np.concatenate([spatial, np.zeros((2, 36, 1))], axis=2)  # 7 columns, not 6
+    ids = tmp_path / "ids.pkl"
+    ids.write_bytes(pickle.dumps({"abc": 0, 2: 1, 3: "x"}))
+    coco = tmp_path / "sizes.json"
+    coco.write_text(json.dumps({"images": [{"id": 2, "width": 640, "height": 480}]}))
+    out = tmp_path / "store.h5"
+    summary = convert(h5_source(path, ids, {2: (640, 480)}), out, progress=False)
+    assert summary.converted == 1
+    assert summary.corrupt == [
+        f"image ? ({ids}): id pickle entry 'abc': 0 is not image id (integer) -> row (integer)",
+        f"image ? ({ids}): id pickle entry 3: 'x' is not image id (integer) -> row (integer)",
+    ]
+    assert RegionStore(out).image_ids.tolist() == [2]
+    # Without a size for image 2, the size comes from the 7-column spatial_features, which are refused.
+    summary = convert(h5_source(path, ids, {}), tmp_path / "other.h5", progress=False)
+    assert (
+        summary.corrupt[-1]
+        == f"image 2 ({path}:row 1): spatial_features have shape (36, 7), expected (36, 6)"
+    )
+
+
+def test_bad_npz_files_are_reported_rows(tmp_path):
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    images = {i: make_image(i, 10, 300, 200) for i in (1, 2, 3)}
+    for i, (features, boxes, w, h) in images.items():
+        np.savez(folder / f"{i}", x=features, bbox=boxes, num_bbox=10, image_w=w, image_h=h)
+    data = (folder / "2.npz").read_bytes()
+    (folder / "2.npz").write_bytes(data[: len(data) // 2])  # truncated download
+    features, boxes, _, _ = images[3]
+    np.savez(folder / "3", x=features, bbox=boxes, image_w=np.array([300, 301]), image_h=200)
+    summary = convert(npz_source(folder, None, {}), tmp_path / "store.h5", progress=False)
+    assert summary.converted == 1
+    assert summary.corrupt[0].startswith(f"image 2 ({folder / '2.npz'}): unreadable npz (BadZipFile: ")
+    assert (
+        summary.corrupt[1]
+        == f"image 3 ({folder / '3.npz'}): image_w '[300 301]' is not a whole number of pixels"
+    )
+    assert RegionStore(tmp_path / "store.h5").image_ids.tolist() == [1]

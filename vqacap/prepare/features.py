@@ -281,10 +281,12 @@ def h5_source(path: str | os.PathLike, ids: str | os.PathLike, sizes: dict[int, 
         raise PrepareError(f"{path}: cannot read HDF5 ({err})") from None
     if missing:
         raise PrepareError(f"{path}: not a bottom-up-attention-vqa HDF5 file (missing {', '.join(missing)})")
-    return Source(_h5_rows(path, index, sizes), len(index), "img")
+    return Source(_h5_rows(path, ids, index, sizes), len(index), "img")
 
 
-def _h5_rows(path: str | os.PathLike, index: dict, sizes: dict[int, tuple[int, int]]) -> Iterator[Row]:
+def _h5_rows(
+    path: str | os.PathLike, ids: str | os.PathLike, index: dict, sizes: dict[int, tuple[int, int]]
+) -> Iterator[Row]:
     good = {}
     for key, row in index.items():
         if _is_integer(key) and _is_integer(row):
@@ -296,7 +298,7 @@ def _h5_rows(path: str | os.PathLike, index: dict, sizes: dict[int, tuple[int, i
                     f"id pickle entry {key!r}: {row!r} is not image id (integer) -> row (integer)"
                 )
 
-            yield Row(None, f"{path}", bad)
+            yield Row(None, str(ids), bad)
     with h5py.File(path, "r") as f:
         features, bb = f["image_features"], f["image_bb"]
         spatial = f.get("spatial_features")
