@@ -48,7 +48,7 @@ def test_train_batches_carry_regions_and_tokens(shapes):
         texts = dm.vocab.decode_batch(captions)
         assert len(set(texts)) == 3 and set(texts) <= refs[image_id]
     assert (batch.regions.mask.sum(1) >= 5).all()  # >= 3 objects + >= 2 background regions
-    assert dm.model_kwargs() == {"words": dm.vocab.words, "feature_dim": 32}
+    assert dm.model_kwargs() == {"words": dm.vocab.words, "feature_dim": 32, "references": dm.references}
 
 
 def test_images_with_few_captions_repeat_some(shapes):

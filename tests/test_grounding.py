@@ -7,7 +7,6 @@ import json
 import math
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -112,7 +111,6 @@ def hand_made_captions(cfg):
     dm.prepare_data()
     dm.setup("validate")
     module = instantiate(cfg.model, **dm.model_kwargs())
-    module._trainer = SimpleNamespace(datamodule=dm)  # all `_update_grounding` reads of the trainer
     chosen = []  # (image id, object index = its region index, as Shapes stores object regions first, object, #objects)
     for image_id, objects in sorted(dm.scenes("val").items()):
         names = [(o["colour"], o["shape"]) for o in objects]
@@ -162,7 +160,8 @@ def test_data_without_scenes_or_target_boxes_logs_no_grounding(make_cfg, data_ro
         make_cfg("experiment=caption_shapes", f"data.data_dir={real}").data, _recursive_=False
     )
     assert captions.scenes("val") is None
-    module._trainer = SimpleNamespace(datamodule=captions)
+    batch = captions.examples("val", batch.image_ids.tolist())
+    assert batch.objects is None  # the batches of data without scenes carry no objects
     module._update_grounding(batch, "val", decoded)
     assert not module.grounding["val"].update_called
 

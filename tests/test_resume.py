@@ -1,6 +1,7 @@
-"""Exact resume (vqacap/callbacks/checkpoint.py, vqacap/train.py): a real training subprocess killed mid-epoch and
-restarted as a requeued SLURM job resumes from its last.ckpt and ends with the weights and metrics of an uninterrupted
-run; a checkpoint write that dies half-way leaves the previous last.ckpt whole."""
+"""Exact resume (vqacap/callbacks/checkpoint.py, the DataModule's order in vqacap/data/base.py, vqacap/train.py): a real
+training subprocess killed mid-epoch and restarted as a requeued SLURM job resumes from its last.ckpt and ends with the
+weights and metrics of an uninterrupted run; a checkpoint write that dies half-way (vqacap/checkpoints.py) leaves the
+previous last.ckpt whole."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
-from vqacap.callbacks.checkpoint import ResumableCheckpoint, ResumableSampler, rng_states, set_rng_states
+from vqacap.callbacks.checkpoint import LastCheckpoint, rng_states, set_rng_states
+from vqacap.checkpoints import AtomicCheckpointIO
+from vqacap.data.base import ResumableSampler
 from vqacap.train import _resume_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +50,7 @@ def _train(data_root: Path, run_dir: Path, *overrides: str, env: dict | None = N
     args = [
         *TINY_OVERRIDES, *TINY_CAPTIONER, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}",
         "experiment=caption_shapes", "trainer.max_epochs=2", "trainer.deterministic=true", "model.optimizer.lr=0.01",
-        "callbacks.model_checkpoint.save_last_every_n_train_steps=5", "callbacks.attention_maps=null",
+        "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.attention_maps=null",
         "+trainer.enable_progress_bar=false", *overrides,
     ]  # fmt: skip
     env = {
@@ -67,7 +70,7 @@ def _finish(process: subprocess.Popen, run_dir: Path) -> None:
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(make_cfg, tmp_path, data_root):
@@ -151,8 +154,29 @@ class Killed(Exception):
     pass
 
 
-class DiesWhileWriting(TorchCheckpointIO):
-    """The `fail_at`-th checkpoint write stops half-way through the file, as a process killed while writing it."""
+def half_written(checkpoint: dict, path) -> None:
+    """What a process killed while writing leaves: the first half of the file."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    Path(path).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    raise Killed("killed while writing a checkpoint")
+
+
+class DiesWhileWriting(AtomicCheckpointIO):
+    """The `fail_at`-th checkpoint write stops half-way through the file."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at, self.writes = fail_at, 0
+
+    def write(self, checkpoint, path) -> None:
+        self.writes += 1
+        if self.writes < self.fail_at:
+            return super().write(checkpoint, path)
+        half_written(checkpoint, path)
+
+
+class LightningDiesWhileWriting(TorchCheckpointIO):
+    """Lightning's own writer, stopped half-way through its `fail_at`-th file in the same way."""
 
     def __init__(self, fail_at: int) -> None:
         self.fail_at, self.writes = fail_at, 0
@@ -161,15 +185,12 @@ class DiesWhileWriting(TorchCheckpointIO):
         self.writes += 1
         if self.writes < self.fail_at:
             return super().save_checkpoint(checkpoint, path, storage_options)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        Path(path).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        raise Killed("killed while writing a checkpoint")
+        half_written(checkpoint, path)
 
 
-def _fit_until_a_write_dies(checkpoint: ModelCheckpoint, tmp_path: Path) -> Path:
+def _fit_until_a_write_dies(checkpoint: pl.Callback, plugin, tmp_path: Path) -> Path:
     trainer = pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=1, callbacks=[checkpoint], plugins=[DiesWhileWriting(fail_at=3)],
+        default_root_dir=tmp_path, max_epochs=1, callbacks=[checkpoint], plugins=[plugin],
         logger=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     with pytest.raises(Killed):
@@ -178,18 +199,25 @@ def _fit_until_a_write_dies(checkpoint: ModelCheckpoint, tmp_path: Path) -> Path
 
 
 def test_a_write_dying_half_way_leaves_the_previous_last_checkpoint_whole(tmp_path):
-    checkpoint = ResumableCheckpoint(
-        dirpath=tmp_path, save_top_k=0, save_last=True, save_last_every_n_train_steps=1
-    )
-    last = _fit_until_a_write_dies(checkpoint, tmp_path)
+    checkpoint = LastCheckpoint(dirpath=tmp_path, every_n_train_steps=1)
+    last = _fit_until_a_write_dies(checkpoint, DiesWhileWriting(fail_at=3), tmp_path)
     assert _load(last)["global_step"] == 2  # the third write (step 3) died; the second is intact
-    assert not any(p.suffix == ".ckpt" and p.name != "last.ckpt" for p in tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.partial"]
+    # The next save replaces the stale half file.
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, callbacks=[LastCheckpoint(dirpath=tmp_path)],
+        plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False,  # no ModelCheckpoint: LastCheckpoint writes the only file
+    )  # fmt: skip
+    trainer.fit(TinyRegression())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert _load(last)["global_step"] == 4
 
 
 def test_lightnings_own_checkpoint_is_corrupted_by_the_same_failure(tmp_path):
     # The hazard the atomic write removes: Lightning writes onto the final name when its temporary file is elsewhere.
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, every_n_train_steps=1)
-    last = _fit_until_a_write_dies(checkpoint, tmp_path)
+    last = _fit_until_a_write_dies(checkpoint, LightningDiesWhileWriting(fail_at=3), tmp_path)
     with pytest.raises(RuntimeError):
         _load(last)
 

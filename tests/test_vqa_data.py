@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from vqacap.data.answers import answer_accuracy
 from vqacap.data.store import RegionStoreError, RegionStoreWriter
 from vqacap.data.vocab import UNK_ID
 from vqacap.data.vqa import VQADataModule, load_glove
-from vqacap.metrics.vqa import answer_accuracy, batch_accuracy
+from vqacap.metrics.vqa.metric import batch_accuracy
 
 LONG_QUESTION = (
     "How many dogs are there in this picture of a park on a sunny day in the middle of summer?"  # 20 words
@@ -101,7 +102,7 @@ def test_questions_are_tokenized_and_truncated_to_14_words(vqa_dir):
 def test_soft_targets_are_official_accuracies(vqa_dir):
     dm = _datamodule(vqa_dir)
     dm.setup("fit")
-    batch = dm.dataset("train").collate(list(range(len(TRAIN))))
+    batch = dm.eval_set("train").collate(list(range(len(TRAIN))))
     red, yes = dm.answers.index["red"], dm.answers.index["yes"]
     assert batch.targets.shape == (len(TRAIN), 2)
     for row, (_, ann) in enumerate(TRAIN):

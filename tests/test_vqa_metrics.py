@@ -1,4 +1,5 @@
-"""Official VQA answer normalisation, accuracy, soft scores, the Metric and the evaluator command."""
+"""Official VQA answer normalisation, accuracy, soft scores (vqacap.data.answers), the Metric and the evaluator command
+(vqacap.metrics.vqa)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,18 @@ import json
 import pytest
 import torch
 
-from vqacap.metrics.vqa import (
-    VQAAccuracy,
-    VQAFormatError,
-    add_arguments,
+from vqacap.data.answers import (
     answer_accuracy,
-    batch_accuracy,
-    evaluate_vqa,
     gt_answer_indices,
     process_answer,
     process_digit_article,
     process_punctuation,
-    run,
     soft_scores,
 )
+from vqacap.data.formats import FormatError
+from vqacap.metrics.vqa.cli import add_arguments, run
+from vqacap.metrics.vqa.evaluation import evaluate_vqa
+from vqacap.metrics.vqa.metric import VQAAccuracy, batch_accuracy
 
 # (raw answer, expected process_answer), each derived by hand from the rules of vqaEval.py.
 NORMALISATION = [
@@ -234,19 +233,19 @@ def test_cli_refuses_results_that_do_not_match_annotations(tmp_path, vqa_files, 
 
 def test_wrong_kind_of_file_is_named(vqa_files):
     with pytest.raises(
-        VQAFormatError, match=rf"{vqa_files['questions']}: not a VQA annotations file.*questions file"
+        FormatError, match=rf"{vqa_files['questions']}: not a VQA annotations file.*questions file"
     ):
         evaluate_vqa(vqa_files["questions"], vqa_files["questions"], vqa_files["results"])
-    with pytest.raises(VQAFormatError, match=rf"{vqa_files['annotations']}: a results file is a JSON list"):
+    with pytest.raises(FormatError, match=rf"{vqa_files['annotations']}: a results file is a JSON list"):
         evaluate_vqa(vqa_files["questions"], vqa_files["annotations"], vqa_files["annotations"])
-    with pytest.raises(VQAFormatError, match="missing.json: questions file not found"):
+    with pytest.raises(FormatError, match="missing.json: questions file not found"):
         evaluate_vqa(
             vqa_files["questions"].parent / "missing.json", vqa_files["annotations"], vqa_files["results"]
         )
 
 
 def test_duplicate_results_are_refused():
-    with pytest.raises(VQAFormatError, match="1 results repeat a question id"):
+    with pytest.raises(FormatError, match="1 results repeat a question id"):
         evaluate_vqa(QUESTIONS, ANNOTATIONS, RESULTS + [RESULTS[0]])
 
 

@@ -1,14 +1,38 @@
-"""Finding and loading checkpoints of earlier runs (e.g. the cross-entropy model that self-critical training starts from)."""
+"""Checkpoint files: written atomically, loaded without running code, checked against the model they are loaded into.
+
+A vqacap checkpoint holds tensors and plain containers only (dict, list, tuple, str, numbers, None); the module's
+hyper-parameters are stored as plain dicts too, a Hydra partial as {"_target_": "<module>.<Class>", "_partial_": True,
+...}. Every checkpoint is read with `torch.load(weights_only=True)`, which unpickles those types and refuses any other
+(a pickled object could run code as it is loaded). Entry points: Lightning's own restore (`ckpt_path`, through
+`AtomicCheckpointIO`), `init_from` (`load_weights`) and `vqacap visualize --checkpoint` (`load_module`). Rebuilding a
+module from its hyper-parameters imports only the classes named under `net`, `optimizer` and `scheduler`, and only when
+each is a subclass of what that key must be (nn.Module, Optimizer, LRScheduler); nothing is called while loading.
+
+Not here: which checkpoints a run writes and when (vqacap.callbacks.checkpoint).
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
+class CheckpointError(ValueError):
+    """Raised with a one-line message naming the checkpoint file."""
+
+
+# -- finding ---------------------------------------------------------------------------------------------------------
 def find_checkpoint(spec: str, log_dir: str | os.PathLike, task_name: str = "train") -> Path:
     """A checkpoint path, or `latest:<experiment>`: the best checkpoint of that experiment's newest finished run.
 
@@ -31,11 +55,221 @@ def find_checkpoint(spec: str, log_dir: str | os.PathLike, task_name: str = "tra
     )
 
 
-def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load a Lightning checkpoint's weights into `module` (the optimiser state is not restored)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+# -- reading ---------------------------------------------------------------------------------------------------------
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Trying to call ([\w.]+)")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """The checkpoint at `path`, unpickled with `weights_only=True`; `CheckpointError` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        module.load_state_dict(state["state_dict"])
-    except (KeyError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: checkpoint does not fit this model ({first})") from None
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _UNSUPPORTED.search(str(err))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: it holds the type {found.group(1) or found.group(2)}, which no vqacap checkpoint "
+                "holds (checkpoints are loaded without running code)"
+            ) from None
+        key = re.search(r"invalid load key, '.*?'", str(err))
+        detail = key.group(0) if key else "unpickling failed"
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or another kind of file ({detail})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        # torch's messages for a truncated zip or a text file are long and name no file.
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or another kind of file ({_first_line(err)})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+# -- hyper-parameters as plain containers ----------------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """`value` with Hydra partials, OmegaConf containers and paths turned into dicts, lists and strings."""
+    from omegaconf import Container, OmegaConf
+
+    if isinstance(value, functools.partial):
+        if value.args:
+            raise TypeError(f"cannot store a partial with positional arguments: {value!r}")
+        target = f"{value.func.__module__}.{value.func.__qualname__}"
+        return {"_target_": target, "_partial_": True, **{k: plain(v) for k, v in value.keywords.items()}}
+    if isinstance(value, Container):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _lr_scheduler_bases() -> tuple[type, ...]:
+    from torch.optim import lr_scheduler
+
+    return (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)
+
+
+# What each constructor argument that is a class must be a subclass of.
+_CLASS_ARGUMENTS = {
+    "net": lambda: (torch.nn.Module,),
+    "optimizer": lambda: (torch.optim.Optimizer,),
+    "scheduler": _lr_scheduler_bases,
+}
+
+
+def rebuild_hyperparameters(hparams: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """The constructor arguments of a module from its checkpoint's plain hyper-parameters: `net`, `optimizer` and
+    `scheduler` back to partials of their classes, after checking what each class is."""
+    out = dict(hparams)
+    for key, bases in _CLASS_ARGUMENTS.items():
+        node = out.get(key)
+        if isinstance(node, Mapping) and "_target_" in node:
+            cls = _locate_class(str(node["_target_"]), bases(), path, key)
+            out[key] = functools.partial(
+                cls, **{k: v for k, v in node.items() if k not in ("_target_", "_partial_")}
+            )
+    for key, value in out.items():
+        if key not in _CLASS_ARGUMENTS and isinstance(value, Mapping) and "_target_" in value:
+            raise CheckpointError(
+                f"{path}: hyper-parameter {key!r} names {value['_target_']}, which is not rebuilt"
+            )
+    return out
+
+
+def _locate_class(target: str, bases: tuple[type, ...], path: str | os.PathLike, key: str) -> type:
+    module_name, _, name = target.rpartition(".")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError):
+        raise CheckpointError(
+            f"{path}: hyper-parameter {key!r} names {target}, which cannot be imported"
+        ) from None
+    if not (isinstance(found, type) and issubclass(found, bases)):
+        expected = " or ".join(b.__name__ for b in bases)
+        raise CheckpointError(f"{path}: hyper-parameter {key!r} names {target}, not a {expected} class")
+    return found
+
+
+# -- checking and loading into a module -------------------------------------------------------------------------------
+def task_of(hparams: Mapping[str, Any]) -> str | None:
+    """ "VQA" or "captioning" from a checkpoint's hyper-parameters (VQA modules have answers); None when unknown."""
+    if "answers" in hparams:
+        return "VQA"
+    return "captioning" if "words" in hparams else None
+
+
+def check_fits(module: torch.nn.Module, checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """`CheckpointError` unless the checkpoint holds a model of the module's task, vocabulary and shapes."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    theirs, mine = task_of(hparams), getattr(module, "task", None)
+    if theirs and mine and theirs != mine:
+        raise CheckpointError(
+            f"{path}: a {theirs} checkpoint, not a {mine} one (an experiment of the other task?)"
+        )
+    own_words = module.hparams.get("words") if hasattr(module, "hparams") else None
+    if own_words is not None and "words" in hparams and list(hparams["words"]) != list(own_words):
+        raise CheckpointError(
+            f"{path}: the checkpoint's vocabulary differs from the data's (was it rebuilt?)"
+        )
+    state, own = checkpoint["state_dict"], module.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state] + [
+        f"unexpected {k}" for k in state if k not in own
+    ]
+    problems += [
+        f"{k} is {tuple(state[k].shape)}, the model's {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise CheckpointError(f"{path}: checkpoint does not fit this model ({problems[0]}{more})")
+
+
+def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load a checkpoint's weights into `module` (the optimiser state is not restored)."""
+    checkpoint = load_checkpoint(path)
+    check_fits(module, checkpoint, path)
+    module.load_state_dict(checkpoint["state_dict"])
+
+
+def load_module(path: str | os.PathLike, map_location: Any = "cpu"):
+    """The LightningModule (captioning or VQA) a checkpoint holds, rebuilt from its hyper-parameters, in eval mode."""
+    from vqacap.lightning.captioning import CaptioningModule
+    from vqacap.lightning.vqa import VQAModule
+
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters")
+    task = task_of(hparams or {})
+    if task is None:
+        raise CheckpointError(f"{path}: no vqacap hyper-parameters (not a checkpoint of a vqacap run)")
+    module_class = VQAModule if task == "VQA" else CaptioningModule
+    try:
+        module = module_class(**rebuild_hyperparameters(hparams, path))
+    except TypeError as err:
+        raise CheckpointError(
+            f"{path}: hyper-parameters do not build a {module_class.__name__} ({err})"
+        ) from None
+    check_fits(module, checkpoint, path)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(map_location).eval()
+
+
+# -- Lightning's reads and writes ------------------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reads and writes: safe reads (`load_checkpoint`), atomic writes.
+
+    Each file is written as `<name>.partial` next to its final name, flushed to disk and renamed over it (`os.replace`,
+    atomic on POSIX file systems), so a process killed while writing leaves the previous file whole. Lightning's own
+    write goes through the system temp folder and `shutil.move`, a plain copy onto the final name when that folder is
+    on another file system than the checkpoints, as on most clusters. A stale `.partial` is overwritten by the next
+    write.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        self.write(checkpoint, partial)
+        os.replace(partial, path)
+        _fsync_folder(path.parent)  # the rename itself survives a power cut
+
+    def write(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """Write `checkpoint` to `path` and flush it to disk."""
+        with open(path, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load_checkpoint(
+        self, path, map_location: Any = "cpu", weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        # weights_only is always True here, whatever the caller asks.
+        return load_checkpoint(path, map_location=map_location)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -13,7 +13,7 @@ import sys
 # Subcommand -> module providing `add_arguments(parser)` and `run(args) -> int`.
 _COMMANDS = {
     "captions": ("vqacap.metrics.captions.cli", "score COCO-format caption results (coco-caption metrics)"),
-    "vqa": ("vqacap.metrics.vqa", "score VQA results with the official VQA accuracy"),
+    "vqa": ("vqacap.metrics.vqa.cli", "score VQA results with the official VQA accuracy"),
 }
 
 

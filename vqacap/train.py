@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vqacap.callbacks.finite import NonFiniteError
 from vqacap.checkpoints import find_checkpoint, load_weights
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -51,7 +53,14 @@ def _wandb_data_in(folder: Path):
         os.environ.pop("WANDB_DATA_DIR", None)
 
 
+class RunConfigError(ValueError):
+    """A run that cannot do what it was asked; the message is one line saying what to set."""
+
+
 def _run(cfg: DictConfig) -> dict[str, float]:
+    if not cfg.get("train", True) and cfg.get("test", True) and not cfg.get("ckpt_path"):
+        # Testing the freshly initialised weights would write test_metrics.json for a model that learnt nothing.
+        raise RunConfigError("train=false tests a trained model: give ckpt_path=<checkpoint file>")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
@@ -71,13 +80,12 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
-        # weights_only=False: our checkpoints hold the model's Hydra nodes (hyper-parameters) besides tensors.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg), weights_only=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
     metrics: dict[str, float] = {}
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         tested = trainer.checkpoint_callback
         if cfg.get("train", True) and tested is not None and tested.best_model_score is not None:
@@ -134,7 +142,11 @@ def _table(metrics: dict[str, float]) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_SILENT", "true")
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except (RunConfigError, NonFiniteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     target = cfg.get("optimized_metric")  # for sweepers; a validation metric (model.monitor) to select on
     return metrics.get(target) if target else None
 

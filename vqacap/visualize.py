@@ -266,9 +266,9 @@ def load(args: argparse.Namespace):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from vqacap.checkpoints import load_module
     from vqacap.data.captions import CaptionDataModule
     from vqacap.data.vqa import VQADataModule
-    from vqacap.lightning.captioning import CaptioningModule
     from vqacap.lightning.vqa import VQAModule
 
     if args.run is not None:
@@ -280,11 +280,8 @@ def load(args: argparse.Namespace):
     else:
         checkpoint = args.checkpoint
     config = (args.run or checkpoint.parent.parent) / ".hydra" / "config.yaml"
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    is_vqa = "answers" in hparams
-    module_class = VQAModule if is_vqa else CaptioningModule
-    module = module_class.load_from_checkpoint(checkpoint, map_location=args.device, weights_only=False)
-    module.eval()
+    module = load_module(checkpoint, map_location=args.device)  # runs no code from the file
+    is_vqa = isinstance(module, VQAModule)
     if config.is_file():
         data = OmegaConf.load(config).data  # interpolations resolve against the run's whole config
         if args.data_dir is not None:
@@ -295,6 +292,8 @@ def load(args: argparse.Namespace):
         datamodule = (VQADataModule if is_vqa else CaptionDataModule)(data_dir=str(args.data_dir))
     else:
         raise ValueError(f"{checkpoint}: not inside a run folder; give --data-dir")
+    if list(datamodule.vocab.words) != list(module.hparams.words):
+        raise ValueError(f"{checkpoint}: the model's vocabulary differs from {datamodule.data_dir}'s")
     return module, datamodule
 
 

@@ -15,91 +15,43 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from vqacap.data.store import Regions, RegionStore, RegionStoreError
+from vqacap.data.base import SPLITS, Batch, RegionBatcher, RegionDataModule, spread
+from vqacap.data.formats import FormatError, load_coco_captions
+from vqacap.data.store import Regions, RegionStoreError
 from vqacap.data.vocab import Vocabulary
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
-class CaptionBatch:
+class CaptionBatch(Batch):
     image_ids: torch.Tensor  # (B,) long
     regions: Regions  # features (B, K, D), boxes, mask (B, K)
     tokens: (
         torch.Tensor | None
     )  # (B, G, T) long: G captions per image, <bos> w_1 .. w_n <eos> <pad>...; None in eval
-
-    def to(self, device) -> CaptionBatch:  # Lightning moves batches through this method
-        r = self.regions
-        regions = Regions(
-            r.features.to(device), r.boxes.to(device), r.mask.to(device), r.image_size.to(device)
-        )
-        tokens = None if self.tokens is None else self.tokens.to(device)
-        return CaptionBatch(self.image_ids.to(device), regions, tokens)
-
-    def pin_memory(self) -> CaptionBatch:
-        r = self.regions
-        regions = Regions(
-            r.features.pin_memory(), r.boxes.pin_memory(), r.mask.pin_memory(), r.image_size.pin_memory()
-        )
-        return CaptionBatch(
-            self.image_ids.pin_memory(), regions, None if self.tokens is None else self.tokens.pin_memory()
-        )
+    # Evaluation batches of data with scenes (Shapes): the objects of each image, for grounding accuracy.
+    objects: list[list[dict]] | None = None
 
 
 def load_caption_annotations(path: str | os.PathLike) -> tuple[dict[int, list[str]], dict[int, dict]]:
-    """References per image id and image records from a COCO caption-annotation file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: caption annotation file not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
-        raise ValueError(f"{path}: not a COCO caption-annotation file (needs 'images' and 'annotations')")
-    images = {int(im["id"]): im for im in data["images"]}
-    references: dict[int, list[str]] = defaultdict(list)
-    for n, ann in enumerate(data["annotations"]):
-        if "caption" not in ann or "image_id" not in ann:
-            raise ValueError(
-                f"{path}: annotation {n} lacks 'caption' or 'image_id' (is this a caption file?)"
-            )
-        image_id = int(ann["image_id"])
-        if image_id not in images:
-            raise ValueError(
-                f"{path}: annotation {ann.get('id', n)} refers to image {image_id}, absent from 'images'"
-            )
-        references[image_id].append(ann["caption"])
-    return dict(references), images
-
-
-class RegionBatcher:
-    """Reads the regions of a batch of image ids; picklable, so it runs inside DataLoader workers (fork or spawn)."""
-
-    def __init__(
-        self, store: RegionStore, zero_regions: bool = False, pad_regions_to: int | None = None
-    ) -> None:
-        self.store = store
-        self.zero_regions = zero_regions
-        self.pad_regions_to = pad_regions_to
-
-    def __call__(self, image_ids: list[int]) -> Regions:
-        regions = self.store.read_batch(image_ids, pad_to=self.pad_regions_to)
-        if self.zero_regions:
-            # "Blind" control: the model keeps the region count but learns nothing from content or geometry.
-            regions.features.zero_()
-            regions.boxes.zero_()
-        return regions
+    """References per image id and image records from a COCO caption-annotation file; every caption must be of an
+    image listed in "images"."""
+    captions, images = load_coco_captions(path)
+    if images is None:
+        raise FormatError(f"{path}: not a COCO caption-annotation file (needs 'images' and 'annotations')")
+    records = {int(im["id"]): im for im in images}
+    unlisted = [i for i in captions if int(i) not in records]
+    if unlisted:
+        raise FormatError(
+            f"{path}: {len(unlisted)} captions refer to images absent from 'images' (first: image {unlisted[0]})"
+        )
+    return {int(i): refs for i, refs in captions.items()}, records
 
 
 class CaptionTrainSet(Dataset):
@@ -148,9 +100,14 @@ class CaptionTrainSet(Dataset):
 
 
 class CaptionEvalSet(Dataset):
-    def __init__(self, image_ids: list[int], regions: RegionBatcher) -> None:
+    """One item per image; batches carry the images' scene objects when the data has scenes."""
+
+    def __init__(
+        self, image_ids: list[int], regions: RegionBatcher, scenes: dict[int, list[dict]] | None = None
+    ) -> None:
         self.image_ids = np.asarray(image_ids, dtype=np.int64)
         self.regions = regions
+        self.scenes = scenes
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -159,16 +116,19 @@ class CaptionEvalSet(Dataset):
         return int(self.image_ids[i])
 
     def collate(self, image_ids: list[int]) -> CaptionBatch:
-        return CaptionBatch(torch.as_tensor(image_ids), self.regions(image_ids), None)
+        objects = None if self.scenes is None else [self.scenes.get(i, []) for i in image_ids]
+        return CaptionBatch(torch.as_tensor(image_ids), self.regions(image_ids), None, objects)
 
 
-class CaptionDataModule(pl.LightningDataModule):
-    """Region features + tokenized captions for training, images + references for evaluation."""
+class CaptionDataModule(RegionDataModule):
+    """Region features + tokenized captions for training, images + references for evaluation.
+
+    Takes `RegionDataModule`'s loader and store arguments besides its own.
+    """
 
     def __init__(
         self,
         data_dir: str,
-        store: str = "regions.h5",
         annotations: dict[str, str] | None = None,
         vocab: str = "caption_vocab.json",
         min_count: int = 5,
@@ -176,50 +136,23 @@ class CaptionDataModule(pl.LightningDataModule):
         batch_size: int = 10,
         captions_per_image: int = 5,
         eval_batch_size: int = 100,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        multiprocessing_context: str | None = None,
-        zero_regions: bool = False,
-        pad_regions_to: int | None = None,
-        generator: dict | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__()
-        self.data_dir = Path(data_dir)
-        self.store_path = self.data_dir / store
+        # batch_size: images per training batch; captions per batch = batch_size * captions_per_image
+        super().__init__(data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
         names = annotations or {s: f"captions_{s}.json" for s in SPLITS}
         self.annotation_paths = {s: self.data_dir / names[s] for s in names}
+        self.split_files = self.annotation_paths
         self.vocab_path = self.data_dir / vocab
         self.min_count = min_count
         self.max_length = max_length
-        self.batch_size = (
-            batch_size  # images per training batch; captions per batch = batch_size * captions_per_image
-        )
         self.captions_per_image = captions_per_image
-        self.eval_batch_size = eval_batch_size
-        self.loader_options = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers and num_workers > 0,
-            "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
-        }
-        self.zero_regions = zero_regions
-        self.pad_regions_to = pad_regions_to
-        self.generator = (
-            generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
-        )
         self.references: dict[str, dict[int, list[str]]] = {}
         self.images: dict[str, dict[int, dict]] = {}
         self._scenes: dict[str, dict[int, list[dict]] | None] = {}
         self._vocab: Vocabulary | None = None
-        self._store: RegionStore | None = None
 
-    # -- preparation (once, on one process) --------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        if self.generator is not None:
-            from hydra.utils import instantiate
-
-            instantiate(self.generator, root=str(self.data_dir))
+    def build_vocabularies(self) -> None:
         if not self.vocab_path.exists():
             references, _ = load_caption_annotations(self.annotation_paths["train"])
             captions = [c for refs in references.values() for c in refs]
@@ -227,28 +160,21 @@ class CaptionDataModule(pl.LightningDataModule):
                 self.vocab_path
             )
 
-    # -- per process -----------------------------------------------------------------------------------------------
     @property
     def vocab(self) -> Vocabulary:
         if self._vocab is None:
             self._vocab = Vocabulary.load(self.vocab_path)
         return self._vocab
 
-    @property
-    def store(self) -> RegionStore:
-        if self._store is None:
-            self._store = RegionStore(self.store_path)
-        return self._store
-
-    @property
-    def feature_dim(self) -> int:
-        return self.store.feature_dim
-
     def model_kwargs(self) -> dict:
-        """What the LightningModule needs to know about the data to build its model."""
-        return {"words": self.vocab.words, "feature_dim": self.feature_dim}
+        """What the LightningModule needs from the data, once: the words, the feature size, the references of every
+        split (caption metrics; the reward of self-critical training)."""
+        references = {split: self.load_split(split) for split in SPLITS if split in self.split_files}
+        return {"words": self.vocab.words, "feature_dim": self.feature_dim, "references": references}
 
-    def _split(self, split: str) -> dict[int, list[str]]:
+    def load_split(self, split: str) -> dict[int, list[str]]:
+        """The references of each image of the split (read once)."""
+        self.check_split(split)
         if split not in self.references:
             refs, images = load_caption_annotations(self.annotation_paths[split])
             missing = [i for i in refs if i not in self.store]
@@ -260,17 +186,8 @@ class CaptionDataModule(pl.LightningDataModule):
             self.references[split], self.images[split] = refs, images
         return self.references[split]
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in splits.get(stage, SPLITS) if stage else SPLITS:
-            if split in self.annotation_paths:
-                self._split(split)
-
-    def _batcher(self) -> RegionBatcher:
-        return RegionBatcher(self.store, self.zero_regions, self.pad_regions_to)
-
     def train_set(self) -> CaptionTrainSet:
-        refs = self._split("train")
+        refs = self.load_split("train")
         image_ids = np.array(sorted(refs), dtype=np.int64)
         count = np.array([len(refs[i]) for i in image_ids], dtype=np.int64)
         first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
@@ -279,41 +196,19 @@ class CaptionDataModule(pl.LightningDataModule):
             add_bos_eos=True,
             field=f"{self.annotation_paths['train']}: caption",
         )
-        return CaptionTrainSet(image_ids, tokens, first, count, self._batcher(), self.captions_per_image)
+        return CaptionTrainSet(image_ids, tokens, first, count, self.batcher(), self.captions_per_image)
 
     def eval_set(self, split: str) -> CaptionEvalSet:
-        return CaptionEvalSet(sorted(self._split(split)), self._batcher())
-
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=dataset.collate,
-            drop_last=False,
-            **self.loader_options,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set(), self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set("val"), self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set("test"), self.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return CaptionEvalSet(sorted(self.load_split(split)), self.batcher(), self.scenes(split))
 
     # -- examples, image files and scenes, for attention maps and grounding ----------------------------------------
     def example_ids(self, split: str, count: int) -> list[int]:
         """`count` image ids spread evenly over the split's sorted ids: the same images every call."""
-        return spread(sorted(self._split(split)), count)
+        return spread(sorted(self.load_split(split)), count)
 
     def examples(self, split: str, image_ids: list[int]) -> CaptionBatch:
         """An evaluation batch of these images of the split."""
-        refs = self._split(split)
+        refs = self.load_split(split)
         unknown = [i for i in image_ids if int(i) not in refs]
         if unknown:
             raise ValueError(f"{self.annotation_paths[split]}: no image with id {unknown[0]}")
@@ -323,7 +218,7 @@ class CaptionDataModule(pl.LightningDataModule):
         self, split: str, image_id: int, image_root: str | os.PathLike | None = None
     ) -> Path | None:
         """The image's COCO `file_name` under `image_root` (default: the data folder); None when the file has none."""
-        self._split(split)
+        self.load_split(split)
         name = self.images[split].get(int(image_id), {}).get("file_name")
         return Path(image_root or self.data_dir) / name if name else None
 
@@ -332,13 +227,6 @@ class CaptionDataModule(pl.LightningDataModule):
         if split not in self._scenes:
             self._scenes[split] = load_scenes(self.data_dir / f"scenes_{split}.json")
         return self._scenes[split]
-
-
-def spread(items: list, count: int) -> list:
-    """`count` items evenly spaced over `items`, first included (all of them when there are fewer)."""
-    if count >= len(items):
-        return list(items)
-    return [items[i * len(items) // count] for i in range(count)]
 
 
 def load_scenes(path: str | os.PathLike) -> dict[int, list[dict]] | None:

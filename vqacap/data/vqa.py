@@ -9,7 +9,7 @@ One DataModule serves Shapes and VQA v2; a data folder holds
     <data_dir>/answer_vocab.json                 candidate answers and type names (written on first use if absent)
 
 Questions are tokenized with the shared tokenizer and truncated to `max_length` (14) words. The candidate answers are the
-official normalisation (`process_answer`) of the training `multiple_choice_answer`s seen in at least `min_answer_count`
+official normalisation (`process_answer`, vqacap.data.answers) of the training `multiple_choice_answer`s seen in at least `min_answer_count`
 (9) questions, most frequent first. Every annotated question gets its soft target, the official accuracy of every
 candidate (`soft_scores`), and the candidate indices of its human answers, so the validation metric is the official
 accuracy; a question whose answers are all outside the candidates has an all-zero target. Region reads happen in
@@ -21,31 +21,25 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from vqacap.data.captions import RegionBatcher, load_caption_annotations, spread
-from vqacap.data.store import Regions, RegionStore, RegionStoreError
+from vqacap.data.answers import gt_answer_indices, process_answer, soft_scores_of_indices
+from vqacap.data.base import SPLITS, Batch, RegionBatcher, RegionDataModule, spread
+from vqacap.data.captions import load_caption_annotations
+from vqacap.data.formats import load_vqa_annotations, load_vqa_questions
+from vqacap.data.store import Regions, RegionStoreError
 from vqacap.data.vocab import Vocabulary
-from vqacap.metrics.vqa import (
-    gt_answer_indices,
-    load_annotations,
-    load_questions,
-    process_answer,
-    soft_scores_of_indices,
-)
 
-SPLITS = ("train", "val", "test")
 GLOVE_DIM = 300
 
 
 @dataclass
-class VQABatch:
+class VQABatch(Batch):
     question_ids: torch.Tensor  # (B,) long
     image_ids: torch.Tensor  # (B,) long
     regions: Regions  # features (B, K, D), boxes, mask (B, K)
@@ -55,20 +49,9 @@ class VQABatch:
     gt_answers: torch.Tensor | None = None  # (B, N) long candidate index of each human answer, -1 for none
     answer_types: torch.Tensor | None = None  # (B,) long index into answer_vocab.json "answer_types"
     question_types: torch.Tensor | None = None  # (B,) long index into "question_types"
-
-    def _apply(self, fn) -> VQABatch:
-        def move(x):
-            if isinstance(x, Regions):
-                return Regions(*(fn(getattr(x, f.name)) for f in fields(x)))
-            return None if x is None else fn(x)
-
-        return VQABatch(*(move(getattr(self, f.name)) for f in fields(self)))
-
-    def to(self, device) -> VQABatch:  # Lightning moves batches through this method
-        return self._apply(lambda t: t.to(device))
-
-    def pin_memory(self) -> VQABatch:
-        return self._apply(lambda t: t.pin_memory())
+    # Only for annotations with `target_box` (Shapes), for grounding accuracy:
+    target_boxes: torch.Tensor | None = None  # (B, 4) the box of the one object a question is about
+    has_target: torch.Tensor | None = None  # (B,) bool, whether the question is about one object
 
 
 @dataclass
@@ -156,6 +139,8 @@ class VQASplit:
     target_offsets: torch.Tensor | None = None  # (N + 1,)
     target_indices: torch.Tensor | None = None
     target_scores: torch.Tensor | None = None
+    target_boxes: torch.Tensor | None = None  # (N, 4), zeros where has_target is False
+    has_target: torch.Tensor | None = None  # (N,) bool
 
     def __len__(self) -> int:
         return len(self.question_ids)
@@ -216,6 +201,11 @@ def build_split(
     split.target_offsets = torch.tensor(offsets, dtype=torch.long)
     split.target_indices = torch.tensor(indices, dtype=torch.long)
     split.target_scores = torch.tensor(scores, dtype=torch.float32)
+    if any("target_box" in ann for ann in ordered):
+        split.has_target = torch.tensor(["target_box" in ann for ann in ordered])
+        split.target_boxes = torch.tensor(
+            [ann.get("target_box", [0.0] * 4) for ann in ordered], dtype=torch.float32
+        )
     return split
 
 
@@ -247,16 +237,20 @@ class VQASet(Dataset):
             batch.gt_answers = s.gt_answers[idx]
             batch.answer_types = s.answer_types[idx]
             batch.question_types = s.question_types[idx]
+        if s.has_target is not None:
+            batch.target_boxes, batch.has_target = s.target_boxes[idx], s.has_target[idx]
         return batch
 
 
-class VQADataModule(pl.LightningDataModule):
-    """Region features + tokenized questions + soft targets; `test_split` names the split tested and predicted."""
+class VQADataModule(RegionDataModule):
+    """Region features + tokenized questions + soft targets; `test_split` names the split tested and predicted.
+
+    Takes `RegionDataModule`'s loader and store arguments besides its own.
+    """
 
     def __init__(
         self,
         data_dir: str,
-        store: str = "regions.h5",
         questions: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
         question_vocab: str = "question_vocab.json",
@@ -267,21 +261,13 @@ class VQADataModule(pl.LightningDataModule):
         glove: str | None = None,
         batch_size: int = 512,
         eval_batch_size: int = 512,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        multiprocessing_context: str | None = None,
-        zero_regions: bool = False,
-        pad_regions_to: int | None = None,
-        test_split: str = "test",
-        generator: dict | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__()
-        self.data_dir = Path(data_dir)
-        self.store_path = self.data_dir / store
+        super().__init__(data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
         q_names = questions or {s: f"vqa_{s}_questions.json" for s in SPLITS}
         a_names = annotations or {s: f"vqa_{s}_annotations.json" for s in SPLITS}
         self.question_paths = {s: self.data_dir / q_names[s] for s in q_names}
+        self.split_files = self.question_paths
         # A split without an annotation file (test-dev, test-std) is answered but not scored.
         self.annotation_paths = {s: self.data_dir / a_names[s] for s in a_names}
         self.question_vocab_path = self.data_dir / question_vocab
@@ -290,39 +276,18 @@ class VQADataModule(pl.LightningDataModule):
         self.max_length = max_length
         self.min_answer_count = min_answer_count
         self.glove = glove
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.loader_options = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers and num_workers > 0,
-            "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
-        }
-        self.zero_regions = zero_regions
-        self.pad_regions_to = pad_regions_to
-        self.test_split = test_split
-        self.generator = (
-            generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
-        )
         self.splits: dict[str, VQASplit] = {}
-        self._target_boxes: dict[str, dict[int, list[float]] | None] = {}
         self._image_files: dict[str, tuple[dict[int, str], list[str]]] = {}
         self._vocab: Vocabulary | None = None
         self._answers: AnswerVocabulary | None = None
-        self._store: RegionStore | None = None
 
-    # -- preparation (once, on one process) --------------------------------------------------------------------------
     def _annotations(self, split: str) -> list[dict] | None:
         path = self.annotation_paths.get(split)
-        return load_annotations(path) if path is not None and path.exists() else None
+        return load_vqa_annotations(path) if path is not None and path.exists() else None
 
-    def prepare_data(self) -> None:
-        if self.generator is not None:
-            from hydra.utils import instantiate
-
-            instantiate(self.generator, root=str(self.data_dir))
+    def build_vocabularies(self) -> None:
         if not self.question_vocab_path.exists():
-            texts = [q["question"] for q in load_questions(self.question_paths["train"])]
+            texts = [q["question"] for q in load_vqa_questions(self.question_paths["train"])]
             vocab = Vocabulary.build(texts, min_count=self.min_word_count, max_length=self.max_length)
             vocab.save(self.question_vocab_path)
         if not self.answer_vocab_path.exists():
@@ -341,7 +306,6 @@ class VQADataModule(pl.LightningDataModule):
             ]
             AnswerVocabulary.build(train, annotated, self.min_answer_count).save(self.answer_vocab_path)
 
-    # -- per process -----------------------------------------------------------------------------------------------
     @property
     def vocab(self) -> Vocabulary:
         if self._vocab is None:
@@ -354,37 +318,26 @@ class VQADataModule(pl.LightningDataModule):
             self._answers = AnswerVocabulary.load(self.answer_vocab_path)
         return self._answers
 
-    @property
-    def store(self) -> RegionStore:
-        if self._store is None:
-            self._store = RegionStore(self.store_path)
-        return self._store
-
-    @property
-    def feature_dim(self) -> int:
-        return self.store.feature_dim
-
     def model_kwargs(self) -> dict:
-        """What the LightningModule needs to know about the data to build its model."""
+        """What the LightningModule needs from the data, once: vocabularies, feature size, the split it tests."""
         kwargs = {
             "words": self.vocab.words,
             "answers": self.answers.answers,
             "answer_types": self.answers.answer_types,
             "question_types": self.answers.question_types,
             "feature_dim": self.feature_dim,
+            "test_split": self.test_split,
         }
         if self.glove:
             kwargs["word_embeddings"] = load_glove(self.glove, self.vocab.words)
         return kwargs
 
-    def _split(self, split: str) -> VQASplit:
+    def load_split(self, split: str) -> VQASplit:
+        """The tensors of the split (built once)."""
+        self.check_split(split)
         if split not in self.splits:
-            if split not in self.question_paths:
-                raise ValueError(
-                    f"no questions file configured for split {split!r} (have {sorted(self.question_paths)})"
-                )
             path = self.question_paths[split]
-            questions = load_questions(path)
+            questions = load_vqa_questions(path)
             missing = [q["image_id"] for q in questions if q["image_id"] not in self.store]
             if missing:
                 raise RegionStoreError(
@@ -395,51 +348,24 @@ class VQADataModule(pl.LightningDataModule):
             )
         return self.splits[split]
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = {
-            "fit": ("train", "val"),
-            "validate": ("val",),
-            "test": (self.test_split,),
-            "predict": (self.test_split,),
-        }
-        for split in splits.get(stage, SPLITS) if stage else SPLITS:
-            if split in self.question_paths:
-                self._split(split)
+    def eval_set(self, split: str) -> VQASet:
+        return VQASet(self.load_split(split), len(self.answers), self.batcher())
 
-    def dataset(self, split: str) -> VQASet:
-        batcher = RegionBatcher(self.store, self.zero_regions, self.pad_regions_to)
-        return VQASet(self._split(split), len(self.answers), batcher)
+    def train_set(self) -> VQASet:
+        return self.eval_set("train")
 
-    def _loader(self, dataset: VQASet, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate, drop_last=False,
-            **self.loader_options,
-        )  # fmt: skip
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(self.test_split), self.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-    # -- examples, image files and target boxes, for attention maps and grounding ----------------------------------
+    # -- examples and image files, for attention maps ----------------------------------------------------------------
     def example_ids(self, split: str, count: int) -> list[int]:
         """`count` question ids spread evenly over the split in file order: the same questions every call."""
-        return spread(self._split(split).question_ids.tolist(), count)
+        return spread(self.load_split(split).question_ids.tolist(), count)
 
     def examples(self, split: str, question_ids: list[int]) -> VQABatch:
         """A batch of these questions of the split."""
-        position = {q: i for i, q in enumerate(self._split(split).question_ids.tolist())}
+        position = {q: i for i, q in enumerate(self.load_split(split).question_ids.tolist())}
         unknown = [q for q in question_ids if int(q) not in position]
         if unknown:
             raise ValueError(f"{self.question_paths[split]}: no question with id {unknown[0]}")
-        return self.dataset(split).collate([position[int(q)] for q in question_ids])
+        return self.eval_set(split).collate([position[int(q)] for q in question_ids])
 
     def image_path(
         self, split: str, image_id: int, image_root: str | os.PathLike | None = None
@@ -462,12 +388,3 @@ class VQADataModule(pl.LightningDataModule):
         name = files.get(int(image_id))
         candidates = [name] if name else [f"{s}/COCO_{s}_{int(image_id):012d}.jpg" for s in subtypes]
         return next((root / c for c in candidates if (root / c).is_file()), None)
-
-    def target_boxes(self, split: str) -> dict[int, list[float]] | None:
-        """The box of the object each single-object question is about (`target_box` of the Shapes annotations), by
-        question id; None when the split's annotations have no such boxes (real data, unannotated splits)."""
-        if split not in self._target_boxes:
-            annotations = self._annotations(split) or []
-            boxes = {int(a["question_id"]): list(a["target_box"]) for a in annotations if "target_box" in a}
-            self._target_boxes[split] = boxes or None
-        return self._target_boxes[split]

@@ -9,13 +9,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.vocab import PAD_ID, Vocabulary
-from vqacap.lightning.common import configure_optimizers, gather_objects, log_grounding, region_inputs
+from vqacap.lightning.common import (
+    RegionTaskModule,
+    configure_optimizers,
+    gather_objects,
+    log_grounding,
+    region_inputs,
+)
 from vqacap.lightning.self_critical import (
     SelfCriticalOptions,
     baseline,
@@ -27,7 +32,12 @@ from vqacap.metrics.grounding import GroundingAccuracy, caption_targets
 from vqacap.models.decoding import Decoded, DecodingOptions, beam_search, decode, sample, sample_with_greedy
 
 
-class CaptioningModule(pl.LightningModule):
+class CaptioningModule(RegionTaskModule):
+    """`references`: {split: {image_id: [captions]}} from the data (`model_kwargs`): the caption metrics score the val
+    and test splits against them, self-critical training rewards against the train split's."""
+
+    task = "captioning"
+
     def __init__(
         self,
         net: Callable,
@@ -42,9 +52,11 @@ class CaptioningModule(pl.LightningModule):
         monitor: str = "val/CIDEr",
         results_dir: str | None = None,
         scst: dict | None = None,
+        references: dict[str, dict[int, list[str]]] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        # The references come from the data files again each run; a checkpoint need not carry them.
+        self.save_hyperparameters(logger=False, ignore=["references"])
         self.vocab = Vocabulary(words[4:])  # words = the full id -> word list, specials first
         self.net = net(vocab_size=len(words), feature_dim=feature_dim + (6 if use_spatial else 0))
         self.use_spatial = use_spatial
@@ -57,27 +69,19 @@ class CaptioningModule(pl.LightningModule):
             if scst and scst.get("enabled", True)
             else None
         )
+        references = references or {}
+        self._metrics = {
+            split: CaptionMetrics(references[split], self.vocab.words, self.metric_names)
+            for split in ("val", "test")
+            if split in references
+        }
         self.reward: CiderDReward | None = None
-        self._metrics: dict[str, CaptionMetrics] = {}
+        if self.scst and "train" in references:
+            # Document frequencies over all training references, precomputed once (Rennie et al. 2017).
+            train = references["train"]
+            self.reward = self._cider_d_reward(train)
         self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
         self._results: list[dict] = []
-
-    # -- data-dependent setup --------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        if list(dm.vocab.words) != list(self.vocab.words):
-            raise ValueError(
-                f"{dm.vocab_path}: the data's vocabulary differs from the model's (was it rebuilt?)"
-            )
-        for split in ("val", "test"):
-            if split in dm.references and split not in self._metrics:
-                self._metrics[split] = CaptionMetrics(
-                    dm.references[split], self.vocab.words, self.metric_names
-                )
-        if self.scst and stage == "fit" and self.reward is None:
-            # Document frequencies over all training references, precomputed once (Rennie et al. 2017).
-            refs = dm.references["train"]
-            self.reward = self._cider_d_reward(refs)
 
     def forward(self, batch: CaptionBatch, opts: DecodingOptions | None = None) -> Decoded:
         regions = batch.regions
@@ -188,14 +192,11 @@ class CaptioningModule(pl.LightningModule):
     # -- attention: grounding accuracy, attention maps -------------------------------------------------------------
     def _update_grounding(self, batch: CaptionBatch, split: str, decoded: Decoded) -> None:
         """Grounding of the generated words that name one object of the scene; a no-op for data without scenes."""
-        scenes_of = getattr(self.trainer.datamodule, "scenes", None)
-        scenes = scenes_of(split) if scenes_of else None
-        if scenes is None:
+        if batch.objects is None:
             return
         tokens = decoded.tokens[:, 0]  # (B, T)
         words = [caption.split() for caption in self.vocab.decode_batch(tokens)]
-        objects = [scenes.get(i, []) for i in batch.image_ids.tolist()]
-        targets, grounded = caption_targets(words, objects, tokens.size(1))  # (B, T, 4), (B, T)
+        targets, grounded = caption_targets(words, batch.objects, tokens.size(1))  # (B, T, 4), (B, T)
         self.grounding[split].update(
             decoded.attention[:, 0], batch.regions.boxes, targets.to(self.device), grounded, batch.image_ids
         )

@@ -1,14 +1,31 @@
-"""Pieces both LightningModules use: region inputs, optimiser wiring, gathering results across ranks."""
+"""Pieces both LightningModules use: their checkpoint hooks, region inputs, optimiser wiring, gathering results across
+ranks."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
 
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from vqacap.checkpoints import check_fits, plain
 from vqacap.data.store import Regions
+
+
+class RegionTaskModule(pl.LightningModule):
+    """Base of the captioning and VQA modules: checkpoints hold plain hyper-parameters (read without running code, see
+    vqacap.checkpoints), and a checkpoint of another task, vocabulary or size is refused in one line naming the file."""
+
+    task: str  # "captioning" or "VQA", as `vqacap.checkpoints.task_of` names a checkpoint's task
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain(checkpoint["hyper_parameters"])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_fits(self, checkpoint, self.trainer.ckpt_path)
 
 
 def region_inputs(regions: Regions, use_spatial: bool) -> torch.Tensor:

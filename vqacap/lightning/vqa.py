@@ -14,19 +14,28 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from vqacap.data.vocab import PAD_ID
 from vqacap.data.vqa import VQABatch
-from vqacap.lightning.common import configure_optimizers, gather_objects, log_grounding, region_inputs
+from vqacap.lightning.common import (
+    RegionTaskModule,
+    configure_optimizers,
+    gather_objects,
+    log_grounding,
+    region_inputs,
+)
 from vqacap.metrics.grounding import GroundingAccuracy
-from vqacap.metrics.vqa import VQAAccuracy
+from vqacap.metrics.vqa.metric import VQAAccuracy
 from vqacap.models.vqa import VQAOutput
 
 
-class VQAModule(pl.LightningModule):
+class VQAModule(RegionTaskModule):
+    """`test_split` (from the data's `model_kwargs`) names the results files of testing."""
+
+    task = "VQA"
+
     def __init__(
         self,
         net: Callable,
@@ -41,6 +50,7 @@ class VQAModule(pl.LightningModule):
         word_embeddings: torch.Tensor | None = None,
         monitor: str = "val/accuracy",
         results_dir: str | None = None,
+        test_split: str = "test",
     ) -> None:
         super().__init__()
         # The GloVe matrix initialises the weights, which the checkpoint holds anyway.
@@ -55,6 +65,7 @@ class VQAModule(pl.LightningModule):
         )
         self.use_spatial = use_spatial
         self.results_dir = results_dir
+        self.test_split = test_split
         self.accuracy = torch.nn.ModuleDict(
             {split: VQAAccuracy(answer_types, question_types) for split in ("val", "test")}
         )
@@ -131,7 +142,7 @@ class VQAModule(pl.LightningModule):
         results = gather_objects(self._results)
         self._results = []
         if self.results_dir and self.trainer.is_global_zero:
-            split = getattr(self.trainer.datamodule, "test_split", "test")
+            split = self.test_split
             folder = Path(self.results_dir)
             folder.mkdir(parents=True, exist_ok=True)
             unique = {r["question_id"]: r for r in results}  # the distributed sampler may repeat questions
@@ -147,17 +158,14 @@ class VQAModule(pl.LightningModule):
     # -- attention: grounding accuracy, attention maps -------------------------------------------------------------
     def _update_grounding(self, batch: VQABatch, split: str, attention: torch.Tensor) -> None:
         """Grounding of the questions about one object (Shapes `target_box`); a no-op for data without such boxes."""
-        dm = self.trainer.datamodule
-        target_boxes = getattr(dm, "target_boxes", None)
-        boxes = target_boxes(dm.test_split if split == "test" else split) if target_boxes else None
-        if boxes is None:
+        if batch.target_boxes is None:
             return
-        question_ids = batch.question_ids.tolist()
-        grounded = torch.tensor([[q in boxes] for q in question_ids])  # (B, 1)
-        targets = [[boxes.get(q, [0.0] * 4)] for q in question_ids]
-        targets = torch.tensor(targets, device=self.device)  # (B, 1, 4)
         self.grounding[split].update(
-            attention.unsqueeze(1), batch.regions.boxes, targets, grounded, batch.question_ids
+            attention.unsqueeze(1),  # (B, 1, K): one grounded item per question
+            batch.regions.boxes,
+            batch.target_boxes.unsqueeze(1),  # (B, 1, 4)
+            batch.has_target.unsqueeze(1),  # (B, 1)
+            batch.question_ids,
         )
 
     @torch.no_grad()

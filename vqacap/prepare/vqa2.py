@@ -18,7 +18,7 @@ Output in DIR (official format, all top-level fields kept):
 
 The DataModule defaults read train / val / test; to train on train+val and answer test-dev, point its `questions` and
 `annotations` at the trainval and testdev files and set `test_split`. Answer normalisation, the answer vocabulary and
-the GloVe reader are those of `vqacap.metrics.vqa` and `vqacap.data.vqa`. Rerunning rewrites identical files.
+the GloVe reader are those of `vqacap.data.answers` and `vqacap.data.vqa`. Rerunning rewrites identical files.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from vqacap.data.formats import FormatError, load_vqa_annotations, load_vqa_questions
 from vqacap.data.vocab import Vocabulary
 from vqacap.data.vqa import AnswerVocabulary, load_glove
-from vqacap.metrics.vqa import VQAFormatError, load_annotations, load_questions
 from vqacap.prepare.common import PrepareError, read_json, write_json
 
 # data_subtype of the official files -> split name in DIR.
@@ -73,8 +73,8 @@ def load_official(path: str | Path, key: str) -> tuple[dict, list[dict]]:
             which = f"question {record['question_id']}" if "question_id" not in missing else f"{key}[{n}]"
             raise PrepareError(f"{path}: {which} lacks {', '.join(missing)}")
     try:  # the metric's own checks (the kind of file, the answers lists)
-        records = (load_questions if key == "questions" else load_annotations)(data)
-    except VQAFormatError as err:
+        records = (load_vqa_questions if key == "questions" else load_vqa_annotations)(data)
+    except FormatError as err:
         raise PrepareError(str(err).replace(f"<{key}>", str(path))) from None
     return data, records
 

@@ -12,7 +12,8 @@ import json
 import logging
 import sys
 
-from vqacap.metrics.captions.evaluation import METRICS, evaluate_captions, load_annotations, load_results
+from vqacap.data.formats import load_coco_results as load_results
+from vqacap.metrics.captions.evaluation import METRICS, evaluate_captions, load_annotations
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,13 +11,13 @@ of the result with a one-line warning.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import accumulate
 from pathlib import Path
 
+from vqacap.data.formats import load_coco_captions
 from vqacap.metrics.captions import meteor as meteor_module
 from vqacap.metrics.captions import spice as spice_module
 from vqacap.metrics.captions.bleu import bleu_corpus
@@ -140,25 +140,16 @@ def check_images(
 
 
 def load_annotations(path: str | Path) -> dict[Hashable, list[str]]:
-    """COCO caption annotations ({"images": [...], "annotations": [{"image_id", "caption", "id"}]}) ->
-    {image_id: [captions]}, images in the order of "images" (as coco-caption iterates them).
+    """COCO caption annotations -> {image_id: [captions]}, images in the order of "images" (as coco-caption iterates
+    them).
 
     As coco-caption, the image set is "images" when present (captions of other images are ignored, with a
     warning); an image there without any caption is an error.
     """
-    data = _read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise ValueError(f"{path}: not a COCO caption annotation file (no 'annotations' list)")
-    captions: dict[Hashable, list[str]] = {}
-    for n, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
-            raise ValueError(
-                f"{path}: annotations[{n}] needs an 'image_id' and a string 'caption', got {ann!r}"
-            )
-        captions.setdefault(ann["image_id"], []).append(ann["caption"])
-    if "images" not in data:
+    captions, images = load_coco_captions(path)
+    if images is None:
         return captions
-    image_ids = [image["id"] for image in data["images"]]
+    image_ids = [image["id"] for image in images]
     without = [i for i in image_ids if i not in captions]
     if without:
         raise ValueError(f"{path}: {len(without)} images have no caption (e.g. image {without[0]!r})")
@@ -166,28 +157,3 @@ def load_annotations(path: str | Path) -> dict[Hashable, list[str]]:
     if ignored:
         log.warning("%s: captions of %d image ids not listed in 'images' are ignored", path, ignored)
     return {i: captions[i] for i in image_ids}
-
-
-def load_results(path: str | Path) -> dict[Hashable, str]:
-    """COCO caption results ([{"image_id", "caption"}, ...]) -> {image_id: caption}; an image twice is an error."""
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise ValueError(
-            f"{path}: COCO caption results must be a JSON list of {{'image_id', 'caption'}} objects"
-        )
-    results: dict[Hashable, str] = {}
-    for n, item in enumerate(data):
-        if not isinstance(item, dict) or "image_id" not in item or not isinstance(item.get("caption"), str):
-            raise ValueError(f"{path}: result [{n}] needs an 'image_id' and a string 'caption', got {item!r}")
-        if item["image_id"] in results:
-            raise ValueError(f"{path}: image {item['image_id']!r} has more than one result caption")
-        results[item["image_id"]] = item["caption"]
-    return results
-
-
-def _read_json(path: str | Path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON ({error})") from error

@@ -1,0 +1,166 @@
+"""Checkpoint files (vqacap/checkpoints.py): a pickle payload is refused by every entry point (`ckpt_path`, `init_from`,
+`vqacap visualize --checkpoint`) without running, other bad files get one line naming the file, and what vqacap
+writes is read back with `weights_only=True` and rebuilt into the same model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES, compose_train
+from vqacap import visualize
+from vqacap.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_module,
+    load_weights,
+    rebuild_hyperparameters,
+)
+from vqacap.train import run
+
+SHORT = [
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "callbacks.attention_maps=null",
+    "test=false",
+]
+
+
+class Payload:
+    """Unpickling this calls open(marker, "w"): the marker file exists exactly when the payload ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_root) -> dict[str, Path]:
+    """The last.ckpt of a tiny captioning run and of a tiny VQA run."""
+    out = {}
+    for task, overrides in {
+        "captioning": ["experiment=caption_shapes", *TINY_CAPTIONER],
+        "vqa": ["experiment=vqa_shapes", "model.net.hidden_size=32", "model.net.embedding_dim=16"],
+    }.items():
+        folder = tmp_path_factory.mktemp(task)
+        run(compose_train([*TINY_OVERRIDES, *overrides, *SHORT], folder / "run", data_root))
+        out[task] = folder / "run" / "checkpoints" / "last.ckpt"
+    return out
+
+
+def _cfg(tmp_path, data_root, *overrides):
+    return compose_train([*TINY_OVERRIDES, "experiment=caption_shapes", *TINY_CAPTIONER, *SHORT, *overrides],
+                         tmp_path / "run", data_root)  # fmt: skip
+
+
+@pytest.fixture
+def evil(runs, tmp_path) -> tuple[Path, Path]:
+    """A real captioning checkpoint with a pickle payload among its hyper-parameters, and the payload's marker."""
+    marker = tmp_path / "payload-ran"
+    checkpoint = torch.load(runs["captioning"], weights_only=True)
+    checkpoint["hyper_parameters"]["note"] = Payload(marker)
+    path = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, path)
+    return path, marker
+
+
+def _one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
+    message = str(err.value)
+    assert "\n" not in message and all(p in message for p in parts), message
+
+
+@pytest.mark.parametrize("entry_point", ["ckpt_path", "init_from"])
+def test_a_payload_is_refused_when_resuming_or_initialising(evil, tmp_path, data_root, entry_point):
+    path, marker = evil
+    with pytest.raises(CheckpointError) as err:
+        run(_cfg(tmp_path, data_root, f"{entry_point}={path}"))
+    _one_line(err, str(path), "io.open")
+    assert not marker.exists()
+
+
+def test_a_payload_is_refused_by_visualize(evil, tmp_path, data_root, capsys):
+    path, marker = evil
+    args = argparse.ArgumentParser()
+    visualize.add_arguments(args)
+    code = visualize.run(
+        args.parse_args(
+            ["--checkpoint", str(path), "--data-dir", str(data_root / "shapes"), "--out", str(tmp_path)]
+        )
+    )
+    assert code == 2 and not marker.exists()
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and str(path) in error and "io.open" in error
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", "half"])
+def test_truncated_and_text_files_get_one_line(runs, tmp_path, data_root, content):
+    path = tmp_path / "bad.ckpt"
+    if content == "half":
+        whole = runs["captioning"].read_bytes()
+        content = whole[: len(whole) // 2]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    _one_line(err, str(path), "not a readable PyTorch checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        run(_cfg(tmp_path, data_root, f"ckpt_path={path}"))
+    _one_line(err, str(path))
+
+
+def test_a_vqa_checkpoint_is_refused_by_the_captioner(runs, tmp_path, data_root):
+    with pytest.raises(CheckpointError) as err:
+        run(_cfg(tmp_path, data_root, f"ckpt_path={runs['vqa']}"))
+    _one_line(err, str(runs["vqa"]), "a VQA checkpoint, not a captioning one")
+    with pytest.raises(CheckpointError) as err:
+        run(_cfg(tmp_path, data_root, f"init_from={runs['vqa']}"))
+    _one_line(err, str(runs["vqa"]), "a VQA checkpoint, not a captioning one")
+
+
+def test_a_checkpoint_of_another_size_is_refused(runs, tmp_path, data_root):
+    cfg = _cfg(tmp_path, data_root, f"ckpt_path={runs['captioning']}")
+    with open_dict(cfg):
+        cfg.model.net.hidden_dim = 40
+    with pytest.raises(CheckpointError) as err:
+        run(cfg)
+    _one_line(err, str(runs["captioning"]), "does not fit this model")
+
+
+def test_checkpoints_hold_plain_types_and_rebuild_the_same_model(runs):
+    for task, path in runs.items():
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+        checkpoint = load_checkpoint(path)
+        module = load_module(path)
+        assert module.task == {"captioning": "captioning", "vqa": "VQA"}[task] and not module.training
+        for name, weight in module.state_dict().items():
+            assert torch.equal(weight, checkpoint["state_dict"][name]), name
+        rebuilt = rebuild_hyperparameters(checkpoint["hyper_parameters"], path)
+        assert rebuilt["net"].func is type(module.net) and rebuilt["optimizer"].func.__module__.startswith(
+            "torch.optim"
+        )
+
+
+def test_hyperparameters_naming_a_function_instead_of_a_class_are_refused(runs, tmp_path):
+    checkpoint = load_checkpoint(runs["captioning"])
+    checkpoint["hyper_parameters"]["net"] = {"_target_": "os.system", "_partial_": True, "command": "true"}
+    path = tmp_path / "odd.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as err:
+        load_module(path)
+    _one_line(err, str(path), "'net' names os.system, not a Module class")
+
+
+def test_init_from_loads_the_weights_it_checks(runs, tmp_path, data_root):
+    from hydra.utils import instantiate
+
+    cfg = _cfg(tmp_path, data_root)
+    datamodule = instantiate(cfg.data, _recursive_=False)
+    module = instantiate(cfg.model, **datamodule.model_kwargs())
+    load_weights(module, runs["captioning"])
+    saved = load_checkpoint(runs["captioning"])["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in module.state_dict().items())
