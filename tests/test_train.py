@@ -64,3 +64,28 @@ def test_overfitting_a_few_batches_drives_the_loss_down(make_cfg, tmp_path):
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 60
     assert losses[-1] < 0.15 * losses[0], (losses[0], losses[-1])
+
+
+def test_testing_without_a_checkpoint_is_refused_in_one_line(make_cfg, tmp_path, data_root):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vqacap.train import RunConfigError
+
+    with pytest.raises(
+        RunConfigError, match=r"^train=false tests a trained model: give ckpt_path=<checkpoint file>$"
+    ):
+        run(make_cfg("experiment=caption_shapes", "train=false"))
+    assert not (tmp_path / "run" / "test_metrics.json").exists()
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "vqacap.train", "experiment=caption_shapes", "train=false", f"paths.data_dir={data_root}",
+         f"hydra.run.dir={tmp_path / 'cli'}"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: train=false tests a trained model: give ckpt_path=<checkpoint file>"
+    )
+    assert "Traceback" not in done.stderr

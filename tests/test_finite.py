@@ -1,0 +1,64 @@
+"""StopOnNonFinite (vqacap/callbacks/finite.py) in real training runs composed from the real configs: a diverging run
+stops with one line naming the step, and leaves no checkpoint with non-finite weights."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.conftest import TINY_CAPTIONER
+from vqacap.callbacks import NonFiniteError
+from vqacap.train import run
+
+
+def _checkpoints_are_finite(run_dir) -> list[str]:
+    names = []
+    for path in sorted(run_dir.rglob("*.ckpt")):
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), path
+        names.append(path.name)
+    return names
+
+
+def test_an_overflowing_learning_rate_stops_the_run_at_the_step_it_diverges(make_cfg, tmp_path):
+    # Adam moves each weight by about lr per step: 1e10 leaves these tiny models finite (loss ~1e11, garbage but
+    # finite), 1e38 (float32 tops out at 3.4e38) overflows within a few steps.
+    cfg = make_cfg(
+        "experiment=caption_shapes",
+        "model.optimizer.lr=1e38",
+        "callbacks.attention_maps=null",
+        *TINY_CAPTIONER,
+    )
+    with pytest.raises(NonFiniteError, match=r"^training stopped at step [1-9]\d* \(epoch 0\): ") as err:
+        run(cfg)
+    assert "diverged: lower model.optimizer.lr" in str(err.value) and "\n" not in str(err.value)
+    _checkpoints_are_finite(tmp_path / "run")
+    assert not (tmp_path / "run" / "test_metrics.json").exists()
+
+
+def test_nan_features_stop_the_run_at_the_first_step(make_cfg, tmp_path, data_root):
+    datamodule = instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False)
+    datamodule.prepare_data()  # the tiny Shapes data, generated once per session; corrupted in a copy
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    store = next(data.rglob("regions.h5"))
+    with h5py.File(store, "a") as f:  # as a store written by another tool could be
+        f["features"][:] = np.nan
+    cfg = make_cfg(
+        "experiment=caption_shapes",
+        f"paths.data_dir={data}",
+        "callbacks.attention_maps=null",
+        *TINY_CAPTIONER,
+    )
+    with pytest.raises(NonFiniteError) as err:
+        run(cfg)
+    assert str(err.value) == (
+        "training stopped at step 0 (epoch 0): the training loss is nan "
+        "(diverged: lower model.optimizer.lr, or look for NaN/Inf in the region features)"
+    )
+    assert _checkpoints_are_finite(tmp_path / "run") == []
