@@ -65,7 +65,7 @@ class EpochProgress(pl.Callback):
         fields.append(f"elapsed {self._elapsed()}")
         self.write("  ".join(fields))
 
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write("  ".join(["test", *_metrics(trainer, "test/"), f"elapsed {self._elapsed()}"]))
 
     def _elapsed(self) -> str:
