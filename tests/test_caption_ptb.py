@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from tests.references import import_reference
 from vqacap.metrics.captions.ptb import ptb_lines, tokenize, tokenize_captions
 
 # Hand-written captions that exercise the tokenizer's rules (contractions, abbreviations, numbers, quotes, ...).
@@ -145,9 +146,7 @@ def test_drop_in_tokenize_groups_by_image():
 def java_tokenizer():
     if shutil.which("java") is None:
         pytest.skip("java is not installed: cannot run coco-caption's Stanford PTBTokenizer for reference")
-    ptbtokenizer = pytest.importorskip(
-        "pycocoevalcap.tokenizer.ptbtokenizer", reason="pycocoevalcap not installed"
-    )
+    ptbtokenizer = import_reference("pycocoevalcap.tokenizer.ptbtokenizer")
     return ptbtokenizer.PTBTokenizer()
 
 

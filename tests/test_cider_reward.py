@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.references import import_reference
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from vqacap.metrics.captions import CiderDReward
 
-cider_scorer = pytest.importorskip("pycocoevalcap.cider.cider_scorer", reason="pycocoevalcap not installed")
+cider_scorer = import_reference("pycocoevalcap.cider.cider_scorer")
 
 
 def _words(ids, eos_word: bool = True, unk_word: bool = True) -> str:
@@ -177,3 +178,12 @@ def test_default_vocabulary_bound_accepts_words_no_reference_uses():
     default = CiderDReward(references)(torch.tensor([1, 2]), candidates)
     explicit = CiderDReward(references, vocab_size=1000)(torch.tensor([1, 2]), candidates)
     torch.testing.assert_close(default, explicit)
+
+
+def test_a_missing_reference_implementation_skips_here_and_fails_in_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        import_reference("pycocoevalcap_missing_module")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(ModuleNotFoundError):
+        import_reference("pycocoevalcap_missing_module")

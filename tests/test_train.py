@@ -2,9 +2,12 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
+from vqacap.metrics.captions import evaluate_captions, load_annotations, load_results
+from vqacap.metrics.captions.endings import BAD_ENDINGS
 from vqacap.train import run
 
 CAPTION_EXPERIMENTS = ["caption_shapes", "caption_shapes_blind"]
@@ -36,10 +39,16 @@ def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_
     out = tmp_path / "run"
     saved = json.loads((out / "test_metrics.json").read_text())
     assert saved["metrics"] == metrics and saved["experiment"] == "caption_shapes"
-    assert metrics["test/CIDEr"] >= 0 and 0 <= metrics["test/Bleu_4"] <= 1
     assert (out / "checkpoints" / "last.ckpt").is_file() and saved["checkpoint"].endswith(".ckpt")
     results = json.loads((out / "test_captions.json").read_text())
     assert len(results) == 12 and all(r["caption"] for r in results)
+    # The logged metrics are those of the written captions, scored again from the files alone.
+    references = load_annotations(Path(cfg.data.data_dir) / "captions_test.json")
+    rescored = evaluate_captions(references, load_results(out / "test_captions.json"), ["Bleu_4", "CIDEr"])
+    for name in ("Bleu_4", "CIDEr"):
+        assert metrics[f"test/{name}"] == pytest.approx(rescored[name], abs=1e-5)  # logged as float32
+    ends = [r["caption"].split()[-1] in BAD_ENDINGS for r in results]
+    assert metrics["test/bad_endings"] == pytest.approx(sum(ends) / len(ends))
     rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
     assert any(r.get("val/CIDEr") for r in rows)
 
