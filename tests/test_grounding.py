@@ -168,3 +168,28 @@ def test_data_without_scenes_or_target_boxes_logs_no_grounding(make_cfg, data_ro
     cfg = make_cfg("experiment=vqa_shapes", *TINY_VQA, f"data.data_dir={real}", "debug=fdr")
     metrics = run(cfg)
     assert "test/accuracy" in metrics and "test/grounding" not in metrics
+
+
+def test_evaluation_batches_carry_the_grounding_targets(make_cfg, data_root):
+    """What grounding needs comes with the batch: the scene objects of each image, the target box of each question."""
+    captions = instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False)
+    captions.prepare_data()
+    scenes = json.loads((data_root / "shapes" / "scenes_val.json").read_text())["scenes"]
+    image_ids = [scene["image_id"] for scene in scenes[:3]]
+    batch = next(iter(captions.val_dataloader()))
+    by_id = {scene["image_id"]: scene["objects"] for scene in scenes}
+    assert batch.objects == [by_id[i] for i in batch.image_ids.tolist()]
+    assert captions.examples("val", image_ids).objects == [by_id[i] for i in image_ids]
+
+    vqa = instantiate(make_cfg("experiment=vqa_shapes").data, _recursive_=False)
+    vqa.prepare_data()
+    annotations = json.loads((data_root / "shapes" / "vqa_val_annotations.json").read_text())["annotations"]
+    batch = next(iter(vqa.val_dataloader()))
+    by_question = {a["question_id"]: a for a in annotations}
+    for q, box, has in zip(
+        batch.question_ids.tolist(), batch.target_boxes.tolist(), batch.has_target.tolist()
+    ):
+        assert has == ("target_box" in by_question[q])
+        expected = by_question[q]["target_box"] if has else [0.0] * 4
+        assert box == torch.tensor(expected, dtype=torch.float32).tolist()
+    assert batch.has_target.any() and not batch.has_target.all()

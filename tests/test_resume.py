@@ -250,3 +250,29 @@ def test_random_states_survive_a_weights_only_checkpoint():
     buffer.seek(0)
     set_rng_states(torch.load(buffer, weights_only=True))
     assert torch.equal(torch.rand(3), draws[0]) and float(torch.randn(1)) == draws[1]
+
+
+def test_the_datamodule_continues_its_order_from_a_checkpoints_position(make_cfg):
+    def datamodule():
+        dm = instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False)
+        dm.prepare_data()
+        dm.trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        return dm
+
+    straight = datamodule()
+    loader = straight.train_dataloader()
+    loader.sampler.set_epoch(1)  # as Lightning does at the start of each epoch
+    order = [batch.image_ids.tolist() for batch in loader]
+    straight.trainer.training = True
+    for batch in order[:3]:  # three training steps of epoch 1
+        straight.on_before_batch_transfer(batch, 0)
+    position = straight.state_dict()
+    assert position == {"epoch": 1, "batches": 3}
+
+    resumed = datamodule()
+    resumed.load_state_dict(position)
+    loader = resumed.train_dataloader()
+    loader.sampler.set_epoch(1)
+    assert [batch.image_ids.tolist() for batch in loader] == order[3:]
+    loader.sampler.set_epoch(2)  # the skip belongs to the interrupted epoch only
+    assert len(list(loader)) == len(order)
