@@ -180,3 +180,27 @@ def test_box_metadata_scores_each_word_s_most_attended_boxes():
     ]  # fmt: skip
     assert data["box_data"][4]["position"] == {"minX": 0.0, "minY": 0.0, "maxX": 10.0, "maxY": 10.0}
     assert data["box_data"][4]["scores"] == {"attention": pytest.approx(0.6)}
+
+
+def test_a_corrupt_validation_image_costs_its_picture_not_the_run(make_cfg, data_root, tmp_path):
+    import shutil
+
+    instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False).prepare_data()
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    shapes = data / "shapes"
+    files = {
+        i["id"]: shapes / i["file_name"]
+        for i in json.loads((shapes / "captions_val.json").read_text())["images"]
+    }
+    files[61].write_bytes(files[61].read_bytes()[:100])  # a truncated copy
+    cfg = make_cfg(
+        "experiment=caption_shapes", *TINY_CAPTIONER, *SHORT, "test=false", f"paths.data_dir={data}",
+        "callbacks.attention_maps.ids=[61,62]",
+    )  # fmt: skip
+    with pytest.warns(
+        UserWarning, match=rf"AttentionMaps: {files[61]}: unreadable image \(OSError: .*blank canvas"
+    ):
+        run(cfg)
+    drawn = Path(cfg.paths.output_dir) / "attention" / "epoch_000"
+    assert sorted(p.name for p in drawn.glob("*.png")) == ["61.png", "62.png"]

@@ -114,3 +114,22 @@ def test_confident_detections_come_first_and_are_capped():
     assert boxes.tolist() == det[:2].tolist()
     boxes = select_regions(det, scores, det, (50, 50), max_boxes=10, min_boxes=4, conf_thresh=0.75)
     assert boxes.tolist() == det.tolist()  # two confident, then the best below the threshold
+
+
+def test_bad_images_are_skipped_and_reported_and_their_batch_kept(weights, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "5.png")
+    Image.new("1", (10_000, 6_000)).save(folder / "6.png")  # 60 megapixels: over the decoding cap
+    data = (folder / "5.png").read_bytes()
+    (folder / "7.png").write_bytes(data[: len(data) // 2])  # truncated
+    (folder / "8.png").write_bytes(b"")
+    out = tmp_path / "regions.h5"
+    extracted, skipped, problems = extract(
+        folder, weights, out, max_boxes=6, min_boxes=2, batch_size=8, **SMALL
+    )
+    assert (extracted, skipped) == (1, 0)  # the good image of the batch
+    assert [p.split(": ")[0] for p in problems] == [str(folder / f"{i}.png") for i in (6, 7, 8)]
+    assert "10000x6000 pixels is more than" in problems[0] and "truncated" in problems[1]
+    assert RegionStore(out).image_ids.tolist() == [5]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -95,3 +96,47 @@ def test_cli_draws_answers_from_a_checkpoint_and_a_data_folder(make_cfg, data_ro
         assert figure.width == PANEL and figure.height > PANEL
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("ground truth" in line for line in lines)
+
+
+def test_cli_works_from_any_directory_and_skips_bad_images(
+    make_cfg, data_root, tmp_path, capsys, monkeypatch
+):
+    import json
+
+    run_dir = train_tiny(make_cfg, "experiment=caption_shapes", *TINY_CAPTIONER)
+    # The run as `vqacap-train` run from a project folder leaves it: paths relative to that folder, which Hydra records.
+    project = tmp_path / "project"
+    shutil.copytree(data_root, project / "data")
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    config.paths.root_dir, config.paths.data_dir = ".", "${paths.root_dir}/data"
+    OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(project)}}}, run_dir / ".hydra" / "hydra.yaml")
+    shapes = project / "data" / "shapes"
+    files = {
+        i["id"]: shapes / i["file_name"]
+        for i in json.loads((shapes / "captions_val.json").read_text())["images"]
+    }
+    files[61].write_bytes(files[61].read_bytes()[:100])  # truncated
+    files[62].write_bytes(b"")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    maps = tmp_path / "maps"
+    capsys.readouterr()  # the training run's output
+    assert (
+        vqacap(["visualize", "--run", str(run_dir), "--image-ids", "61", "62", "63", "--out", str(maps)]) == 0
+    )
+    assert sorted(p.name for p in maps.iterdir()) == ["61.png", "62.png", "63.png"]
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith(f"vqacap visualize: {files[61]}: unreadable image (OSError: ")
+    assert errors[1].startswith(f"vqacap visualize: {files[62]}: unreadable image (UnidentifiedImageError: ")
+    assert errors[1].endswith(f"; {maps / '62.png'} has the boxes on a blank canvas")
+
+
+def test_16_bit_images_are_drawn_scaled(tmp_path):
+    from vqacap.visualize import load_image
+
+    Image.fromarray(np.full((3, 4), 32896, dtype=np.uint16)).save(tmp_path / "depth.png")
+    image, found, problem = load_image(tmp_path / "depth.png", (4, 3))
+    assert found and problem is None
+    assert image.getextrema() == ((128, 128), (128, 128), (128, 128))  # convert("RGB") alone gives 255: white

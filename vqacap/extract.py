@@ -28,13 +28,13 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou, nms, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from vqacap.data.store import RegionStoreError, RegionStoreWriter
+from vqacap.images import ImageError, open_rgb
 from vqacap.prepare.common import image_id_from_name
 from vqacap.prepare.features import CHUNK_REGIONS
 
@@ -183,6 +183,11 @@ def image_files(directory: str | os.PathLike) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def load_image(path: Path) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]; `ImageError` for an unusable file (size capped: `vqacap.images.MAX_PIXELS`)."""
+    return pil_to_tensor(open_rgb(path)).float().div(255)
+
+
 def extract(
     images: str | os.PathLike,
     weights: str | os.PathLike,
@@ -224,10 +229,9 @@ def extract(
             batch = []
             for image_id, path in todo[start : start + batch_size]:
                 try:
-                    with Image.open(path) as im:
-                        batch.append((image_id, pil_to_tensor(im.convert("RGB")).float().div(255)))
-                except (OSError, UnidentifiedImageError) as err:
-                    problems.append(f"{path}: unreadable image ({err})")
+                    batch.append((image_id, load_image(path)))
+                except ImageError as err:  # skipped and reported; the rest of the batch goes on
+                    problems.append(str(err))
             if not batch:
                 continue
             results = extract_batch(

@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
+
+from vqacap.images import ImageError, open_rgb
 
 PANEL = 160  # longer side of an image panel, pixels
 HIGHLIGHT = (255, 64, 32)  # outline of the most attended box; the others get a fainter colour
@@ -38,6 +41,7 @@ class AttentionMap:
     image: Image.Image  # the image, or a blank canvas of its size
     image_found: bool
     figure: Image.Image  # the rendered attention map
+    image_problem: str | None = None  # why an image file that is there was not used
 
 
 # -- drawing --------------------------------------------------------------------------------------------------------
@@ -49,11 +53,16 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def load_image(path: Path | None, size: tuple[int, int]) -> tuple[Image.Image, bool]:
-    """The RGB image at `path`, or a blank canvas of `size` (width, height) when there is no such file."""
-    if path is not None and Path(path).is_file():
-        return Image.open(path).convert("RGB"), True
-    return Image.new("RGB", (int(size[0]), int(size[1])), BLANK), False
+def load_image(path: Path | None, size: tuple[int, int]) -> tuple[Image.Image, bool, str | None]:
+    """(image, found, problem): the RGB image at `path`; else a blank canvas of `size` (width, height), with the reason
+    when the file is there but unusable (empty, truncated, too large: `vqacap.images`)."""
+    blank = Image.new("RGB", (int(size[0]), int(size[1])), BLANK)
+    if path is None or not Path(path).is_file():
+        return blank, False, None
+    try:
+        return open_rgb(path), True, None
+    except ImageError as err:
+        return blank, False, str(err)
 
 
 def top_regions(attention: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
@@ -199,12 +208,12 @@ def attention_maps(
     maps = []
     for item in module.explain(datamodule.examples(split, ids)):
         path = datamodule.image_path(split, item["image_id"], image_root)
-        image, found = load_image(path, item["image_size"])
+        image, found, problem = load_image(path, item["image_size"])
         if "words" in item:
             figure = caption_figure(image, item, top_k, image_found=found)
         else:
             figure = vqa_figure(image, item, top_k, image_found=found)
-        maps.append(AttentionMap(item, image, found, figure))
+        maps.append(AttentionMap(item, image, found, figure, problem))
     return maps
 
 
@@ -261,10 +270,18 @@ def _run_checkpoint(run: Path) -> Path:
     return found[-1]
 
 
+def _as_in_training(path: Path, hydra_dir: Path) -> Path:
+    """A relative path of a run's config as the training process read it: from its working directory, which Hydra
+    records in .hydra/hydra.yaml (`paths.root_dir` is "." by default), so that any working directory works here."""
+    hydra_yaml = hydra_dir / "hydra.yaml"
+    if path.is_absolute() or not hydra_yaml.is_file():
+        return path
+    return Path(OmegaConf.load(hydra_yaml).hydra.runtime.cwd) / path
+
+
 def load(args: argparse.Namespace):
     """(LightningModule in eval mode, DataModule) from --run or --checkpoint/--data-dir."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from vqacap.checkpoints import load_module
     from vqacap.data.captions import CaptionDataModule
@@ -284,8 +301,7 @@ def load(args: argparse.Namespace):
     is_vqa = isinstance(module, VQAModule)
     if config.is_file():
         data = OmegaConf.load(config).data  # interpolations resolve against the run's whole config
-        if args.data_dir is not None:
-            data.data_dir = str(args.data_dir)
+        data.data_dir = str(args.data_dir or _as_in_training(Path(data.data_dir), config.parent))
         # The data must already be there: never (re)generate it from a visualisation command.
         datamodule = instantiate(data, generator=None, _recursive_=False)
     elif args.data_dir is not None:
@@ -313,4 +329,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for m, path in zip(maps, save_maps(maps, args.out)):
         print(f"{path}\t{text_of(m.item)}")
+        if m.image_problem:
+            print(
+                f"vqacap visualize: {m.image_problem}; {path} has the boxes on a blank canvas",
+                file=sys.stderr,
+            )
     return 0

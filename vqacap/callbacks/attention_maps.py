@@ -53,6 +53,9 @@ class AttentionMaps(pl.Callback):
             return
         ids = self.ids or datamodule.example_ids(self.split, self.num_examples)
         maps = attention_maps(pl_module, datamodule, self.split, ids, self.image_root, self.top_k)
+        for m in maps:  # a bad image file costs its picture, not the training run
+            if m.image_problem:
+                rank_zero_warn(f"AttentionMaps: {m.image_problem}; drawn on a blank canvas")
         paths = save_maps(maps, self.dirpath / f"epoch_{epoch:03d}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
