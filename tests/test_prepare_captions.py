@@ -136,9 +136,7 @@ def test_bad_karpathy_files_fail_with_one_line(tmp_path, capsys):
     del data["images"][1]["cocoid"]
     path.write_text(json.dumps(data))
     assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 2
-    assert (
-        capsys.readouterr().err.strip() == f"error: {path}: image 1 lacks 'cocoid' (or has an unknown split)"
-    )
+    assert capsys.readouterr().err.strip() == f"error: {path}: image 1 (images[1]) lacks 'cocoid'"
 
     data["images"][1]["cocoid"] = 9
     path.write_text(json.dumps(data))
@@ -152,3 +150,44 @@ def test_not_a_karpathy_file(tmp_path, capsys, content):
     path.write_text(content)
     assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 2
     assert str(path) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda image: image.update(cocoid="abc"), "cocoid 'abc' is not an integer image id"),
+        (lambda image: image.update(sentences=None), "sentences is None, not a list"),
+        (lambda image: image["sentences"][0].update(raw=5), "sentences[0] {'tokens'"),
+        (lambda image: image.update(split="holdout"), "unknown split 'holdout'"),
+    ],
+    ids=["cocoid_abc", "sentences_null", "int_caption", "unknown_split"],
+)
+def test_malformed_records_are_one_line_errors_naming_the_record(tmp_path, capsys, change, message):
+    data = json.loads(karpathy_file(tmp_path).read_text())
+    change(data["images"][1])
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps(data))
+    assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: image 1 (images[1]") and message in err and err.count("\n") == 1
+
+
+def test_training_words_keep_their_accents(tmp_path):
+    data = json.loads(karpathy_file(tmp_path).read_text())
+    for n in range(5):
+        data["images"][0]["sentences"].append({"raw": "Un café près de la fenêtre", "sentid": 900 + n})
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps(data))
+    assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 0
+    words = json.loads((tmp_path / "o" / "caption_vocab.json").read_text())
+    words = words["words"] if isinstance(words, dict) else words
+    assert {"café", "près", "fenêtre"} <= set(words) and "caf" not in words
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    out = tmp_path / "file" / "o"
+    assert (
+        main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(out)]) == 2
+    )
+    assert capsys.readouterr().err.strip().startswith(f"error: {out}: cannot write here (")

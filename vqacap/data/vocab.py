@@ -19,11 +19,13 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
 
-_SEPARATOR = re.compile(r"[^a-z0-9]+")
+# Anything but letters and digits separates words; letters of every script count ("café", not "caf"), as in the PTB
+# tokenizer the caption metrics use.
+_SEPARATOR = re.compile(r"[\W_]+")
 
 
 def tokenize(text: str) -> list[str]:
-    """'A man, riding a horse.' -> ['a', 'man', 'riding', 'a', 'horse']."""
+    """'A man, riding a horse.' -> ['a', 'man', 'riding', 'a', 'horse']; 'Un café.' -> ['un', 'café']."""
     return [w for w in _SEPARATOR.split(text.lower()) if w]
 
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from vqacap.data.vocab import Vocabulary, tokenize
-from vqacap.prepare.common import PrepareError, load_image_sizes, read_json, write_json
+from vqacap.prepare.common import PrepareError, load_image_sizes, output_folder, read_json, write_json
 
 SPLIT_OF = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
@@ -51,16 +51,26 @@ def karpathy_to_coco(
     }
     seen: dict[int, str] = {}
     dropped = 0
+    id_key = "cocoid" if dataset == "coco" else "imgid"
     for n, image in enumerate(karpathy["images"]):
+        if not isinstance(image, dict):
+            raise PrepareError(f"{source}: images[{n}] is {image!r:.60}, not an image record")
+        where = f"{source}: image {image.get('imgid', n)!r:.40} (images[{n}])"
         try:
-            image_id = int(image["cocoid"] if dataset == "coco" else image["imgid"])
-            split = SPLIT_OF[image["split"]]
-            file_name = str(Path(image.get("filepath", "")) / image["filename"])
-            sentences = image["sentences"]
+            image_id, split = image[id_key], image["split"]
+            file_name, sentences = image["filename"], image["sentences"]
         except KeyError as err:
-            raise PrepareError(
-                f"{source}: image {image.get('imgid', n)} lacks {err} (or has an unknown split)"
-            ) from None
+            raise PrepareError(f"{where} lacks {err}") from None
+        if not _is_int(image_id):
+            raise PrepareError(f"{where}: {id_key} {image_id!r:.40} is not an integer image id")
+        if not isinstance(split, str) or split not in SPLIT_OF:
+            raise PrepareError(f"{where}: unknown split {split!r:.40} (expected {', '.join(SPLIT_OF)})")
+        split = SPLIT_OF[split]
+        if not isinstance(file_name, str) or not isinstance(image.get("filepath", ""), str):
+            raise PrepareError(f"{where}: filename/filepath are not strings")
+        if not isinstance(sentences, list):
+            raise PrepareError(f"{where}: sentences is {sentences!r:.40}, not a list")
+        file_name = str(Path(image.get("filepath", "")) / file_name)
         if image_id in seen:
             raise PrepareError(
                 f"{source}: image id {image_id} appears twice ({seen[image_id]} and {file_name})"
@@ -70,16 +80,22 @@ def karpathy_to_coco(
         if image_id in sizes:
             record["width"], record["height"] = sizes[image_id]
         splits[split]["images"].append(record)
-        for sentence in sentences:
-            try:
-                caption, sentid = sentence["raw"], int(sentence["sentid"])
-            except KeyError as err:
-                raise PrepareError(f"{source}: a sentence of image {image_id} lacks {err}") from None
+        for j, sentence in enumerate(sentences):
+            caption = sentence.get("raw") if isinstance(sentence, dict) else None
+            sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
+            if not isinstance(caption, str) or not _is_int(sentid):
+                raise PrepareError(
+                    f"{where}: sentences[{j}] {sentence!r:.60} lacks a string 'raw' caption and an integer 'sentid'"
+                )
             if split == "train" and not tokenize(caption):
                 dropped += 1  # nothing to learn from, and Vocabulary.encode refuses it
                 continue
             splits[split]["annotations"].append({"id": sentid, "image_id": image_id, "caption": caption})
     return splits, dropped
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def prepare(
@@ -94,7 +110,7 @@ def prepare(
     )
     if not splits["train"]["annotations"]:
         raise PrepareError(f"{karpathy_path}: no training captions (split train or restval)")
-    out = Path(out)
+    out = output_folder(out)
     for split, data in splits.items():
         write_json(out / f"captions_{split}.json", data)
     # Training captions only: val and test words the model never saw would only be <unk> targets anyway.

@@ -49,11 +49,24 @@ def read_json(path: str | os.PathLike):
         raise PrepareError(f"{path}: not valid JSON ({err})") from None
 
 
+def output_folder(out: str | os.PathLike) -> Path:
+    """`--out`, created if need be; a folder that cannot be made is a one-line error."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PrepareError(f"{out}: cannot write here ({err.strerror or err})") from None
+    return out
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """Write through a temporary file and rename, so an interrupted run never leaves half a file under the real name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        output_folder(path.parent)
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only folder
+        raise PrepareError(f"{path}: cannot write ({err.strerror or err})") from None
