@@ -150,8 +150,8 @@ def _beam_without_store(next_logp, beam: int, alpha: float) -> tuple[tuple, floa
 
 
 def test_keeping_finished_captions_never_loses_to_and_sometimes_beats_a_beam_that_evicts_them():
-    gains = []  # seeds 11 and 26: found among 30 random models as ones where eviction costs up to 2.3 nats
-    for seed, beam, alpha in itertools.product((0, 1, 11, 26), (2, 3), (0.0, 0.7)):
+    gains = []  # seed 8: found among 40 random models as one where eviction costs up to 1.8 nats
+    for seed, beam, alpha in itertools.product((0, 1, 8, 11), (2, 3), (0.0, 0.7)):
         model, regions, mask = _problem(seed)
         next_logp = _next_token_log_probs(model, regions, mask)
         out = beam_search(

@@ -48,6 +48,18 @@ def test_models_reports_every_path_with_sane_figures(rows):
         json.dumps(row)  # the JSON file holds the rows as they are
     targets = {(r["model"], r["path"]): r["target %"] for r in rows}
     assert targets[("captioner", "xe")] == 55 and targets[("captioner", "beam2")] is None
+    assert {r["form"] for r in rows} == {"fast"}
+
+
+def test_models_measures_the_paper_forms_on_request():
+    rows = models.run(_args([*TINY_ARGS, "--form", "paper", "--only", "vqa updown", "captioner greedy"]),
+                      TINY_VQA, TINY_CAPTIONER)  # fmt: skip
+    assert [(r["form"], r["model"], r["path"]) for r in rows] == [
+        ("paper", "vqa updown", "train"), ("paper", "vqa updown", "infer"), ("paper", "captioner", "greedy")
+    ]  # fmt: skip
+    assert all(
+        r["flops ok"] is None and r["GFLOP/s"] > 0 for r in rows
+    )  # the analytic counts are the fast forms'
 
 
 def test_flop_counts_match_the_flop_counter(rows):

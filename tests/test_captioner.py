@@ -1,21 +1,13 @@
-import pytest
+"""The captioners compute their papers' equations: one step of each, recomputed by hand from the weights."""
+
 import torch
 
-from vqacap.data.vocab import EOS_ID, PAD_ID, UNK_ID
-from vqacap.models import captioner
 from vqacap.models.attention import AdditiveAttention
-from vqacap.models.captioner import StepWeights, UpDownCaptioner
-from vqacap.models.decoding import DecodingOptions, beam_search, decode, draw, sample, sample_with_greedy
+from vqacap.models.captioner import UpDownCaptioner
+from vqacap.models.decoding import expand_state
+from vqacap.models.show_attend_tell import ShowAttendTell
 
-V, D = 30, 12
-
-
-@pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return UpDownCaptioner(
-        vocab_size=V, feature_dim=D, embed_dim=8, hidden_dim=16, attention_dim=10, dropout=0.0
-    ).eval()
+V, D, E, H, A = 30, 12, 8, 16, 10
 
 
 def _regions(b=3, k=7):
@@ -27,247 +19,90 @@ def _regions(b=3, k=7):
     return regions, mask
 
 
-def test_padded_regions_get_zero_attention(model):
-    regions, mask = _regions()
-    tokens = torch.randint(4, V, (3, 6))
-    _, attention = model(regions, mask, tokens)
-    assert attention.shape == (3, 5, 7)
-    assert (attention[~mask.unsqueeze(1).expand_as(attention)] == 0).all()
-    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 5))
+def _lstm(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh):
+    """An LSTM step from its definition (gates input, forget, cell, output)."""
+    i, f, g, o = (x @ weight_ih.T + bias_ih + h @ weight_hh.T + bias_hh).chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def test_padding_content_does_not_change_the_output(model):
+def _attention(att, regions, mask, query):
+    """Eq. (3)-(5): additive scores, softmax over the real regions only, attended feature."""
+    scores = torch.tanh(
+        regions @ att.region_proj.weight.T + (query @ att.query_proj.weight.T + att.query_proj.bias)
+    )
+    scores = (scores @ att.score.weight.T).squeeze(-1)  # (K,)
+    alpha = torch.zeros_like(scores)
+    alpha[mask] = torch.softmax(scores[mask], 0)
+    return alpha, alpha @ regions
+
+
+def test_updown_step_is_equations_2_to_7():
+    torch.manual_seed(0)
+    model = UpDownCaptioner(V, D, embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0)
+    assert model.attention_lstm.input_size == H + D + E and model.language_lstm.input_size == D + H
     regions, mask = _regions()
-    tokens = torch.randint(4, V, (3, 6))
-    noisy = regions.clone()
-    noisy[~mask] = 1e3
-    torch.testing.assert_close(model(regions, mask, tokens)[0], model(noisy, mask, tokens)[0])
+    context, state = model.start(regions, mask)
+    state = type(state)(*(torch.randn_like(t) for t in state))  # a state in the middle of a caption
+    words = torch.tensor([[5], [6], [7]])
+    logits, alpha, (h1, c1, h2, c2) = model.step(context, state, words)
+    a1, a2 = model.attention_lstm, model.language_lstm
+    for b in range(3):
+        real = regions[b, mask[b]]
+        v_bar = real.mean(0)
+        x1 = torch.cat([state[2][b, 0], v_bar, model.embed.weight[words[b, 0]]])  # Eq. (2)
+        h1_b, c1_b = _lstm(
+            x1, state[0][b, 0], state[1][b, 0], a1.weight_ih, a1.weight_hh, a1.bias_ih, a1.bias_hh
+        )
+        alpha_b, v_hat = _attention(model.attention, regions[b], mask[b], h1_b)  # Eq. (3)-(5)
+        x2 = torch.cat([v_hat, h1_b])  # Eq. (6)
+        h2_b, c2_b = _lstm(
+            x2, state[2][b, 0], state[3][b, 0], a2.weight_ih, a2.weight_hh, a2.bias_ih, a2.bias_hh
+        )
+        logits_b = h2_b @ model.output.weight.T + model.output.bias  # Eq. (7)
+        for got, want in (
+            (h1, h1_b),
+            (c1, c1_b),
+            (alpha, alpha_b),
+            (h2, h2_b),
+            (c2, c2_b),
+            (logits, logits_b),
+        ):
+            torch.testing.assert_close(got[b, 0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_show_attend_tell_step_is_its_equations():
+    torch.manual_seed(0)
+    model = ShowAttendTell(V, D, embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0)
+    regions, mask = _regions()
+    context, start = model.start(regions, mask)
+    state = expand_state(start, 1)
+    words = torch.tensor([[5], [6], [7]])
+    logits, alpha, (h, c) = model.step(context, state, words)
+    lstm = model.lstm
+    for b in range(3):
+        v_bar = regions[b, mask[b]].mean(0)
+        h0, c0 = torch.tanh(model.init_h(v_bar)), torch.tanh(model.init_c(v_bar))
+        torch.testing.assert_close(start.h[b, 0], h0)
+        alpha_b, attended = _attention(model.attention, regions[b], mask[b], h0)  # from h_{t-1}
+        z = torch.sigmoid(model.gate.weight @ h0 + model.gate.bias) * attended
+        word = model.embed.weight[words[b, 0]]
+        h_b, c_b = _lstm(
+            torch.cat([word, z]), h0, c0, lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh
+        )
+        deep = word + model.out_hidden.weight @ h_b + model.out_context.weight @ z
+        logits_b = model.output.weight @ deep + model.output.bias
+        for got, want in ((alpha, alpha_b), (h, h_b), (c, c_b), (logits, logits_b)):
+            torch.testing.assert_close(got[b, 0], want, rtol=1e-5, atol=1e-6)
 
 
 def test_grouped_attention_equals_per_hypothesis_attention():
     torch.manual_seed(2)
-    attention = AdditiveAttention(D, 16, 10)
+    attention = AdditiveAttention(D, H, A)
     regions, mask = _regions()
-    queries = torch.randn(3, 4, 16)
+    queries = torch.randn(3, 4, H)
     grouped = attention(attention.project_regions(regions), queries, mask)
     for g in range(4):
         torch.testing.assert_close(
             grouped[:, g], attention(attention.project_regions(regions), queries[:, g], mask)
         )
-
-
-def test_teacher_forcing_matches_step_by_step_decoding(model):
-    regions, mask = _regions()
-    tokens = torch.randint(4, V, (3, 6))
-    logits, _ = model(regions, mask, tokens)
-    ctx = model.encode(regions, mask)
-    state = model.init_state(3, "cpu")
-    for t in range(5):
-        h2, _, state = model.step(ctx, state, model.word_gates(tokens[:, t : t + 1]))
-        torch.testing.assert_close(model.logits(h2)[:, 0], logits[:, t])
-
-
-def test_beam_one_equals_greedy(model):
-    regions, mask = _regions()
-    opts = DecodingOptions(beam_size=1, max_length=8)
-    greedy = sample(model, regions, mask, opts, greedy=True)
-    beam = beam_search(model, regions, mask, opts)
-    assert torch.equal(greedy.tokens, beam.tokens)
-    torch.testing.assert_close(greedy.attention, beam.attention)
-    torch.testing.assert_close(greedy.scores, beam.scores)
-
-
-def test_beam_search_is_batched_consistently_and_sorted(model):
-    regions, mask = _regions()
-    opts = DecodingOptions(beam_size=4, max_length=8)
-    together = beam_search(model, regions, mask, opts)
-    assert together.tokens.shape[:2] == (3, 4)
-    assert (together.scores[:, :-1] >= together.scores[:, 1:]).all()
-    for i in range(3):  # each image decoded alone gives the same beams
-        alone = beam_search(
-            model, regions[i : i + 1, : int(mask[i].sum())], mask[i : i + 1, : int(mask[i].sum())], opts
-        )
-        t = alone.tokens.size(-1)
-        assert torch.equal(alone.tokens[0], together.tokens[i, :, :t])
-        torch.testing.assert_close(alone.scores[0], together.scores[i])
-
-
-def test_beam_search_beats_or_matches_greedy_log_probability(model):
-    regions, mask = _regions()
-    greedy = decode(model, regions, mask, DecodingOptions(beam_size=1, max_length=8))
-    beam = decode(model, regions, mask, DecodingOptions(beam_size=5, max_length=8))
-    assert (beam.scores[:, 0] >= greedy.scores[:, 0] - 1e-5).all()
-
-
-def test_decoded_sequences_end_with_eos_then_padding(model):
-    regions, mask = _regions()
-    out = decode(model, regions, mask, DecodingOptions(beam_size=3, max_length=5)).tokens[:, 0]
-    assert out.size(1) <= 6
-    for row in out.tolist():
-        end = row.index(EOS_ID)  # max_length forces <eos> at the latest
-        assert all(t == PAD_ID for t in row[end + 1 :])
-        assert all(t not in (PAD_ID, EOS_ID) for t in row[:end])
-
-
-def test_decoding_options_constrain_the_output(model):
-    regions, mask = _regions()
-    with torch.no_grad():
-        model.output.bias[EOS_ID] = 50.0  # the model wants to stop at once
-        model.output.bias[UNK_ID] = 40.0
-    opts = DecodingOptions(beam_size=3, max_length=8, min_length=4, suppress_unk=True)
-    out = decode(model, regions, mask, opts).tokens[:, 0]
-    assert (out[:, :4] != EOS_ID).all() and (out != UNK_ID).all()
-    with torch.no_grad():
-        model.output.bias[EOS_ID] = -50.0
-        model.output.bias[UNK_ID] = 0.0
-        model.output.bias[5] = 30.0  # ... now it wants to repeat one word forever
-    blocked = decode(model, regions, mask, DecodingOptions(beam_size=2, max_length=8, block_trigrams=True))
-    for row in blocked.tokens[:, 0].tolist():
-        words = [t for t in row if t not in (EOS_ID, PAD_ID)]
-        trigrams = list(zip(words, words[1:], words[2:]))
-        assert len(trigrams) == len(set(trigrams))
-
-
-def test_sampling_keeps_gradients_and_respects_temperature(model):
-    regions, mask = _regions()
-    model.train()
-    out = sample(model, regions, mask, DecodingOptions(max_length=6), num_samples=5, greedy=False)
-    assert out.tokens.shape[:2] == (3, 5) and out.log_probs.requires_grad
-    out.log_probs.sum().backward()
-    assert model.embed.weight.grad is not None
-    model.eval()
-    torch.manual_seed(0)
-    cold = sample(
-        model, regions, mask, DecodingOptions(max_length=6, temperature=1e-4), num_samples=4, greedy=False
-    )
-    greedy = sample(model, regions, mask, DecodingOptions(max_length=6), greedy=True)
-    assert torch.equal(cold.tokens, greedy.tokens.expand_as(cold.tokens))
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_greedy_baseline_in_the_sampling_pass_equals_separate_passes(model, temperature):
-    """sample_with_greedy: the samples of sample(greedy=False) from the same random state, and eval-mode greedy."""
-    regions, mask = _regions()
-    opts = DecodingOptions(max_length=6, temperature=temperature)
-    model.train()  # dropout on: the samples get it, the greedy row must not
-    torch.manual_seed(3)
-    samples, greedy = sample_with_greedy(model, regions, mask, opts, num_samples=4)
-    torch.manual_seed(3)
-    alone = sample(model, regions, mask, opts, num_samples=4, greedy=False)
-    model.eval()
-    with torch.no_grad():
-        greedy_alone = sample(model, regions, mask, opts, greedy=True)
-    model.train()
-    t = alone.tokens.size(-1)
-    assert torch.equal(samples.tokens[..., :t], alone.tokens)
-    assert (
-        samples.tokens[..., t:] == PAD_ID
-    ).all()  # the joint pass ran on while the greedy row was unfinished
-    torch.testing.assert_close(samples.log_probs[..., :t], alone.log_probs, rtol=1e-5, atol=1e-5)
-    tg = greedy_alone.tokens.size(-1)
-    assert (
-        torch.equal(greedy.tokens[..., :tg], greedy_alone.tokens)
-        and (greedy.tokens[..., tg:] == PAD_ID).all()
-    )
-    torch.testing.assert_close(greedy.attention[..., :tg, :], greedy_alone.attention, rtol=1e-5, atol=1e-6)
-    assert samples.log_probs.requires_grad and not greedy.log_probs.requires_grad
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_decoding_on_a_gpu_stops_after_every_eos_without_changing_the_result(model):
-    regions, mask = _regions()
-    model.eval()
-    opts = DecodingOptions(beam_size=3, max_length=12)
-    with torch.no_grad():
-        cpu = decode(model, regions, mask, opts)
-        gpu = decode(model.cuda(), regions.cuda(), mask.cuda(), opts)
-    model.cpu()
-    t = cpu.tokens.size(-1)
-    assert torch.equal(gpu.tokens[..., :t].cpu(), cpu.tokens) and (gpu.tokens[..., t:] == PAD_ID).all()
-    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, rtol=1e-4, atol=1e-4)
-
-
-def test_decoding_stops_once_every_hypothesis_has_ended(model):
-    regions, mask = _regions()
-    model.eval()
-    with torch.no_grad():
-        model.output.bias[EOS_ID] = 1e4  # <eos> first, everywhere
-        out = decode(model, regions, mask, DecodingOptions(beam_size=1, max_length=12))
-    assert out.tokens.shape[-1] == 1 and (out.tokens == EOS_ID).all()
-
-
-def test_feature_dimension_mismatch_is_a_clear_error(model):
-    with pytest.raises(ValueError, match="dimension 5 but the model expects feature_dim=12"):
-        model(torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.long))
-
-
-def _gradients(model, loss_fn) -> dict[str, torch.Tensor]:
-    model.zero_grad()
-    loss_fn().backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
-def _plain_autograd(monkeypatch):
-    """Every layer called directly: autograd adds one weight gradient per step."""
-    monkeypatch.setattr(captioner, "StepWeights", lambda *layers: StepWeights())
-
-
-@pytest.mark.parametrize("path", ["teacher_forcing", "sampling"])
-def test_gathered_step_gradients_equal_plain_autograd(model, monkeypatch, path):
-    regions, mask = _regions()
-    tokens = torch.randint(4, V, (3, 2, 6))
-    model.train()
-
-    def loss():
-        torch.manual_seed(5)  # the same dropout masks and samples in both passes
-        if path == "teacher_forcing":
-            return model(regions, mask, tokens)[0].logsumexp(-1).sum()
-        return sample(
-            model, regions, mask, DecodingOptions(max_length=6), num_samples=3, greedy=False
-        ).log_probs.sum()
-
-    gathered = _gradients(model, loss)
-    _plain_autograd(monkeypatch)
-    plain = _gradients(model, loss)
-    assert gathered.keys() == plain.keys() and len(plain) == len(list(model.parameters()))
-    for name in plain:
-        torch.testing.assert_close(gathered[name], plain[name], atol=1e-5, rtol=1e-5, msg=name)
-
-
-def test_step_weights_gather_linear_and_embedding_gradients():
-    torch.manual_seed(3)
-    embed, cell = torch.nn.Embedding(V, 8, padding_idx=0), torch.nn.Linear(8 + 8, 8)
-    ids = torch.randint(0, V, (4, 5))
-    ids[0, 2] = 0  # <pad> rows get no gradient
-
-    def loss(layers):
-        h = torch.zeros(4, 8)
-        for t in range(5):
-            h = torch.tanh(layers(cell, torch.cat([layers(embed, ids[:, t]), h], -1)))
-        return h.square().sum()
-
-    def grads(layers):
-        embed.zero_grad(), cell.zero_grad()
-        loss(layers).backward()
-        return [p.grad.clone() for p in (embed.weight, cell.weight, cell.bias)]
-
-    for gathered, plain in zip(grads(StepWeights(embed, cell)), grads(StepWeights())):
-        torch.testing.assert_close(gathered, plain, atol=1e-6, rtol=1e-5)
-    with torch.no_grad():  # no graph, no gathering: the layers as they are
-        assert torch.equal(loss(StepWeights(embed, cell)), loss(StepWeights()))
-    with torch.autocast(
-        "cpu", dtype=torch.bfloat16
-    ):  # low-precision steps, gradients in the parameters' dtype
-        autocast = grads(StepWeights(embed, cell))
-    assert all(g.dtype == torch.float32 for g in autocast)
-    torch.testing.assert_close(autocast[1], grads(StepWeights())[1], atol=0.05, rtol=0.05)
-
-
-def test_sampling_draws_tokens_with_their_probabilities():
-    torch.manual_seed(0)
-    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
-    tokens = draw(probs.expand(20_000, 2, 5))  # (20000, 2)
-    assert tokens.shape == (20_000, 2) and (tokens[:, 1] == 4).all()
-    frequencies = torch.bincount(tokens[:, 0], minlength=5) / 20_000.0
-    assert frequencies[1] == 0 and frequencies[4] == 0
-    torch.testing.assert_close(frequencies, probs[0], atol=0.015, rtol=0)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vqacap.models import linear as linear_mod
-from vqacap.models.linear import Linear, linear
+from vqacap.models.fast import linear as linear_mod
+from vqacap.models.fast.linear import OneDNNProducts, linear
 
 needs_onednn = pytest.mark.skipif(not linear_mod.AVAILABLE, reason="PyTorch built without oneDNN")
 
@@ -69,11 +69,26 @@ def test_switched_off_by_the_environment_and_for_other_dtypes(monkeypatch):
     torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias), rtol=0, atol=0)
 
 
-def test_linear_module_is_an_nn_linear_with_the_same_state():
+@needs_onednn
+def test_paper_layers_multiply_through_onednn_within_the_context():
+    """OneDNNProducts reroutes every F.linear, weight-normed layers included, to `linear`: same values and gradients."""
     torch.manual_seed(0)
-    layer = Linear(24, 40)
-    plain = nn.Linear(24, 40)
-    plain.load_state_dict(layer.state_dict())
-    assert isinstance(layer, nn.Linear)
+    layers = nn.Sequential(
+        nn.Linear(24, 40), nn.ReLU(), nn.utils.parametrizations.weight_norm(nn.Linear(40, 8))
+    )
     x = torch.randn(3, 24)
-    torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5)
+    seen = []
+
+    class Ops(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Ops(), OneDNNProducts():
+        y = layers(x)
+    assert seen.count("mkldnn._linear_pointwise.default") == 2
+    want = layers(x)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(y.sum(), list(layers.parameters()))
+    for g, w in zip(got, torch.autograd.grad(want.sum(), list(layers.parameters()))):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

@@ -56,10 +56,18 @@ from vqacap.data.vqa import VQABatch
 from vqacap.lightning.captioning import CaptioningModule
 from vqacap.lightning.vqa import VQAModule
 from vqacap.metrics.captions import CiderDReward
-from vqacap.models.captioner import ALIGN_ROWS, UpDownCaptioner
+from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import DecodingOptions
-from vqacap.models.vqa import UpDownVQA
+from vqacap.models.fast import FastReferenceVQA, FastUpDownCaptioner, FastUpDownVQA
+from vqacap.models.fast.captioner import ALIGN_ROWS
+from vqacap.models.vqa import ReferenceVQA, UpDownVQA
 from vqacap.train import CONFIG_DIR
+
+# The model classes of each form: `fast` (the CPU recipes' choice, the default here) or `paper`, e.g. to compare on a GPU.
+FORMS = {
+    "fast": {"updown": FastUpDownVQA, "reference": FastReferenceVQA, "captioner": FastUpDownCaptioner},
+    "paper": {"updown": UpDownVQA, "reference": ReferenceVQA, "captioner": UpDownCaptioner},
+}
 
 # % of the matmul peak asked for on the project's 2-core CPU machine, fp32: (model, path, batch or None for any).
 TARGETS = {("vqa reference", "train", 256): 60, ("captioner", "xe", None): 55, ("captioner", "greedy", None): 45,
@@ -95,7 +103,7 @@ class Path:
     batch: int  # samples per call
     unit: str  # what a sample is
     call: Callable[[], object]
-    flops: int  # analytic matmul FLOPs of one call, as FlopCounterMode counts them
+    flops: int | None  # analytic matmul FLOPs of one call of the fast form, as FlopCounterMode counts them
     useful: int | None = (
         None  # the FLOPs the result needs, where the call also multiplies zeros (None: all of them)
     )
@@ -115,7 +123,7 @@ def _total(products: list[tuple[int, int, int, bool, bool]], train: bool) -> int
 
 
 def vqa_flops(s: VQASizes, variant: str, batch: int, train: bool) -> int:
-    """Matmul FLOPs of one forward (and backward when train) of `UpDownVQA` on `batch` full-length questions."""
+    """Matmul FLOPs of one forward (and backward when train) of the fast VQA forms on `batch` full-length questions."""
     b, k, d, h, a = batch, s.regions, s.feature_dim, s.hidden, s.answers
     # GRU over the words: input and hidden products per token; the first step's hidden state is zeros (no gradient).
     products = [(b * s.tokens, s.embedding, 3 * h, True, True), (b * (s.tokens - 1), h, 3 * h, True, True),
@@ -137,7 +145,7 @@ def vqa_flops(s: VQASizes, variant: str, batch: int, train: bool) -> int:
 
 
 def captioner_flops(s: CaptionerSizes, images: int, per_image: int, steps: int, train: bool) -> int:
-    """Matmul FLOPs of `UpDownCaptioner` on `images` x `per_image` sequences (captions, samples or beams) of `steps` steps.
+    """Matmul FLOPs of `FastUpDownCaptioner` on `images` x `per_image` sequences (captions, samples or beams) of `steps` steps.
 
     Teacher forcing computes the word input and the output projection of all steps at once; decoding step by step;
     the counts are the same.
@@ -204,12 +212,17 @@ def _train_step(
 
 
 def vqa_paths(
-    s: VQASizes, variant: str, train_batches: list[int], infer_batch: int, dev: torch.device
+    s: VQASizes,
+    variant: str,
+    train_batches: list[int],
+    infer_batch: int,
+    dev: torch.device,
+    form: str = "fast",
 ) -> list[Path]:
     optimizer, clip = recipe(f"vqa2_{variant}")
     torch.manual_seed(0)
     module = VQAModule(
-        net=partial(UpDownVQA, variant=variant, hidden_size=s.hidden, embedding_dim=s.embedding),
+        net=partial(FORMS[form][variant], hidden_size=s.hidden, embedding_dim=s.embedding),
         words=_words(s.words),
         answers=[f"a{i}" for i in range(s.answers)],
         answer_types=["yes/no", "number", "other"],
@@ -234,20 +247,25 @@ def vqa_paths(
         return module.eval()(b).logits
 
     name = f"vqa {variant}"
+    fast = form == "fast"  # the analytic counts are the fast forms'
     paths = [
-        Path(name, "train", n, "question", train(batch(n)), vqa_flops(s, variant, n, True))
+        Path(name, "train", n, "question", train(batch(n)), vqa_flops(s, variant, n, True) if fast else None)
         for n in train_batches
     ]
     if infer_batch:
         paths.append(Path(name, "infer", infer_batch, "question", partial(infer, batch(infer_batch)),
-                          vqa_flops(s, variant, infer_batch, False)))  # fmt: skip
+                          vqa_flops(s, variant, infer_batch, False) if fast else None))  # fmt: skip
     return paths
 
 
-def _captioning_module(s: CaptionerSizes, dev: torch.device, optimizer: Callable, scst: dict | None = None):
+def _captioning_module(
+    s: CaptionerSizes, dev: torch.device, optimizer: Callable, scst: dict | None = None, form: str = "fast"
+):
     torch.manual_seed(0)
     module = CaptioningModule(
-        net=partial(UpDownCaptioner, embed_dim=s.embedding, hidden_dim=s.hidden, attention_dim=s.attention),
+        net=partial(
+            FORMS[form]["captioner"], embed_dim=s.embedding, hidden_dim=s.hidden, attention_dim=s.attention
+        ),
         words=_words(s.words),
         feature_dim=s.feature_dim,
         optimizer=optimizer,
@@ -268,9 +286,11 @@ def captioner_paths(
     scst_images: int,
     scst_samples: int,
     dev: torch.device,
+    form: str = "fast",
 ) -> list[Path]:
     optimizer, clip = recipe("caption_coco_xe")
-    module = _captioning_module(s, dev, optimizer)
+    module = _captioning_module(s, dev, optimizer, form=form)
+    counted = form == "fast"  # the analytic counts are the fast form's
     optimizer = module.configure_optimizers()
     steps = s.max_length + 1  # <bos> -> w_1, ..., w_16 -> <eos>
     rng = np.random.default_rng(0)
@@ -288,7 +308,7 @@ def captioner_paths(
     if xe_images:
         xe = batch(xe_images, captions_per_image)
         call = _train_step(module, optimizer, lambda: module.train().training_step(xe, 0), clip)
-        flops = captioner_flops(s, xe_images, captions_per_image, steps, train=True)
+        flops = captioner_flops(s, xe_images, captions_per_image, steps, train=True) if counted else None
         paths.append(Path("captioner", "xe", xe_images * captions_per_image, "caption", call, flops))
 
     decoded = batch(decode_images)
@@ -298,7 +318,7 @@ def captioner_paths(
         return module.eval()(decoded, DecodingOptions(beam_size=beam_size, max_length=s.max_length))
 
     for beam in [1, *beams] if decode_images else []:
-        flops = captioner_flops(s, decode_images, beam, steps, train=False)
+        flops = captioner_flops(s, decode_images, beam, steps, train=False) if counted else None
         paths.append(Path("captioner", "greedy" if beam == 1 else f"beam{beam}", decode_images, "image",
                           partial(decode, beam), flops))  # fmt: skip
     if scst_images:
@@ -307,7 +327,7 @@ def captioner_paths(
         # A module of its own: training_step is the self-critical step when the module is built with `scst`.
         optimizer, clip = recipe("caption_coco_scst")
         scst_config = {"num_samples": scst_samples, "baseline": "greedy"}
-        tuned = _captioning_module(s, dev, optimizer, scst=scst_config)
+        tuned = _captioning_module(s, dev, optimizer, scst=scst_config, form=form)
         tuned.reward = CiderDReward(
             {i: refs[5 * i : 5 * i + 5] for i in range(scst_images)}, vocab_size=s.words
         )
@@ -322,6 +342,7 @@ def captioner_paths(
         useful = captioner_flops(s, scst_images, scst_samples, steps, train=True) + captioner_flops(
             s, scst_images, 1, steps, train=False
         )
+        flops, useful = (flops, useful) if counted else (None, None)
         paths.append(Path("captioner", "scst", scst_images, "image", call, flops, useful))
     return paths
 
@@ -365,7 +386,7 @@ def measure(path: Path, repeats: int, peak_gflops: float, dtype: torch.dtype, de
         "best ms": 1000 * best,
         "median ms": 1000 * statistics.median(times),
         "GFLOP/sample": work / path.batch / 1e9,
-        "flops ok": counted == path.flops,
+        "flops ok": None if path.flops is None else counted == path.flops,
         "GFLOP/s": gflops,
         "target %": target,
         "threads": torch.get_num_threads(),
@@ -389,6 +410,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--scst-images", type=int, default=10)
     parser.add_argument("--scst-samples", type=int, default=5)
+    parser.add_argument("--form", choices=sorted(FORMS), default="fast",
+                        help="model forms: fast (the CPU recipes') or paper (the GPU recipes')")  # fmt: skip
     parser.add_argument("--peak-sizes", type=int, nargs="+", default=[2048, 4096])
 
 
@@ -398,9 +421,9 @@ def paths(
     """All paths the arguments ask for; the models are built when a path group is needed (they take memory)."""
     chosen = []
     for variant in args.vqa_variants:
-        chosen += vqa_paths(vqa, variant, args.vqa_batches, args.vqa_infer_batch, dev)
+        chosen += vqa_paths(vqa, variant, args.vqa_batches, args.vqa_infer_batch, dev, args.form)
     chosen += captioner_paths(captioner, args.xe_images, args.captions_per_image, args.decode_images, args.beams,
-                              args.scst_images, args.scst_samples, dev)  # fmt: skip
+                              args.scst_images, args.scst_samples, dev, args.form)  # fmt: skip
     return [p for p in chosen if not args.only or any(o in f"{p.model} {p.path}" for o in args.only)]
 
 
@@ -421,7 +444,7 @@ def run(
                 # The machine's speed drifts (a shared host: the peak moved between 105 and 150 GFLOP/s within minutes
                 # here), so each path is judged against the peak measured just before and just after it.
                 before = peak.measure([top["n"]], 5, dtype)["gflops"]
-                row = measure(path, args.repeats, before, dtype, dev)
+                row = {"form": args.form, **measure(path, args.repeats, before, dtype, dev)}
                 local = max(before, peak.measure([top["n"]], 5, dtype)["gflops"])
                 judge(row, local)
                 highest = max(highest, local)

@@ -1,21 +1,98 @@
-"""Caption decoding for the top-down captioner: greedy, sampling and beam search, batched over images x hypotheses.
+"""Caption decoding for any captioner: greedy, sampling and beam search, batched over images x hypotheses.
 
 Dims: B images, G hypotheses per image (samples or beams), K regions, V vocabulary, T decoded tokens.
 
-Hypotheses of one image share the image context (regions, W_va v_i, mean-region gates) by broadcasting: region features are
-never copied per beam. There is no per-image Python loop; the only loop is over time, and it stops once every hypothesis has
-emitted <eos> (on a GPU a step or two later, without waiting for the device: `AllEnded`). Every function returns the
-per-step attention weights with the tokens.
+A captioner is anything that implements `Captioner` (`start`, `step` and teacher-forced `__call__`); the decoders
+reach the model only through it. Hypotheses of one image share the image context by broadcasting: region features are
+never copied per beam. There is no per-image Python loop; the only loop is over time, and it stops once every
+hypothesis has emitted <eos> (on a GPU a step or two later, without waiting for the device: `AllEnded`). Every function
+returns the per-step attention weights with the tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from vqacap.models.captioner import UpDownCaptioner
+
+State = tuple[torch.Tensor, ...]  # every tensor (B, G, ...): the recurrent state of G hypotheses per image
+
+
+class Captioner(Protocol):
+    """What decoding and training need from a captioning model."""
+
+    def start(self, regions: torch.Tensor, mask: torch.Tensor) -> tuple[Any, State]:
+        """regions (B, K, D), mask (B, K) True for real regions -> (context, state for G = 1).
+
+        The context holds per-image tensors shared by every hypothesis of the image; decoding never looks into it.
+        """
+        ...
+
+    def step(
+        self, context: Any, state: State, tokens: torch.Tensor, eval_rows: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """tokens (B, G), the previous token of each hypothesis -> logits (B, G, V), attention (B, G, K), new state.
+
+        eval_rows: the last `eval_rows` hypotheses are computed as in eval mode (no dropout): the greedy baseline
+        decoded beside the self-critical samples (`sample_with_greedy`).
+        """
+        ...
+
+    def __call__(
+        self, regions: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: tokens (B, G, T) or (B, T) -> logits (B, G, T-1, V), attention (B, G, T-1, K)."""
+        ...
+
+
+def _rebuild(state: State, tensors) -> State:
+    tensors = list(tensors)
+    return type(state)(*tensors) if hasattr(state, "_fields") else tuple(tensors)  # a NamedTuple or a tuple
+
+
+def expand_state(state: State, g: int) -> State:
+    """(B, 1, ...) -> (B, g, ...): every hypothesis starts from the image's state."""
+    return _rebuild(state, (t.expand(-1, g, *t.shape[2:]).contiguous() for t in state))
+
+
+def select_state(state: State, index: torch.Tensor) -> State:
+    """Reorder hypotheses: index (B, G') of the hypotheses to keep, per image."""
+    return _rebuild(state, (_gather(t, index) for t in state))
+
+
+def dropout_rows(dropout: nn.Module, h: torch.Tensor, eval_rows: int) -> torch.Tensor:
+    """dropout(h) for h (B, G, ...), except the last `eval_rows` hypotheses, which pass as in eval mode."""
+    if eval_rows and dropout.training:
+        cut = h.size(1) - eval_rows
+        return torch.cat([dropout(h[:, :cut]), h[:, cut:]], 1)
+    return dropout(h)
+
+
+def teacher_forcing(
+    model: Captioner, regions: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The captioner's `forward` written with `start` and `step`: tokens (B, G, T) or (B, T) = <bos> w_1 .. <eos> <pad>.
+
+    Returns logits (B, G, T-1, V) predicting tokens[..., 1:] and attention weights (B, G, T-1, K), without the G axis
+    for (B, T) tokens.
+    """
+    single = tokens.dim() == 2
+    if single:
+        tokens = tokens.unsqueeze(1)
+    context, state = model.start(regions, mask)
+    state = expand_state(state, tokens.size(1))
+    logits, attention = [], []
+    for word in tokens[..., :-1].unbind(2):  # (B, G) each; unbound, not indexed: one backward for all steps
+        step_logits, alpha, state = model.step(context, state, word)
+        logits.append(step_logits)
+        attention.append(alpha)
+    logits, attention = torch.stack(logits, 2), torch.stack(attention, 2)  # (B, G, T-1, V), (B, G, T-1, K)
+    return (logits.squeeze(1), attention.squeeze(1)) if single else (logits, attention)
+
 
 NEG_INF = float("-inf")
 
@@ -119,7 +196,7 @@ class AllEnded:
 
 
 def sample(
-    model: UpDownCaptioner,
+    model: Captioner,
     regions: torch.Tensor,
     mask: torch.Tensor,
     opts: DecodingOptions,
@@ -137,7 +214,7 @@ def sample(
 
 
 def sample_with_greedy(
-    model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions, num_samples: int
+    model: Captioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions, num_samples: int
 ) -> tuple[Decoded, Decoded]:
     """`num_samples` samples per image and the greedy decoding (the self-critical baseline), in one pass.
 
@@ -156,7 +233,7 @@ def sample_with_greedy(
 
 
 def _sample(
-    model: UpDownCaptioner,
+    model: Captioner,
     regions: torch.Tensor,
     mask: torch.Tensor,
     opts: DecodingOptions,
@@ -165,8 +242,8 @@ def _sample(
 ) -> Decoded:
     """G = drawn + greedy hypotheses per image: the first `drawn` sampled, the last `greedy` argmax without dropout."""
     b, g, device = regions.size(0), drawn + greedy, regions.device
-    ctx = model.encode(regions, mask)
-    state = model.init_state(b, device, regions.dtype).expand(g)
+    context, state = model.start(regions, mask)
+    state = expand_state(state, g)
     token = torch.full((b, g), BOS_ID, dtype=torch.long, device=device)
     finished = torch.zeros(b, g, dtype=torch.bool, device=device)
     # Sampled rows divide their logits by the temperature, greedy rows by 1 (greedy decoding has no temperature).
@@ -176,8 +253,9 @@ def _sample(
     tokens, attention, log_probs = [], [], []
     all_ended = AllEnded(device)
     for t in range(opts.max_length + 1):
-        h2, alpha, state = model.step(ctx, state, model.word_gates(token, ctx))
-        logits = model.logits(h2, ctx, exact=greedy if drawn else 0)  # (B, G, V)
+        logits, alpha, state = model.step(
+            context, state, token, eval_rows=greedy if drawn else 0
+        )  # (B, G, V)
         if divisor is not None:
             logits = logits / divisor
         logp = torch.log_softmax(logits, dim=-1)
@@ -217,7 +295,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def beam_search(
-    model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions
+    model: Captioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions
 ) -> Decoded:
     """Beam search over B images x G = beam_size hypotheses at once. Returns the G best captions, best first.
 
@@ -233,8 +311,8 @@ def beam_search(
     """
     b, g, device = regions.size(0), opts.beam_size, regions.device
     width = opts.max_length + 1  # words and <eos>
-    ctx = model.encode(regions, mask)
-    state = model.init_state(b, device, regions.dtype).expand(g)
+    context, state = model.start(regions, mask)
+    state = expand_state(state, g)
     # All beams start identical: only the first may expand at step 0, or the beam would fill with copies.
     dtype = regions.dtype
     live = torch.full(
@@ -252,8 +330,8 @@ def beam_search(
     all_ended = AllEnded(device)
     steps = width
     for t in range(width):
-        h2, alpha, state = model.step(ctx, state, model.word_gates(token, ctx))
-        logp = torch.log_softmax(model.logits(h2, ctx), dim=-1)  # (B, G, V)
+        logits, alpha, state = model.step(context, state, token)
+        logp = torch.log_softmax(logits, dim=-1)  # (B, G, V)
         allowed = _constrain(logp, t, opts)
         if opts.block_trigrams:
             allowed = _block_trigrams(allowed, history[..., :t])
@@ -261,7 +339,7 @@ def beam_search(
         total = (live.unsqueeze(-1) + allowed).view(b, g * vocab)
         score, flat = total.topk(g, dim=-1)  # (B, G) best continuations over all live hypotheses
         source, token = flat // vocab, flat % vocab
-        state = state.select(source)
+        state = select_state(state, source)
         history = _gather(history, source)
         history[..., t] = token
         token_logps = _gather(token_logps, source)
@@ -277,7 +355,9 @@ def beam_search(
         done_attention = _gather(torch.cat([done_attention, attention], 1), keep)
         live = score.masked_fill(ended, NEG_INF)
         # Stop once no live hypothesis can beat the worst stored caption (all live slots empty included).
-        if best_possible is not None and all_ended(live.max(-1).values / best_possible <= done.min(-1).values):
+        if best_possible is not None and all_ended(
+            live.max(-1).values / best_possible <= done.min(-1).values
+        ):
             steps = t + 1
             break
     missing = done == NEG_INF
@@ -289,9 +369,7 @@ def beam_search(
     )
 
 
-def decode(
-    model: UpDownCaptioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions
-) -> Decoded:
+def decode(model: Captioner, regions: torch.Tensor, mask: torch.Tensor, opts: DecodingOptions) -> Decoded:
     """The evaluation decoder: beam search for beam_size > 1, greedy otherwise. Returns the best hypothesis (G = 1)."""
     if opts.beam_size > 1:
         return beam_search(model, regions, mask, opts).best()

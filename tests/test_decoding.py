@@ -1,0 +1,228 @@
+"""Decoding (greedy, sampling, beam search, the SCST sampling pass) against the `Captioner` protocol, run with every
+captioner the project has: the top-down model and the Show-Attend-Tell-style baseline."""
+
+import pytest
+import torch
+
+from vqacap.data.vocab import EOS_ID, PAD_ID, UNK_ID
+from vqacap.models.captioner import UpDownCaptioner
+from vqacap.models.decoding import (
+    Captioner,
+    DecodingOptions,
+    beam_search,
+    decode,
+    draw,
+    expand_state,
+    sample,
+    sample_with_greedy,
+    select_state,
+)
+from vqacap.models.show_attend_tell import ShowAttendTell
+
+V, D = 30, 12
+CAPTIONERS = [UpDownCaptioner, ShowAttendTell]
+
+
+@pytest.fixture(params=CAPTIONERS, ids=lambda c: c.__name__)
+def model(request) -> Captioner:
+    torch.manual_seed(0)
+    return request.param(
+        vocab_size=V, feature_dim=D, embed_dim=8, hidden_dim=16, attention_dim=10, dropout=0.0
+    ).eval()
+
+
+def _regions(b=3, k=7):
+    torch.manual_seed(1)
+    regions = torch.randn(b, k, D)
+    mask = torch.ones(b, k, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 2:] = False
+    return regions, mask
+
+
+def test_captioners_implement_the_protocol(model):
+    regions, mask = _regions()
+    context, state = model.start(regions, mask)
+    assert all(t.shape[:2] == (3, 1) for t in state)
+    state = expand_state(state, 4)
+    logits, attention, state = model.step(context, state, torch.full((3, 4), 1))
+    assert logits.shape == (3, 4, V) and attention.shape == (3, 4, 7)
+    assert all(t.shape[:2] == (3, 4) for t in state)
+    assert (attention[~mask.unsqueeze(1).expand_as(attention)] == 0).all()
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 4))
+
+
+def test_select_state_reorders_hypotheses_per_image(model):
+    regions, mask = _regions()
+    _, state = model.start(regions, mask)
+    state = tuple(torch.randn(3, 4, t.size(-1)) for t in state)
+    index = torch.tensor([[3, 3, 0, 1], [0, 1, 2, 3], [2, 0, 0, 0]])
+    for picked, t in zip(select_state(state, index), state):
+        for b in range(3):
+            assert torch.equal(picked[b], t[b, index[b]])
+
+
+def test_teacher_forcing_matches_step_by_step_decoding(model):
+    regions, mask = _regions()
+    tokens = torch.randint(4, V, (3, 6))
+    logits, attention = model(regions, mask, tokens)
+    assert logits.shape == (3, 5, V) and attention.shape == (3, 5, 7)
+    context, state = model.start(regions, mask)
+    for t in range(5):
+        step_logits, alpha, state = model.step(context, state, tokens[:, t : t + 1])
+        torch.testing.assert_close(step_logits[:, 0], logits[:, t])
+        torch.testing.assert_close(alpha[:, 0], attention[:, t])
+
+
+def test_padding_content_does_not_change_the_output(model):
+    regions, mask = _regions()
+    tokens = torch.randint(4, V, (3, 2, 6))
+    noisy = regions.clone()
+    noisy[~mask] = 1e3
+    torch.testing.assert_close(model(regions, mask, tokens)[0], model(noisy, mask, tokens)[0])
+
+
+def test_beam_one_equals_greedy(model):
+    regions, mask = _regions()
+    opts = DecodingOptions(beam_size=1, max_length=8)
+    greedy = sample(model, regions, mask, opts, greedy=True)
+    beam = beam_search(model, regions, mask, opts)
+    assert torch.equal(greedy.tokens, beam.tokens)
+    emitted = (beam.tokens != PAD_ID).unsqueeze(-1)  # after <eos> the decoders may keep different attention
+    torch.testing.assert_close(greedy.attention * emitted, beam.attention * emitted)
+    torch.testing.assert_close(greedy.scores, beam.scores)
+
+
+def test_beam_search_is_batched_consistently_and_sorted(model):
+    regions, mask = _regions()
+    opts = DecodingOptions(beam_size=4, max_length=8)
+    together = beam_search(model, regions, mask, opts)
+    assert together.tokens.shape[:2] == (3, 4)
+    assert (together.scores[:, :-1] >= together.scores[:, 1:]).all()
+    for i in range(3):  # each image decoded alone gives the same beams
+        k = int(mask[i].sum())
+        alone = beam_search(model, regions[i : i + 1, :k], mask[i : i + 1, :k], opts)
+        t = alone.tokens.size(-1)
+        assert torch.equal(alone.tokens[0], together.tokens[i, :, :t])
+        torch.testing.assert_close(alone.scores[0], together.scores[i])
+
+
+def test_beam_scores_are_the_summed_log_probabilities_of_the_tokens(model):
+    """Re-scoring each beam by teacher forcing gives its score: the beams' bookkeeping follows the right states."""
+    regions, mask = _regions()
+    beams = beam_search(model, regions, mask, DecodingOptions(beam_size=3, max_length=6))
+    bos = torch.full((*beams.tokens.shape[:2], 1), 1)
+    logits, _ = model(regions, mask, torch.cat([bos, beams.tokens], -1))  # (B, G, T, V)
+    logp = torch.log_softmax(logits, -1).gather(-1, beams.tokens.unsqueeze(-1)).squeeze(-1)
+    logp = logp.masked_fill(beams.tokens == PAD_ID, 0.0)
+    torch.testing.assert_close(logp.sum(-1), beams.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_decoded_sequences_end_with_eos_then_padding(model):
+    regions, mask = _regions()
+    out = decode(model, regions, mask, DecodingOptions(beam_size=3, max_length=5)).tokens[:, 0]
+    assert out.size(1) <= 6
+    for row in out.tolist():
+        end = row.index(EOS_ID)  # max_length forces <eos> at the latest
+        assert all(t == PAD_ID for t in row[end + 1 :])
+        assert all(t not in (PAD_ID, EOS_ID) for t in row[:end])
+
+
+def test_decoding_options_constrain_the_output(model):
+    regions, mask = _regions()
+    with torch.no_grad():
+        model.output.bias[EOS_ID] = 50.0  # the model wants to stop at once
+        model.output.bias[UNK_ID] = 40.0
+    opts = DecodingOptions(beam_size=3, max_length=8, min_length=4, suppress_unk=True)
+    out = decode(model, regions, mask, opts).tokens[:, 0]
+    assert (out[:, :4] != EOS_ID).all() and (out != UNK_ID).all()
+    with torch.no_grad():
+        model.output.bias[EOS_ID] = -50.0
+        model.output.bias[UNK_ID] = 0.0
+        model.output.bias[5] = 30.0  # ... now it wants to repeat one word forever
+    blocked = decode(model, regions, mask, DecodingOptions(beam_size=2, max_length=8, block_trigrams=True))
+    for row in blocked.tokens[:, 0].tolist():
+        words = [t for t in row if t not in (EOS_ID, PAD_ID)]
+        trigrams = list(zip(words, words[1:], words[2:]))
+        assert len(trigrams) == len(set(trigrams))
+
+
+def test_sampling_keeps_gradients_and_respects_temperature(model):
+    regions, mask = _regions()
+    model.train()
+    out = sample(model, regions, mask, DecodingOptions(max_length=6), num_samples=5, greedy=False)
+    assert out.tokens.shape[:2] == (3, 5) and out.log_probs.requires_grad
+    out.log_probs.sum().backward()
+    assert model.embed.weight.grad is not None
+    model.eval()
+    torch.manual_seed(0)
+    cold = sample(
+        model, regions, mask, DecodingOptions(max_length=6, temperature=1e-4), num_samples=4, greedy=False
+    )
+    greedy = sample(model, regions, mask, DecodingOptions(max_length=6), greedy=True)
+    assert torch.equal(cold.tokens, greedy.tokens.expand_as(cold.tokens))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_greedy_baseline_in_the_sampling_pass_equals_separate_passes(model, temperature):
+    """sample_with_greedy: the samples of sample(greedy=False) from the same random state, and eval-mode greedy."""
+    regions, mask = _regions()
+    model.dropout.p = 0.3  # dropout on: the samples get it, the greedy row must not
+    opts = DecodingOptions(max_length=6, temperature=temperature)
+    model.train()
+    torch.manual_seed(3)
+    samples, greedy = sample_with_greedy(model, regions, mask, opts, num_samples=4)
+    torch.manual_seed(3)
+    alone = sample(model, regions, mask, opts, num_samples=4, greedy=False)
+    model.eval()
+    with torch.no_grad():
+        greedy_alone = sample(model, regions, mask, opts, greedy=True)
+    t = alone.tokens.size(-1)
+    assert torch.equal(samples.tokens[..., :t], alone.tokens)
+    assert (
+        samples.tokens[..., t:] == PAD_ID
+    ).all()  # the joint pass ran on while the greedy row was unfinished
+    torch.testing.assert_close(samples.log_probs[..., :t], alone.log_probs, rtol=1e-5, atol=1e-5)
+    tg = greedy_alone.tokens.size(-1)
+    assert (
+        torch.equal(greedy.tokens[..., :tg], greedy_alone.tokens)
+        and (greedy.tokens[..., tg:] == PAD_ID).all()
+    )
+    torch.testing.assert_close(greedy.attention[..., :tg, :], greedy_alone.attention, rtol=1e-5, atol=1e-6)
+    assert samples.log_probs.requires_grad and not greedy.log_probs.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_decoding_on_a_gpu_stops_after_every_eos_without_changing_the_result(model):
+    regions, mask = _regions()
+    opts = DecodingOptions(beam_size=3, max_length=12)
+    with torch.no_grad():
+        cpu = decode(model, regions, mask, opts)
+        gpu = decode(model.cuda(), regions.cuda(), mask.cuda(), opts)
+    model.cpu()
+    t = cpu.tokens.size(-1)
+    assert torch.equal(gpu.tokens[..., :t].cpu(), cpu.tokens) and (gpu.tokens[..., t:] == PAD_ID).all()
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_stops_once_every_hypothesis_has_ended(model):
+    regions, mask = _regions()
+    with torch.no_grad():
+        model.output.bias[EOS_ID] = 1e4  # <eos> first, everywhere
+        out = decode(model, regions, mask, DecodingOptions(beam_size=1, max_length=12))
+    assert out.tokens.shape[-1] == 1 and (out.tokens == EOS_ID).all()
+
+
+def test_feature_dimension_mismatch_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="dimension 5 but the model expects feature_dim=12"):
+        model(torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.long))
+
+
+def test_sampling_draws_tokens_with_their_probabilities():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    tokens = draw(probs.expand(20_000, 2, 5))  # (20000, 2)
+    assert tokens.shape == (20_000, 2) and (tokens[:, 1] == 4).all()
+    frequencies = torch.bincount(tokens[:, 0], minlength=5) / 20_000.0
+    assert frequencies[1] == 0 and frequencies[4] == 0
+    torch.testing.assert_close(frequencies, probs[0], atol=0.015, rtol=0)
