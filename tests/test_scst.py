@@ -146,3 +146,28 @@ def test_both_modes_train_through_the_recipe(make_cfg, tmp_path, mode):
     assert len(rewards) == 2 and all(r >= 0 for r in rewards)
     if mode == "beam":  # the baseline is the mean reward of the beams, so the logged means agree
         assert baselines == pytest.approx(rewards, rel=1e-5)
+
+
+def test_the_module_trains_on_its_own_options_and_cuts_references_at_the_datas_max_length():
+    from functools import partial
+
+    from vqacap.lightning.captioning import CaptioningModule
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "red", "big", "square", "left", "of", "circle"]
+    references = {"train": {1: ["a red big square left of a circle"], 2: ["a circle"]}}
+    module = CaptioningModule(
+        net=partial(UpDownCaptioner, embed_dim=8, hidden_dim=16, attention_dim=8),
+        words=words,
+        feature_dim=D,
+        optimizer=partial(torch.optim.Adam),
+        decoding={"max_length": 4, "min_length": 3, "block_trigrams": True, "suppress_unk": True},
+        scst={"mode": "sample", "num_samples": 2},
+        references=references,
+    )
+    opts = module.scst_decoding
+    assert (opts.max_length, opts.min_length, opts.block_trigrams, opts.suppress_unk) == (4, 0, False, False)
+    # The reward's reference of image 1 is its first 4 words, as the data (max_length 4) encodes it.
+    cut = CiderDReward({1: [[4, 5, 6, 7]], 2: [[4, 10]]})
+    candidates = torch.tensor([[4, 5, 6, 7, EOS_ID], [4, 5, 6, 7, 8], [4, 10, EOS_ID, PAD_ID, PAD_ID]])
+    image_ids = torch.tensor([1, 1, 2])
+    torch.testing.assert_close(module.reward(image_ids, candidates), cut(image_ids, candidates))
