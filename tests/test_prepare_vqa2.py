@@ -245,3 +245,33 @@ def test_test_annotations_are_refused(official, tmp_path, capsys):
     )
     assert code == 2
     assert "test has no public annotations" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "key, change, message",
+    [
+        ("train2014", lambda d: d["questions"][1].update(question=7), "question 91 (questions[1]): question is 7, not a string"),
+        ("train_ann", lambda d: d["annotations"][0]["answers"][3].update(answer=None), "question 90 (annotations[0]): answers[3] is"),
+        ("train_ann", lambda d: d["annotations"][2].update(multiple_choice_answer=None),
+         "question 250 (annotations[2]): multiple_choice_answer is None, not a string"),
+        ("val2014", lambda d: d["questions"][0].update(image_id="abc"), "image_id is 'abc', not an integer"),
+    ],
+    ids=["int_question", "null_answer", "null_multiple_choice_answer", "image_id_abc"],
+)  # fmt: skip
+def test_malformed_records_are_one_line_errors_naming_the_question(
+    official, tmp_path, capsys, key, change, message
+):
+    data = json.loads(official[key].read_text())
+    change(data)
+    official[key].write_text(json.dumps(data))
+    assert run_prepare(official, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {official[key]}: ") and message in err and err.count("\n") == 1, err
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line(official, tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    assert run_prepare(official, tmp_path / "file" / "o") == 2
+    assert (
+        capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'file' / 'o'}: cannot write here (")
+    )

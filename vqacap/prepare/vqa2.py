@@ -30,7 +30,7 @@ from pathlib import Path
 from vqacap.data.formats import FormatError, load_vqa_annotations, load_vqa_questions
 from vqacap.data.vocab import Vocabulary
 from vqacap.data.vqa import AnswerVocabulary, load_glove
-from vqacap.prepare.common import PrepareError, read_json, write_json
+from vqacap.prepare.common import PrepareError, output_folder, read_json, write_json
 
 # data_subtype of the official files -> split name in DIR.
 SUBTYPES = {"train2014": "train", "val2014": "val", "test-dev2015": "testdev", "test2015": "test"}
@@ -72,11 +72,35 @@ def load_official(path: str | Path, key: str) -> tuple[dict, list[dict]]:
         if missing:
             which = f"question {record['question_id']}" if "question_id" not in missing else f"{key}[{n}]"
             raise PrepareError(f"{path}: {which} lacks {', '.join(missing)}")
+        problem = _record_problem(record)
+        if problem:
+            raise PrepareError(f"{path}: question {record['question_id']!r:.40} ({key}[{n}]): {problem}")
     try:  # the metric's own checks (the kind of file, the answers lists)
         records = (load_vqa_questions if key == "questions" else load_vqa_annotations)(data)
     except FormatError as err:
         raise PrepareError(str(err).replace(f"<{key}>", str(path))) from None
     return data, records
+
+
+# The official files' types; a record of another shape would fail deep in the vocabularies or the metric.
+_INTEGER_FIELDS = ("question_id", "image_id")
+_STRING_FIELDS = ("question", "question_type", "answer_type", "multiple_choice_answer")
+
+
+def _record_problem(record: dict) -> str | None:
+    for name in _INTEGER_FIELDS:
+        if not isinstance(record[name], int) or isinstance(record[name], bool):
+            return f"{name} is {record[name]!r:.40}, not an integer"
+    for name in _STRING_FIELDS:
+        if name in record and not isinstance(record[name], str):
+            return f"{name} is {record[name]!r:.40}, not a string"
+    answers = record.get("answers", [])
+    if not isinstance(answers, list):
+        return f"answers is {answers!r:.40}, not a list"
+    for j, answer in enumerate(answers):
+        if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
+            return f"answers[{j}] is {answer!r:.60}, not a record with a string 'answer'"
+    return None
 
 
 def check_pairing(
@@ -159,7 +183,7 @@ def prepare(
     if vocab_from not in questions:
         raise PrepareError(f"--vocab-from {vocab_from} needs the val2014 files too")
 
-    out = Path(out)
+    out = output_folder(out)
     written = {}
     for split, (_, data) in questions.items():
         written[f"vqa_{split}_questions.json"] = data
