@@ -117,8 +117,8 @@ def test_a_vqa_checkpoint_is_refused_by_the_captioner(runs, tmp_path, data_root)
     with pytest.raises(CheckpointError) as err:
         run(_cfg(tmp_path, data_root, f"ckpt_path={runs['vqa']}"))
     _one_line(err, str(runs["vqa"]), "a VQA checkpoint, not a captioning one")
-    with pytest.raises(CheckpointError) as err:
-        run(_cfg(tmp_path, data_root, f"init_from={runs['vqa']}"))
+    with pytest.raises(CheckpointError) as err:  # a run folder of its own: the first one holds that run's log
+        run(_cfg(tmp_path / "init", data_root, f"init_from={runs['vqa']}"))
     _one_line(err, str(runs["vqa"]), "a VQA checkpoint, not a captioning one")
 
 

@@ -5,7 +5,6 @@ The pure model lives in `vqacap.models.captioner`; this module owns the loss, op
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from vqacap.data.vocab import PAD_ID, Vocabulary
 from vqacap.lightning.common import (
     RegionTaskModule,
     configure_optimizers,
-    gather_objects,
     log_grounding,
     region_inputs,
+    write_results,
 )
 from vqacap.lightning.self_critical import (
     SelfCriticalOptions,
@@ -178,13 +177,9 @@ class CaptioningModule(RegionTaskModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
         log_grounding(self, "test")
-        results = gather_objects(self._results)
-        self._results = []
-        if self.results_dir and self.trainer.is_global_zero:
-            unique = {r["image_id"]: r for r in results}  # the distributed sampler may repeat images
-            path = Path(self.results_dir) / "test_captions.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(sorted(unique.values(), key=lambda r: r["image_id"])))
+        results, self._results = self._results, []
+        if self.results_dir:
+            write_results(self, results, "image_id", Path(self.results_dir) / "test_captions.json")
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)

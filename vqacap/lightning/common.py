@@ -4,7 +4,9 @@ ranks."""
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -76,6 +78,16 @@ def log_grounding(module, split: str) -> None:
     accuracy = module.grounding[split].compute_and_reset()
     if accuracy is not None:  # data with scenes or target boxes, and something to ground
         module.log(f"{split}/grounding", accuracy)
+
+
+def write_results(module: pl.LightningModule, results: list[dict], key: str, path: Path) -> None:
+    """Gather every rank's result records and write them once (global rank 0) as a JSON list sorted by `key`, one
+    record per `key`: the distributed sampler may repeat examples."""
+    results = gather_objects(results)
+    if module.trainer.is_global_zero:
+        unique = {r[key]: r for r in results}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(sorted(unique.values(), key=lambda r: r[key])))
 
 
 def gather_objects(items: list) -> list:

@@ -22,9 +22,9 @@ from vqacap.data.vqa import VQABatch
 from vqacap.lightning.common import (
     RegionTaskModule,
     configure_optimizers,
-    gather_objects,
     log_grounding,
     region_inputs,
+    write_results,
 )
 from vqacap.metrics.grounding import GroundingAccuracy
 from vqacap.metrics.vqa.metric import VQAAccuracy
@@ -139,18 +139,14 @@ class VQAModule(RegionTaskModule):
     def on_test_epoch_end(self) -> None:
         scores = self._log_accuracy("test")
         log_grounding(self, "test")
-        results = gather_objects(self._results)
-        self._results = []
-        if self.results_dir and self.trainer.is_global_zero:
-            split = self.test_split
-            folder = Path(self.results_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            unique = {r["question_id"]: r for r in results}  # the distributed sampler may repeat questions
-            ordered = sorted(unique.values(), key=lambda r: r["question_id"])
-            (folder / f"vqa_{split}_results.json").write_text(json.dumps(ordered))
-            if scores is not None:
-                as_floats = json.dumps(scores, default=float, indent=1)
-                (folder / f"vqa_{split}_scores.json").write_text(as_floats)
+        results, self._results = self._results, []
+        if not self.results_dir:
+            return
+        folder = Path(self.results_dir)
+        write_results(self, results, "question_id", folder / f"vqa_{self.test_split}_results.json")
+        if scores is not None and self.trainer.is_global_zero:
+            as_floats = json.dumps(scores, default=float, indent=1)
+            (folder / f"vqa_{self.test_split}_scores.json").write_text(as_floats)
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
