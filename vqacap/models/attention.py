@@ -32,6 +32,12 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -
     return torch.softmax(scores, dim=dim) * mask
 
 
+def mean_region(regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """v_bar, the mean of the real regions: regions (B, K, D), mask (B, K) -> (B, 1, D)."""
+    weights = mask.unsqueeze(-1).to(regions.dtype)  # (B, K, 1)
+    return (regions * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
+
+
 def attend(weights: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Attended feature v_hat = sum_i a_i v_i: weights (B, K) or (B, G, K), regions (B, K, D) -> (B, D) or (B, G, D)."""
     if weights.dim() == 2:

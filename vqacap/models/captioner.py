@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vqacap.data.vocab import PAD_ID
-from vqacap.models.attention import AdditiveAttention, attend
+from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.decoding import dropout_rows, teacher_forcing
 
 
@@ -44,6 +44,13 @@ class UpDownState(NamedTuple):
     c1: torch.Tensor
     h2: torch.Tensor  # (B, G, H) language LSTM
     c2: torch.Tensor
+
+
+def check_feature_dim(regions: torch.Tensor, feature_dim: int) -> None:
+    if regions.size(-1) != feature_dim:
+        raise ValueError(
+            f"region features have dimension {regions.size(-1)} but the model expects feature_dim={feature_dim}"
+        )
 
 
 def lstm_cell(
@@ -78,14 +85,8 @@ class UpDownCaptioner(nn.Module):
 
     def start(self, regions: torch.Tensor, mask: torch.Tensor) -> tuple[UpDownContext, UpDownState]:
         """regions (B, K, D), mask (B, K) -> the image context and the zero state (G = 1)."""
-        if regions.size(-1) != self.feature_dim:
-            raise ValueError(
-                f"region features have dimension {regions.size(-1)} but the model expects feature_dim={self.feature_dim}"
-            )
-        weights = mask.unsqueeze(-1).to(regions.dtype)  # (B, K, 1)
-        mean = (regions * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(
-            min=1
-        )  # (B, 1, D)
+        check_feature_dim(regions, self.feature_dim)
+        mean = mean_region(regions, mask)  # (B, 1, D)
         context = UpDownContext(regions, mask, mean, self.attention.project_regions(regions))
         zeros = regions.new_zeros(regions.size(0), 1, self.hidden_dim)  # (B, 1, H)
         return context, UpDownState(zeros, zeros, zeros, zeros)

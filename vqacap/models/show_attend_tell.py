@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from vqacap.data.vocab import PAD_ID
-from vqacap.models.attention import AdditiveAttention, attend
-from vqacap.models.captioner import lstm_cell
+from vqacap.models.attention import AdditiveAttention, attend, mean_region
+from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
 
 
@@ -73,14 +73,8 @@ class ShowAttendTell(nn.Module):
         self, regions: torch.Tensor, mask: torch.Tensor
     ) -> tuple[SoftAttentionContext, SoftAttentionState]:
         """regions (B, K, D), mask (B, K) -> the image context and the initial state (G = 1)."""
-        if regions.size(-1) != self.feature_dim:
-            raise ValueError(
-                f"region features have dimension {regions.size(-1)} but the model expects feature_dim={self.feature_dim}"
-            )
-        weights = mask.unsqueeze(-1).to(regions.dtype)  # (B, K, 1)
-        mean = (regions * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(
-            min=1
-        )  # (B, 1, D)
+        check_feature_dim(regions, self.feature_dim)
+        mean = mean_region(regions, mask)  # (B, 1, D)
         state = SoftAttentionState(
             torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
         )  # (B, 1, H) each
