@@ -2,8 +2,9 @@
 
 - `mode: sample` (Rennie et al. 2017, "Self-critical Sequence Training for Image Captioning"; ruotianluo/
   self-critical.pytorch): `num_samples` captions sampled per image; the baseline is the reward of the greedy caption
-  (`baseline: greedy`, Rennie et al.) or the mean reward of the image's other samples (`baseline: leave_one_out`,
-  Kool et al. 2019's "REINFORCE with a leave-one-out baseline", self-critical.pytorch's `new_self_critical`).
+  (`baseline: greedy`, Rennie et al.) or the mean reward of the image's other samples (`baseline: leave_one_out`:
+  Kool et al. 2019's leave-one-out baseline, Luo 2020's "better variant of SCST", self-critical.pytorch's
+  `new_self_critical`).
 - `mode: beam` (Anderson et al. 2018's own code, peteanderson80/Up-Down-Captioner `scst_net.prototxt` and
   `layers/scst_layers.py` `SCSTLayer`): the `num_samples` (5) captions of a beam search per image, decoded without
   dropout; each weighted by its CIDEr-D minus the mean CIDEr-D of the image's beams; the gradient is that of the
