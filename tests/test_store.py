@@ -178,3 +178,33 @@ def test_store_pickles_without_its_handle(tmp_path):
     clone = pickle.loads(pickle.dumps(store))
     assert clone._file is None
     np.testing.assert_array_equal(clone.read(100)[1], store.read(100)[1])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: f["num_regions"].__setitem__(1, 0), "image 101 (row 1) has num_regions < 1"),
+        (lambda f: f["region_start"].__setitem__(2, 10_000), "image 102 (row 2) has regions outside /features"),
+        (lambda f: f["image_w"].__setitem__(0, 0), "image 100 (row 0) has a non-positive image size"),
+        (lambda f: f["image_h"].resize((2,)), "index datasets differ in length (image_ids 3, image_w 3, image_h 2"),
+    ],
+    ids=["zero_regions", "offset_past_features", "zero_width", "short_index"],
+)  # fmt: skip
+def test_reader_validates_the_index_once_at_open(tmp_path, damage, message):
+    _write(tmp_path / "s.h5", _images(np.random.default_rng(6), [5, 6, 7]))
+    with h5py.File(tmp_path / "s.h5", "a") as f:  # as another tool, or a damaged copy, could leave it
+        damage(f)
+    with pytest.raises(RegionStoreError) as err:
+        RegionStore(tmp_path / "s.h5")
+    assert str(err.value).startswith(f"{tmp_path / 's.h5'}: ")
+    assert message in str(err.value)
+
+
+def test_non_finite_features_never_enter_a_store(tmp_path):
+    features, boxes = np.ones((3, 8)), np.array([[0, 0, 10, 10]] * 3)
+    features[1, 4] = np.nan
+    with RegionStoreWriter(tmp_path / "s.h5", 8) as w:
+        with pytest.raises(RegionStoreError, match="image 7: non-finite values in features or boxes"):
+            w.add(7, features, boxes, 64, 48)
+        w.add(8, np.ones((3, 8)), boxes, 64, 48)
+    assert RegionStore(tmp_path / "s.h5").image_ids.tolist() == [8]
