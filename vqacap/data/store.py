@@ -413,24 +413,26 @@ class RegionStoreWriter:
         }
         ids, widths, heights, features, boxes = zip(*self._pending)
         counts = np.array([len(b) for b in boxes], dtype=np.int64)
-        try:
-            start = d["features"].shape[0]
-            end = start + int(counts.sum())
-            d["features"].resize((end, self.feature_dim))
-            d["features"][start:end] = np.concatenate(features).astype(d["features"].dtype, copy=False)
-            d["boxes"].resize((end, 4))
-            d["boxes"][start:end] = np.concatenate(boxes)
-            starts = start + np.concatenate([[0], np.cumsum(counts)[:-1]])
-            n = d["image_ids"].shape[0]
-            for name, values in zip(_INDEX_FIELDS, (ids, widths, heights, counts, starts)):
-                d[name].resize((n + len(ids),))
-                d[name][n:] = np.asarray(values, dtype=d[name].dtype)
-            f.flush()
-        except (OSError, RuntimeError) as err:  # HDF5 reports a failed flush as RuntimeError
-            self._failed = True
-            raise StoreWriteError(
-                f"{self.partial}: write failed ({_reason(err)}); {self.path} is unchanged"
-            ) from None
+        # Ctrl-C or SIGTERM half-way would leave index datasets of different lengths for `close` to write on top of.
+        with _signals_deferred():
+            try:
+                start = d["features"].shape[0]
+                end = start + int(counts.sum())
+                d["features"].resize((end, self.feature_dim))
+                d["features"][start:end] = np.concatenate(features).astype(d["features"].dtype, copy=False)
+                d["boxes"].resize((end, 4))
+                d["boxes"][start:end] = np.concatenate(boxes)
+                starts = start + np.concatenate([[0], np.cumsum(counts)[:-1]])
+                n = d["image_ids"].shape[0]
+                for name, values in zip(_INDEX_FIELDS, (ids, widths, heights, counts, starts)):
+                    d[name].resize((n + len(ids),))
+                    d[name][n:] = np.asarray(values, dtype=d[name].dtype)
+                f.flush()
+            except (OSError, RuntimeError) as err:  # HDF5 reports a failed flush as RuntimeError
+                self._failed = True
+                raise StoreWriteError(
+                    f"{self.partial}: write failed ({_reason(err)}); {self.path} is unchanged"
+                ) from None
         self._pending = []
         self._pending_regions = 0
 
@@ -570,7 +572,7 @@ def _keep_metadata_in_memory(f: h5py.File) -> None:
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Block SIGINT/SIGTERM while a commit runs: the rename must happen whole or not at all."""
+    """Block SIGINT/SIGTERM while a write or the commit runs; they take effect, whole, right after."""
     signals = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
