@@ -17,10 +17,12 @@ Sources (one per run; fixed 36 boxes and adaptive 10-100 boxes alike):
                      MILVLG/airsplay style (`x`, `bbox`, `num_bbox`, `image_w`, `image_h`; `x` may be stored (D, k)).
 
 Every source yields `Row`s whose arrays are decoded lazily, so images already in the store are skipped without decoding:
-rerunning after an interruption resumes where it stopped (the writer drops a half-written tail). A row that fails to
-decode or validate (bad base64, truncated line, num_boxes disagreeing with the arrays, boxes outside the image, a
-duplicate id) is reported with its image id and file/line, and the run goes on. The exit status is non-zero only when
-the store ends up holding none of the input's images.
+rerunning after an interruption resumes where it stopped. Ctrl-C and SIGTERM keep what is converted; a SIGKILL or a
+full disk leaves the previous store untouched and the flushed images in `<out>.partial`, which the rerun resumes (see
+`RegionStoreWriter`). A row that fails to decode or validate (bad base64, a truncated line or npz, num_boxes
+disagreeing with the arrays, sizes that are not whole pixel counts, ids beyond int64, boxes outside the image,
+non-finite features, a duplicate id) is reported with its image id and file/line, and the run goes on. The exit status
+is 1 when the store ends up holding none of the input's images, 2 on an error that stops the run, 130 when interrupted.
 """
 
 from __future__ import annotations
