@@ -2,21 +2,13 @@
 
 import torch
 
+from tests.test_decoding import padded_regions
 from vqacap.models.attention import AdditiveAttention
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import expand_state
 from vqacap.models.show_attend_tell import ShowAttendTell
 
 V, D, E, H, A = 30, 12, 8, 16, 10
-
-
-def _regions(b=3, k=7):
-    torch.manual_seed(1)
-    regions = torch.randn(b, k, D)
-    mask = torch.ones(b, k, dtype=torch.bool)
-    mask[1, 4:] = False
-    mask[2, 2:] = False
-    return regions, mask
 
 
 def _lstm(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh):
@@ -41,7 +33,7 @@ def test_updown_step_is_equations_2_to_7():
     torch.manual_seed(0)
     model = UpDownCaptioner(V, D, embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0)
     assert model.attention_lstm.input_size == H + D + E and model.language_lstm.input_size == D + H
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     context, state = model.start(regions, mask)
     state = type(state)(*(torch.randn_like(t) for t in state))  # a state in the middle of a caption
     words = torch.tensor([[5], [6], [7]])
@@ -74,7 +66,7 @@ def test_updown_step_is_equations_2_to_7():
 def test_show_attend_tell_step_is_its_equations():
     torch.manual_seed(0)
     model = ShowAttendTell(V, D, embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0)
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     context, start = model.start(regions, mask)
     state = expand_state(start, 1)
     words = torch.tensor([[5], [6], [7]])
@@ -99,7 +91,7 @@ def test_show_attend_tell_step_is_its_equations():
 def test_grouped_attention_equals_per_hypothesis_attention():
     torch.manual_seed(2)
     attention = AdditiveAttention(D, H, A)
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     queries = torch.randn(3, 4, H)
     grouped = attention(attention.project_regions(regions), queries, mask)
     for g in range(4):

@@ -31,9 +31,10 @@ def model(request) -> Captioner:
     ).eval()
 
 
-def _regions(b=3, k=7):
+def padded_regions(b: int = 3, k: int = 7, d: int = D) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random regions (b, k, d) and a mask (b, k): image 0 has all k regions, image 1 four, image 2 two."""
     torch.manual_seed(1)
-    regions = torch.randn(b, k, D)
+    regions = torch.randn(b, k, d)
     mask = torch.ones(b, k, dtype=torch.bool)
     mask[1, 4:] = False
     mask[2, 2:] = False
@@ -41,7 +42,7 @@ def _regions(b=3, k=7):
 
 
 def test_captioners_implement_the_protocol(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     context, state = model.start(regions, mask)
     assert all(t.shape[:2] == (3, 1) for t in state)
     state = expand_state(state, 4)
@@ -53,7 +54,7 @@ def test_captioners_implement_the_protocol(model):
 
 
 def test_select_state_reorders_hypotheses_per_image(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     _, state = model.start(regions, mask)
     state = tuple(torch.randn(3, 4, t.size(-1)) for t in state)
     index = torch.tensor([[3, 3, 0, 1], [0, 1, 2, 3], [2, 0, 0, 0]])
@@ -63,7 +64,7 @@ def test_select_state_reorders_hypotheses_per_image(model):
 
 
 def test_teacher_forcing_matches_step_by_step_decoding(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     tokens = torch.randint(4, V, (3, 6))
     logits, attention = model(regions, mask, tokens)
     assert logits.shape == (3, 5, V) and attention.shape == (3, 5, 7)
@@ -75,7 +76,7 @@ def test_teacher_forcing_matches_step_by_step_decoding(model):
 
 
 def test_padding_content_does_not_change_the_output(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     tokens = torch.randint(4, V, (3, 2, 6))
     noisy = regions.clone()
     noisy[~mask] = 1e3
@@ -83,7 +84,7 @@ def test_padding_content_does_not_change_the_output(model):
 
 
 def test_beam_one_equals_greedy(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     opts = DecodingOptions(beam_size=1, max_length=8)
     greedy = sample(model, regions, mask, opts, greedy=True)
     beam = beam_search(model, regions, mask, opts)
@@ -94,7 +95,7 @@ def test_beam_one_equals_greedy(model):
 
 
 def test_beam_search_is_batched_consistently_and_sorted(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     opts = DecodingOptions(beam_size=4, max_length=8)
     together = beam_search(model, regions, mask, opts)
     assert together.tokens.shape[:2] == (3, 4)
@@ -109,7 +110,7 @@ def test_beam_search_is_batched_consistently_and_sorted(model):
 
 def test_beam_scores_are_the_summed_log_probabilities_of_the_tokens(model):
     """Re-scoring each beam by teacher forcing gives its score: the beams' bookkeeping follows the right states."""
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     beams = beam_search(model, regions, mask, DecodingOptions(beam_size=3, max_length=6))
     bos = torch.full((*beams.tokens.shape[:2], 1), 1)
     logits, _ = model(regions, mask, torch.cat([bos, beams.tokens], -1))  # (B, G, T, V)
@@ -119,7 +120,7 @@ def test_beam_scores_are_the_summed_log_probabilities_of_the_tokens(model):
 
 
 def test_decoded_sequences_end_with_eos_then_padding(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     out = decode(model, regions, mask, DecodingOptions(beam_size=3, max_length=5)).tokens[:, 0]
     assert out.size(1) <= 6
     for row in out.tolist():
@@ -129,7 +130,7 @@ def test_decoded_sequences_end_with_eos_then_padding(model):
 
 
 def test_decoding_options_constrain_the_output(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     with torch.no_grad():
         model.output.bias[EOS_ID] = 50.0  # the model wants to stop at once
         model.output.bias[UNK_ID] = 40.0
@@ -148,7 +149,7 @@ def test_decoding_options_constrain_the_output(model):
 
 
 def test_sampling_keeps_gradients_and_respects_temperature(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     model.train()
     out = sample(model, regions, mask, DecodingOptions(max_length=6), num_samples=5, greedy=False)
     assert out.tokens.shape[:2] == (3, 5) and out.log_probs.requires_grad
@@ -166,7 +167,7 @@ def test_sampling_keeps_gradients_and_respects_temperature(model):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_greedy_baseline_in_the_sampling_pass_equals_separate_passes(model, temperature):
     """sample_with_greedy: the samples of sample(greedy=False) from the same random state, and eval-mode greedy."""
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     model.dropout.p = 0.3  # dropout on: the samples get it, the greedy row must not
     opts = DecodingOptions(max_length=6, temperature=temperature)
     model.train()
@@ -194,7 +195,7 @@ def test_greedy_baseline_in_the_sampling_pass_equals_separate_passes(model, temp
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_decoding_on_a_gpu_stops_after_every_eos_without_changing_the_result(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     opts = DecodingOptions(beam_size=3, max_length=12)
     with torch.no_grad():
         cpu = decode(model, regions, mask, opts)
@@ -206,7 +207,7 @@ def test_decoding_on_a_gpu_stops_after_every_eos_without_changing_the_result(mod
 
 
 def test_decoding_stops_once_every_hypothesis_has_ended(model):
-    regions, mask = _regions()
+    regions, mask = padded_regions()
     with torch.no_grad():
         model.output.bias[EOS_ID] = 1e4  # <eos> first, everywhere
         out = decode(model, regions, mask, DecodingOptions(beam_size=1, max_length=12))

@@ -6,6 +6,7 @@ The fast forms (vqacap.models.fast) regroup the products; only float rounding ma
 import pytest
 import torch
 
+from tests.test_decoding import padded_regions
 from vqacap.models import fast
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import DecodingOptions, beam_search, sample, sample_with_greedy
@@ -31,12 +32,8 @@ def captioners():
                  hidden_dim=H, attention_dim=A, dropout=0.3)  # fmt: skip
 
 
-def _regions(b=3, k=7):
-    torch.manual_seed(1)
-    regions = torch.randn(b, k, D)
-    mask = torch.ones(b, k, dtype=torch.bool)
-    mask[1, 4:] = False
-    mask[2, 2:] = False
+def _regions(b=3):
+    regions, mask = padded_regions(b)
     regions[~mask] = 1e3  # padded slots hold garbage: neither form may read it
     return regions, mask
 
