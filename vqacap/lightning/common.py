@@ -56,9 +56,9 @@ def fused_default(optimizer: Callable, params: list[torch.Tensor]) -> dict:
     the choice open.
 
     A fused step (torch.optim.Adam, AdamW, SGD, Adagrad) updates each parameter in one vectorised pass instead of one
-    pass per arithmetic operation: the same update rule, several times faster on the CPU (README, Performance). On a GPU PyTorch's default (foreach) is kept: Lightning refuses gradient
-    clipping with a fused optimiser under mixed precision, which the GPU recipes use, and the caller skips this under
-    mixed precision on the CPU too. `fused` or `foreach` set in the config (or on the command line,
+    pass per arithmetic operation: the same update rule, several times faster on the CPU (README, Performance). On a
+    GPU PyTorch's default (foreach) is kept: Lightning refuses gradient clipping with a fused optimiser under mixed
+    precision, which the GPU recipes use, and the caller skips this under mixed precision on the CPU too. `fused` or `foreach` set in the config (or on the command line,
     `+model.optimizer.fused=false`) is kept as given.
     """
     func = getattr(optimizer, "func", optimizer)
