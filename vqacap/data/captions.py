@@ -6,9 +6,11 @@ One DataModule serves Shapes and real datasets (COCO Karpathy, Flickr): a data f
     <data_dir>/captions_<split>.json      COCO caption annotations {"images": [...], "annotations": [{"image_id", "caption"}]}
     <data_dir>/caption_vocab.json         vocabulary built from the training captions (written on first use if absent)
 
-Training items are (image, caption) pairs, one per caption as in Anderson et al.; evaluation items are images, and the
-references come from the annotation file. Regions of a batch are read with one batched store read in `collate`, which runs
-in the DataLoader workers.
+Training items are images, each batch carrying `captions_per_image` of every image's captions (the captions of
+Anderson et al.'s (image, caption) pairs, with the region work done once per image); evaluation items are images, with
+their scene objects for grounding when the data has scenes. The references of every split go to the model once
+(`model_kwargs`). Regions of a batch are read with one batched store read in `collate`, which runs in the DataLoader
+workers. The loaders, the store and the resumable training order are `RegionDataModule`'s (vqacap.data.base).
 """
 
 from __future__ import annotations

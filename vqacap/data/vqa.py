@@ -9,11 +9,12 @@ One DataModule serves Shapes and VQA v2; a data folder holds
     <data_dir>/answer_vocab.json                 candidate answers and type names (written on first use if absent)
 
 Questions are tokenized with the shared tokenizer and truncated to `max_length` (14) words. The candidate answers are the
-official normalisation (`process_answer`, vqacap.data.answers) of the training `multiple_choice_answer`s seen in at least `min_answer_count`
-(9) questions, most frequent first. Every annotated question gets its soft target, the official accuracy of every
-candidate (`soft_scores`), and the candidate indices of its human answers, so the validation metric is the official
-accuracy; a question whose answers are all outside the candidates has an all-zero target. Region reads happen in
-`collate`, one batched store read per batch, in the DataLoader workers.
+official normalisation (`process_answer`, vqacap.data.answers) of the training `multiple_choice_answer`s seen in at
+least `min_answer_count` (9) questions, most frequent first. Every annotated question gets its soft target, the official
+accuracy of every candidate (`soft_scores`), and the candidate indices of its human answers, so the validation metric is
+the official accuracy; a question whose answers are all outside the candidates has an all-zero target. Questions about
+one object (Shapes `target_box`) carry that box, for grounding accuracy. Region reads happen in `collate`, one batched
+store read per batch, in the DataLoader workers; loaders, store and training order are `RegionDataModule`'s.
 """
 
 from __future__ import annotations
