@@ -8,11 +8,13 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import TINY_CAPTIONER
-from vqacap.callbacks import NonFiniteError
+from vqacap.callbacks import NonFiniteError, StopOnNonFinite
 from vqacap.train import run
 
 
@@ -62,3 +64,34 @@ def test_nan_features_stop_the_run_at_the_first_step(make_cfg, tmp_path, data_ro
         "(diverged: lower model.optimizer.lr, or look for NaN/Inf in the region features)"
     )
     assert _checkpoints_are_finite(tmp_path / "run") == []
+
+
+class SqrtAtZero(pl.LightningModule):
+    """Loss sqrt(w * x) at x = 0: the loss is 0, finite, and its gradient 0 * inf = NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        return torch.sqrt(self.w * batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+
+
+def test_a_non_finite_gradient_stops_the_run_before_the_optimiser_step():
+    module = SqrtAtZero()
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[StopOnNonFinite()], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    with pytest.raises(NonFiniteError) as err:
+        trainer.fit(module)
+    assert str(err.value).startswith(
+        "training stopped at step 0 (epoch 0): non-finite gradient of w (diverged: "
+    )
+    assert module.w.item() == 1.0  # the NaN step was never taken
