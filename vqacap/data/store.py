@@ -12,6 +12,11 @@ Layout (HDF5, version 1). N images, R regions in total over all images, D featur
                                       region_start[n] : region_start[n] + num_regions[n]
     /boxes            (R, 4) float32  region boxes in pixels, (x1, y1, x2, y2)
 
+Optional per-region datasets (readers that do not need them ignore them), listed in the root attribute `region_fields`:
+
+    /<field>          (R,)   any numeric dtype, e.g. a detector's object_labels (int32) and object_scores (float32)
+    /<field>_names    (L,)   str      optional: the names of the label values of <field> (e.g. the detector's classes)
+
 Fixed K (e.g. 36 boxes per image) and variable K (e.g. 10-100, "adaptive") are the same layout; regions of one image are
 contiguous, so one image is one slice read. Any tool can write the layout with h5py; `RegionStoreWriter` does it
 incrementally (resizable chunked datasets), so conversions stream and can be resumed.
@@ -24,6 +29,7 @@ index (ids, counts, offsets, sizes) is held in memory; features are read on dema
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +85,7 @@ class RegionStore:
                 self.image_h = f["image_h"][:]
                 self.num_regions = f["num_regions"][:]
                 self.region_start = f["region_start"][:]
+                self.region_fields = tuple(str(n) for n in f.attrs.get("region_fields", ()))
         except OSError as err:
             raise RegionStoreError(f"{self.path}: cannot read HDF5 file ({err})") from None
         self._row = {int(i): n for n, i in enumerate(self.image_ids)}
@@ -127,6 +134,26 @@ class RegionStore:
         start, k = int(self.region_start[n]), int(self.num_regions[n])
         self._handle()
         return self._features[start : start + k], self._boxes[start : start + k]
+
+    def read_field(self, image_id: int, field: str) -> np.ndarray:
+        """An optional per-region dataset (see the module docstring) of one image, (k,)."""
+        if field not in self.region_fields:
+            raise RegionStoreError(
+                f"{self.path}: no region field {field!r} (fields: {list(self.region_fields)})"
+            )
+        n = self.row(image_id)
+        start, k = int(self.region_start[n]), int(self.num_regions[n])
+        return self._handle()[field][start : start + k]
+
+    def field_names(self, field: str) -> list[str]:
+        """The names of the label values of a region field (e.g. class names), [] when the store has none."""
+        with h5py.File(self.path, "r") as f:
+            names = f.get(f"{field}_names")
+            return (
+                [n.decode() if isinstance(n, bytes) else str(n) for n in names[:]]
+                if names is not None
+                else []
+            )
 
     def read_batch(self, image_ids: list[int] | np.ndarray, pad_to: int | None = None) -> Regions:
         """Read several images into one padded float32 batch.
@@ -202,18 +229,24 @@ class RegionStoreWriter:
         dtype: str = "float16",
         chunk_regions: int = 256,
         buffer_regions: int = 0,
+        region_fields: Mapping[str, str] | None = None,
+        field_names: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """`buffer_regions` > 0 queues validated images in memory and writes them with one HDF5 call per dataset once
         that many regions are queued (and on `flush`/`close`): converting 100k images then costs a few thousand writes
-        instead of seven per image. 0 writes every image as it is added."""
+        instead of seven per image. 0 writes every image as it is added.
+
+        `region_fields` (name -> numpy dtype) adds optional per-region datasets, which every `add` then provides;
+        `field_names` the names of their label values. A resumed store must have been created with the same fields."""
         self.path = Path(path)
         self.buffer_regions = int(buffer_regions)
-        self._pending: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[int, int, int, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
         self._pending_regions = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if dtype not in ("float16", "float32"):
             raise RegionStoreError(f"{self.path}: dtype must be float16 or float32, got {dtype}")
         self.feature_dim = int(feature_dim)
+        self.region_fields = dict(region_fields or {})
         exists = self.path.exists()
         try:
             self._f = h5py.File(self.path, "a")
@@ -224,6 +257,11 @@ class RegionStoreWriter:
             if int(f["features"].shape[1]) != self.feature_dim:
                 raise RegionStoreError(
                     f"{self.path}: existing store has feature_dim {f['features'].shape[1]}, not {self.feature_dim}"
+                )
+            existing = [str(n) for n in f.attrs.get("region_fields", ())]
+            if sorted(existing) != sorted(self.region_fields):
+                raise RegionStoreError(
+                    f"{self.path}: existing store has region fields {existing}, not {sorted(self.region_fields)}"
                 )
             self._repair()
         else:
@@ -240,6 +278,12 @@ class RegionStoreWriter:
             f.create_dataset("boxes", (0, 4), maxshape=(None, 4), dtype="float32", chunks=(chunk_regions, 4))
             for name, dt in zip(_INDEX_FIELDS, ("int64", "int32", "int32", "int32", "int64")):
                 f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+            for name, dt in self.region_fields.items():
+                f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(chunk_regions,))
+            for name, names in (field_names or {}).items():
+                f.create_dataset(f"{name}_names", data=list(names), dtype=h5py.string_dtype())
+            if self.region_fields:
+                f.attrs["region_fields"] = sorted(self.region_fields)
         self._ids = set(int(i) for i in f["image_ids"][:])
 
     def _repair(self) -> None:
@@ -251,6 +295,8 @@ class RegionStoreWriter:
         end = int(f["region_start"][n - 1] + f["num_regions"][n - 1]) if n else 0
         f["features"].resize((end, self.feature_dim))
         f["boxes"].resize((end, 4))
+        for name in self.region_fields:
+            f[name].resize((end,))
 
     def __contains__(self, image_id: int) -> bool:
         return int(image_id) in self._ids
@@ -258,7 +304,15 @@ class RegionStoreWriter:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, image_id: int, features: np.ndarray, boxes: np.ndarray, image_w: int, image_h: int) -> None:
+    def add(
+        self,
+        image_id: int,
+        features: np.ndarray,
+        boxes: np.ndarray,
+        image_w: int,
+        image_h: int,
+        fields: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         image_id = int(image_id)
         where = f"{self.path}: image {image_id}"
         if image_id in self._ids:
@@ -287,9 +341,20 @@ class RegionStoreWriter:
             raise RegionStoreError(
                 f"{where}: box {i} {boxes[i].tolist()} lies outside the {image_w}x{image_h} image or is inverted"
             )
+        fields = {name: np.asarray(values) for name, values in (fields or {}).items()}
+        if sorted(fields) != sorted(self.region_fields):
+            raise RegionStoreError(
+                f"{where}: region fields {sorted(fields)}, expected {sorted(self.region_fields)}"
+            )
+        for name, values in fields.items():
+            if values.shape != (k,):
+                raise RegionStoreError(
+                    f"{where}: region field {name} has shape {values.shape}, expected ({k},)"
+                )
         if self.buffer_regions:  # the caller may reuse its arrays before the queue is written
             features, boxes = features.copy(), boxes.copy()
-        self._pending.append((image_id, int(image_w), int(image_h), features, boxes))
+            fields = {name: values.copy() for name, values in fields.items()}
+        self._pending.append((image_id, int(image_w), int(image_h), features, boxes, fields))
         self._pending_regions += k
         self._ids.add(image_id)
         if self._pending_regions >= self.buffer_regions:
@@ -300,7 +365,7 @@ class RegionStoreWriter:
         if not self._pending:
             return
         f = self._f
-        ids, widths, heights, features, boxes = zip(*self._pending)
+        ids, widths, heights, features, boxes, fields = zip(*self._pending)
         counts = np.array([len(b) for b in boxes], dtype=np.int64)
         start = f["features"].shape[0]
         end = start + int(counts.sum())
@@ -308,6 +373,9 @@ class RegionStoreWriter:
         f["features"][start:end] = np.concatenate(features).astype(f["features"].dtype, copy=False)
         f["boxes"].resize((end, 4))
         f["boxes"][start:end] = np.concatenate(boxes)
+        for name in self.region_fields:
+            f[name].resize((end,))
+            f[name][start:end] = np.concatenate([fs[name] for fs in fields]).astype(f[name].dtype, copy=False)
         starts = start + np.concatenate([[0], np.cumsum(counts)[:-1]])
         n = f["image_ids"].shape[0]
         for name, values in zip(_INDEX_FIELDS, (ids, widths, heights, counts, starts)):
