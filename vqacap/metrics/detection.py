@@ -22,10 +22,10 @@ Matching only looks at the detections of one image, in score order, so it is don
 (score, true positive) pairs are kept; sorting them per class in `compute` gives the same AP as the reference's global
 sort (detections with exactly equal scores may be ordered differently: the reference's sort is not stable).
 
-Quirks of the reference not reproduced (the first one on request): vg.py writes the detections to the VOC results file 1-based
-(x + 1) while its Visual Genome ground truth stays 0-based, which shifts every detection by one pixel against the ground
-truth (`one_based_detections=True` reproduces it); its results file rounds scores to 3 decimals, and its ground-truth
-boxes are held as integers (uint16), where the prepared annotations keep float pixels.
+Quirks of the reference not reproduced (the first on request): vg.py writes the detections to the VOC results file
+1-based (x + 1) while its Visual Genome ground truth stays 0-based, which shifts every detection by one pixel against
+the ground truth (`one_based_detections=True` reproduces it); its results file rounds scores to 3 decimals; its
+ground-truth boxes are held as integers (uint16), where the prepared annotations keep float pixels.
 
 Not here: the detector (vqacap.models.detector) and reading the annotations (vqacap.data.detection).
 """
