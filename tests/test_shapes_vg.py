@@ -222,3 +222,17 @@ def test_folders_written_before_the_marker_existed_are_still_the_generators(plai
     (old / "detection" / MARKER).write_text("Shapes generator\n")  # another writer's folder
     with pytest.raises(PrepareError, match="written by vqacap's Shapes generator, not by its prepare vg"):
         prepare_detection(old)
+
+
+@pytest.mark.parametrize("data", ["shapes_cluttered_captions", "shapes_cluttered_vqa"])
+def test_cluttered_shapes_trains_the_captioner_and_the_vqa_model(make_cfg, data):
+    from tests.conftest import TINY_CAPTIONER
+    from vqacap.train import run
+
+    experiment = (
+        ["experiment=caption_shapes", *TINY_CAPTIONER] if "captions" in data else ["experiment=vqa_shapes"]
+    )
+    cfg = make_cfg(*experiment, f"data={data}", "debug=fdr")
+    assert cfg.data.data_dir.endswith("shapes_cluttered") and cfg.data.generator.style == "cluttered"
+    metrics = run(cfg)
+    assert metrics and all(np.isfinite(v) for v in metrics.values())
