@@ -307,7 +307,7 @@ def clean_box(x: float, y: float, w: float, h: float, width: int, height: int) -
 def clean_image(
     image_id: int,
     objects: list,
-    attributes: dict[int, list[str]],
+    attributes: dict[int, tuple[int, ...]],
     width: int,
     height: int,
     classes: LabelVocabulary,
@@ -315,7 +315,8 @@ def clean_image(
     source: Path,
     skips: Skips,
 ) -> list[dict]:
-    """The image's in-vocabulary objects with clipped boxes and their attribute classes (<= 16, each once)."""
+    """The image's in-vocabulary objects with clipped boxes and their attribute classes (<= 16, each once).
+    `attributes`: object id -> its attribute classes from attributes.json (`attribute_classes`)."""
     cleaned = []
     for obj in objects:
         object_id, name, box, own_attributes = _object_fields(obj, image_id, source)
@@ -326,14 +327,14 @@ def clean_image(
         if clipped is None:
             skips.add("boxes outside the image", f"image {image_id} object {object_id}")
             continue
+        # setup_vg.py's order: the adjectives split off the name, then the object's attributes.
         found: list[int] = []
-        texts = [
-            *adjectives,
-            *(a for raw in (*own_attributes, *attributes.get(object_id, ())) for a in _split(raw)),
-        ]
-        for text in texts:
-            index = attribute_vocab.index.get(text)
-            if index is not None and index not in found:
+        for index in (
+            *attribute_classes(adjectives, attribute_vocab),  # single words: cleaning leaves them as they are
+            *attribute_classes(own_attributes, attribute_vocab),
+            *attributes.get(object_id, ()),
+        ):
+            if index not in found:
                 found.append(index)
         cleaned.append(
             {"box": clipped, "class": classes.index[class_name], "attributes": found[:MAX_ATTRIBUTES]}
@@ -341,8 +342,15 @@ def clean_image(
     return cleaned
 
 
-def _split(raw) -> list[str]:
-    return clean_attribute(raw) if isinstance(raw, str) else []
+def attribute_classes(raw: list, attribute_vocab: LabelVocabulary) -> tuple[int, ...]:
+    """The attribute classes of an object's attribute strings, cleaned, in order, each once."""
+    found: list[int] = []
+    for text in raw:
+        for part in clean_attribute(text) if isinstance(text, str) else ():
+            index = attribute_vocab.index.get(part)
+            if index is not None and index not in found:
+                found.append(index)
+    return tuple(found)
 
 
 def _object_fields(obj, image_id: int, source: Path) -> tuple[object, str, tuple[float, ...], list]:
@@ -362,17 +370,19 @@ def _object_fields(obj, image_id: int, source: Path) -> tuple[object, str, tuple
     return object_id, names[0], box, own if isinstance(own, list) else []
 
 
-def load_attributes(path: Path) -> dict[int, dict[int, list[str]]]:
-    """image id -> object id -> its raw attribute strings, from attributes.json (objects without any are left out)."""
-    by_image: dict[int, dict[int, list[str]]] = {}
+def load_attributes(path: Path, attribute_vocab: LabelVocabulary) -> dict[int, dict[int, tuple[int, ...]]]:
+    """image id -> object id -> its attribute classes, from attributes.json. Only objects with an in-vocabulary
+    attribute are kept, as class indices: this is what stays in memory while the objects are streamed."""
+    by_image: dict[int, dict[int, tuple[int, ...]]] = {}
     for image_id, objects in iter_images(path, "attributes", "--attributes"):
         per_object = by_image.setdefault(image_id, {})
         for obj in objects:
             if isinstance(obj, dict) and isinstance(obj.get("attributes"), list):
-                object_id = obj.get("object_id", obj.get("id"))
-                per_object.setdefault(object_id, []).extend(
-                    a for a in obj["attributes"] if isinstance(a, str)
-                )
+                found = attribute_classes(obj["attributes"], attribute_vocab)
+                if found:
+                    object_id = obj.get("object_id", obj.get("id"))
+                    earlier = per_object.get(object_id, ())
+                    per_object[object_id] = earlier + tuple(i for i in found if i not in earlier)
     return by_image
 
 
@@ -478,7 +488,7 @@ def prepare_vg(
     done.unlink(missing_ok=True)  # from here on the folder is incomplete until COMPLETE.json is written again
 
     urls = load_image_data(inputs["image_data"])
-    raw_attributes = load_attributes(inputs["attributes"]) if "attributes" in inputs else {}
+    attributes_of = load_attributes(inputs["attributes"], attribute_vocab) if "attributes" in inputs else {}
     finder, skips = ImageFinder(images), Skips()
     records = out / "images.jsonl.tmp"  # one cleaned image per line; split only once every id is known
     kept: list[int] = []
@@ -500,7 +510,7 @@ def prepare_vg(
             cleaned = clean_image(
                 image_id,
                 objects_of_image,
-                raw_attributes.pop(image_id, {}),
+                attributes_of.pop(image_id, {}),
                 *size,
                 classes,
                 attribute_vocab,
@@ -521,7 +531,7 @@ def prepare_vg(
             kept.append(image_id)
             counts["objects"] += len(cleaned)
             counts["objects_without_attributes"] += sum(not o["attributes"] for o in cleaned)
-    del raw_attributes
+    del attributes_of
     split_of = assign_splits(kept, split_files, val_fraction, test_fraction, skips)
     split_names = list(split_files) or list(DEFAULT_SPLITS)
     header = {
