@@ -338,21 +338,18 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[float], fill) -
 
 
 CLUTTERED_SHAPES = (*SHAPES, "star", "hexagon", "cross")
-CLUTTERED_SIZES = {
-    "small": (6.0, 10.0),
-    "medium": (10.0, 14.0),
-    "large": (14.0, 19.0),
-}  # radius bands, continuous
+# Radius bands of the size attribute; a radius is drawn uniformly from 6 to 19 pixels, so sizes are continuous.
+CLUTTERED_SIZES = {"small": (6.0, 10.0), "medium": (10.0, 14.0), "large": (14.0, 19.0)}
 PATTERNS = ("solid", "striped", "dotted")
 MIN_VISIBLE = 0.5  # every object keeps at least this share of its pixels in view
 
 
 @dataclass
 class ClutteredScene(Scene):
-    masks: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # per object: x0, y0, bool crop
-    distractors: list[dict] = field(
-        default_factory=list
-    )  # {"points": polygon, "rgb": colour, "box": x1 y1 x2 y2}
+    # Per object: the top-left corner (x0, y0) of a crop around it and the crop's bool mask of its pixels.
+    masks: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    # Blobs that are no object: {"points": polygon, "rgb": colour, "box": [x1, y1, x2, y2]}.
+    distractors: list[dict] = field(default_factory=list)
 
 
 class ClutteredShapesGenerator(ShapesGenerator):
@@ -365,9 +362,6 @@ class ClutteredShapesGenerator(ShapesGenerator):
     # JPEG, as Visual Genome's photos: PNG spends ~10 ms per noisy image choosing its row filters.
     image_format = ("jpg", {"quality": 90})
 
-    def embedding_names(self) -> tuple[str, ...]:
-        return (*super().embedding_names(), *PATTERNS, "distractor")
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         yy, xx = np.mgrid[0 : self.image_size, 0 : self.image_size]
@@ -377,6 +371,9 @@ class ClutteredShapesGenerator(ShapesGenerator):
             "striped": ((xx + yy) // 3) % 2 == 1,
             "dotted": (xx % 5 < 2) & (yy % 5 < 2),
         }
+
+    def embedding_names(self) -> tuple[str, ...]:
+        return (*super().embedding_names(), *PATTERNS, "distractor")
 
     def _shape_crop(self, shape: str, box: list[float]) -> tuple[int, int, np.ndarray]:
         """The shape's pixels: the top-left corner (x0, y0) of a crop around it and the crop's bool mask."""

@@ -465,6 +465,10 @@ def prepare_vg(
             raise PrepareError(f"{path}: file not found")
     if not images.is_dir():
         raise PrepareError(f"{images}: image folder not found")
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
+        raise PrepareError(
+            f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no training images"
+        )
     settings = {
         "splits": {name: _stamp(path) for name, path in split_files.items()},
         "val_fraction": val_fraction,
