@@ -19,7 +19,9 @@ from vqacap.data.detection import load_detection_split
 from vqacap.prepare.common import PrepareError
 from vqacap.prepare.vg import (
     LabelVocabulary,
+    Skips,
     clean_attribute,
+    clean_image,
     clean_object_name,
     clean_string,
     iter_json_list,
@@ -193,6 +195,27 @@ def test_attributes_split_on_and_except_black_and_white():
     assert clean_attribute("black and white") == ["black and white"]
     assert clean_attribute("black and white and red") == ["black", "white", "red"]
     assert clean_attribute("sand") == ["sand"]
+
+
+def test_an_objects_attributes_come_adjectives_first_each_class_once(tmp_path):
+    (tmp_path / "o.txt").write_text("plate")
+    (tmp_path / "a.txt").write_text("\n".join(ATTRIBUTES))
+    classes = LabelVocabulary.load(tmp_path / "o.txt", "__background__")
+    attributes = LabelVocabulary.load(tmp_path / "a.txt", "__no_attribute__")
+    obj = {
+        "object_id": 7,
+        "x": 1,
+        "y": 2,
+        "w": 3,
+        "h": 4,
+        "names": ["White grey white plate"],
+        "attributes": ["Gray"],
+    }
+    cleaned = clean_image(1, [obj], {7: (ATTRIBUTE_INDEX["red"], ATTRIBUTE_INDEX["white"])}, 10, 10, classes,
+                          attributes, tmp_path / "objects.json", Skips())  # fmt: skip
+    assert cleaned == [
+        {"box": [1.0, 2.0, 4.0, 6.0], "class": 1, "attributes": attribute_ids("white", "gray", "red")}
+    ]
 
 
 def test_vocabulary_lines_map_synonyms_to_the_first_alias(tmp_path):
