@@ -1,7 +1,7 @@
 """The `vqacap` command: data preparation and feature extraction.
 
-    vqacap prepare features|coco-captions|vqa2 ...
-    vqacap extract --images DIR --weights CKPT --out STORE ...
+    vqacap prepare features|coco-captions|vqa2|vg ...
+    vqacap extract --images DIR [DIR ...] --detector CKPT | --weights CKPT --out STORE ...
 
 Training is `vqacap-train`; offline scoring is `python -m vqacap.evaluate`. To add a subcommand, add one line to
 `COMMANDS` naming a module with `add_arguments(parser)` and `run(args) -> int` (the exit status). Only the module of the
@@ -17,7 +17,7 @@ import sys
 # Subcommand -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line).
 COMMANDS = {
     "prepare": ("vqacap.prepare", "turn public downloads into the files training reads"),
-    "extract": ("vqacap.extract", "extract region features from images with a local Faster R-CNN checkpoint"),
+    "extract": ("vqacap.extract", "extract region features with the bottom-up detector or a Faster R-CNN"),
     "visualize": ("vqacap.visualize", "draw attention maps of a trained captioner or VQA model (PNG files)"),
 }
 

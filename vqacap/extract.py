@@ -1,6 +1,22 @@
-"""`vqacap extract`: bottom-up region features from images with a local torchvision Faster R-CNN checkpoint.
+"""`vqacap extract`: bottom-up region features from images, with the bottom-up detector trained here (`--detector`) or
+with a local torchvision Faster R-CNN checkpoint (`--weights`).
 
-A stand-in for the Visual Genome ResNet-101 detector of Anderson et al. (whose Caffe weights are not usable here):
+With `--detector CKPT` (a checkpoint of vqacap.lightning.detector), regions are chosen as bottom-up-attention's
+`tools/generate_tsv.py` chooses them:
+
+1. The regions are the RPN proposals (not the regressed boxes), with their pool5 features.
+2. For every class, NMS at IoU 0.3 over the proposals scored by that class's probability; each proposal keeps the
+   highest class score it survives with (0 if it survives none).
+3. Proposals scoring >= --conf-thresh (0.2) are kept, in proposal order; if fewer than --min-boxes, the --min-boxes best
+   instead, if more than --max-boxes, the --max-boxes best: 10-100 regions ("adaptive", the default) or `--fixed 36`.
+4. Each kept region also stores the detector's predicted object (the most probable class) and attribute (the most
+   probable attribute other than "no attribute") with their probabilities, as the optional region fields object_labels,
+   object_scores, attribute_labels, attribute_scores, and the class and attribute names (see vqacap.data.store).
+
+`--grid N` stores instead the N x N cells of the same detector's res5 map of the whole image, the grid features that
+bottom-up regions are contrasted with. Images are batched (--batch-size per forward pass).
+
+With `--weights`, a stand-in for the Visual Genome ResNet-101 detector of Anderson et al. (whose Caffe weights are not usable here):
 torchvision's `fasterrcnn_resnet50_fpn`, built with `weights=None, weights_backbone=None` and loaded from a state-dict
 file on disk (nothing is downloaded). For each image:
 
@@ -14,7 +30,7 @@ file on disk (nothing is downloaded). For each image:
    pooled inside each box with `roi_align` to 7 x 7 and averaged to one D-vector per region, as the bottom-up model
    averages its pool5 output.
 
-Boxes are stored in original image pixels (x1, y1, x2, y2) with the image size. Images are processed in batches under
+In both modes boxes are stored in original image pixels (x1, y1, x2, y2) with the image size. Images are processed in batches under
 `torch.no_grad` in eval mode; the output depends only on the images and the weights. Images already in the store are
 skipped, so an interrupted run resumes. Image ids come from the file names (the last run of digits:
 COCO_val2014_000000391895.jpg -> 391895).
@@ -25,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -35,6 +52,7 @@ from tqdm import tqdm
 
 from vqacap.data.store import RegionStoreError, RegionStoreWriter
 from vqacap.images import ImageError, open_rgb
+from vqacap.metrics.detection import nms_plus_one
 from vqacap.prepare.common import image_id_from_name
 from vqacap.prepare.features import CHUNK_REGIONS
 
@@ -42,6 +60,20 @@ FEATURE_DIM = 2048  # ResNet-50 C5 channels
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 _DUPLICATE_IOU = 0.7
 _POOL = 7
+
+
+ADAPTIVE_BOXES = (10, 100)  # MIN_BOXES, MAX_BOXES of generate_tsv.py
+CONF_THRESH = 0.2  # conf_thresh of generate_tsv.py
+NMS_THRESHOLD = 0.3  # cfg.TEST.NMS
+DETECTOR_FIELDS = {
+    "object_labels": "int32",
+    "object_scores": "float32",
+    "attribute_labels": "int32",
+    "attribute_scores": "float32",
+}
+
+# One image's regions: features (k, D), boxes (k, 4) in original pixels, optional per-region fields.
+Extracted = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]
 
 
 class ExtractError(ValueError):
@@ -176,11 +208,16 @@ def grid_boxes(image_size: tuple[int, int], n: int) -> torch.Tensor:
     return torch.tensor(boxes, dtype=torch.float32)
 
 
-def image_files(directory: str | os.PathLike) -> list[Path]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ExtractError(f"{directory}: image folder not found")
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(directories: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The images of one folder or of several (in the order given), each folder sorted by name."""
+    if isinstance(directories, (str, os.PathLike)):
+        directories = [directories]
+    files = []
+    for directory in map(Path, directories):
+        if not directory.is_dir():
+            raise ExtractError(f"{directory}: image folder not found")
+        files += sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files
 
 
 def load_image(path: Path) -> torch.Tensor:
@@ -189,7 +226,7 @@ def load_image(path: Path) -> torch.Tensor:
 
 
 def extract(
-    images: str | os.PathLike,
+    images: str | os.PathLike | Sequence[str | os.PathLike],
     weights: str | os.PathLike,
     out: str | os.PathLike,
     max_boxes: int = 36,
@@ -208,67 +245,217 @@ def extract(
         raise ExtractError(f"need 1 <= --min-boxes <= --max-boxes, got {min_boxes} and {max_boxes}")
     files = image_files(images)
     model = load_detector(weights, min_size, max_size, proposals).to(device)
+
+    def regions(batch: list[torch.Tensor]) -> list[Extracted]:
+        found = extract_batch(model, batch, max_boxes=max_boxes, min_boxes=min_boxes, conf_thresh=conf_thresh)
+        return [(features, boxes, None) for features, boxes in found]
+
+    with RegionStoreWriter(out, FEATURE_DIM, dtype=dtype, chunk_regions=CHUNK_REGIONS) as writer:
+        return extract_images(files, writer, regions, batch_size, device, progress)
+
+
+def extract_images(
+    files: list[Path],
+    writer: RegionStoreWriter,
+    regions: Callable[[list[torch.Tensor]], list[Extracted]],
+    batch_size: int,
+    device: str,
+    progress: bool,
+) -> tuple[int, int, list[str]]:
+    """Add the images not yet in the store, `batch_size` per call of `regions`. Returns (extracted, skipped, problems)."""
     problems: list[str] = []
     extracted = skipped = 0
     seen: dict[int, Path] = {}
-    with RegionStoreWriter(out, FEATURE_DIM, dtype=dtype, chunk_regions=CHUNK_REGIONS) as writer:
-        todo = []
-        for path in files:
-            image_id = image_id_from_name(path)
-            if image_id is None:
-                problems.append(f"{path}: no image id (digits) in the file name")
-            elif image_id in seen:
-                problems.append(f"{path}: image id {image_id} already taken by {seen[image_id]}")
-            elif image_id in writer:
-                seen[image_id] = path
-                skipped += 1
-            else:
-                seen[image_id] = path
-                todo.append((image_id, path))
-        for start in tqdm(range(0, len(todo), batch_size), disable=not progress, unit="batch"):
-            batch = []
-            for image_id, path in todo[start : start + batch_size]:
-                try:
-                    batch.append((image_id, load_image(path)))
-                except ImageError as err:  # skipped and reported; the rest of the batch goes on
-                    problems.append(str(err))
-            if not batch:
-                continue
-            results = extract_batch(
-                model,
-                [t.to(device) for _, t in batch],
-                max_boxes=max_boxes,
-                min_boxes=min_boxes,
-                conf_thresh=conf_thresh,
-            )
-            for (image_id, tensor), (features, boxes) in zip(batch, results):
-                height, width = tensor.shape[-2:]
-                try:
-                    writer.add(image_id, features.float().cpu().numpy(), boxes.cpu().numpy(), width, height)
-                    extracted += 1
-                except RegionStoreError as err:
-                    problems.append(str(err))
+    todo = []
+    for path in files:
+        image_id = image_id_from_name(path)
+        if image_id is None:
+            problems.append(f"{path}: no image id (digits) in the file name")
+        elif image_id in seen:
+            problems.append(f"{path}: image id {image_id} already taken by {seen[image_id]}")
+        elif image_id in writer:
+            seen[image_id] = path
+            skipped += 1
+        else:
+            seen[image_id] = path
+            todo.append((image_id, path))
+    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, unit="batch"):
+        batch = []
+        for image_id, path in todo[start : start + batch_size]:
+            try:
+                batch.append((image_id, load_image(path)))
+            except ImageError as err:  # skipped and reported; the rest of the batch goes on
+                problems.append(str(err))
+        if not batch:
+            continue
+        results = regions([t.to(device) for _, t in batch])
+        for (image_id, tensor), (features, boxes, fields) in zip(batch, results):
+            height, width = tensor.shape[-2:]
+            if fields is not None:
+                fields = {name: values.cpu().numpy() for name, values in fields.items()}
+            try:
+                writer.add(
+                    image_id,
+                    features.float().cpu().numpy(),
+                    boxes.cpu().numpy(),
+                    width,
+                    height,
+                    fields=fields,
+                )
+                extracted += 1
+            except RegionStoreError as err:
+                problems.append(str(err))
     return extracted, skipped, problems
+
+
+# -- the bottom-up detector, as generate_tsv.py --------------------------------------------------------------------
+def select_proposals(
+    proposals: torch.Tensor,
+    class_probs: torch.Tensor,
+    conf_thresh: float = CONF_THRESH,
+    min_boxes: int = ADAPTIVE_BOXES[0],
+    max_boxes: int = ADAPTIVE_BOXES[1],
+    nms_threshold: float = NMS_THRESHOLD,
+) -> torch.Tensor:
+    """Indices of the proposals generate_tsv keeps (see the module docstring); proposals (R, 4), class_probs (R, C + 1)
+    with the background in column 0."""
+    max_conf = torch.zeros(len(proposals), dtype=class_probs.dtype, device=class_probs.device)
+    for c in range(1, class_probs.shape[1]):
+        scores = class_probs[:, c]
+        keep = nms_plus_one(proposals, scores, nms_threshold)
+        max_conf[keep] = torch.maximum(max_conf[keep], scores[keep])
+    keep = torch.nonzero(max_conf >= conf_thresh).squeeze(1)
+    if min_boxes <= len(keep) <= max_boxes:
+        return keep
+    best = torch.sort(max_conf, descending=True, stable=True).indices
+    return best[:min_boxes] if len(keep) < min_boxes else best[:max_boxes]
+
+
+@torch.no_grad()
+def bottom_up_batch(
+    detector: torch.nn.Module,
+    images: list[torch.Tensor],
+    conf_thresh: float = CONF_THRESH,
+    min_boxes: int = ADAPTIVE_BOXES[0],
+    max_boxes: int = ADAPTIVE_BOXES[1],
+) -> list[Extracted]:
+    """Images (3, H, W) in [0, 1] -> per image the kept proposals' features, boxes and predicted labels."""
+    out = []
+    for image, r in zip(images, detector.regions(images)):
+        keep = select_proposals(r.boxes, r.class_probs, conf_thresh, min_boxes, max_boxes)
+        object_scores, object_labels = r.class_probs[keep, 1:].max(dim=1)
+        attribute_scores, attribute_labels = r.attribute_probs[keep, 1:].max(dim=1)
+        fields = {
+            "object_labels": object_labels + 1,
+            "object_scores": object_scores,
+            "attribute_labels": attribute_labels + 1,
+            "attribute_scores": attribute_scores,
+        }
+        out.append((r.features[keep], _clamp(r.boxes[keep], image), fields))
+    return out
+
+
+@torch.no_grad()
+def grid_batch(detector: torch.nn.Module, images: list[torch.Tensor], n: int) -> list[Extracted]:
+    """Images -> per image the n x n cells of the detector's res5 map as regions."""
+    return [(g.features, _clamp(g.boxes, image), None) for image, g in zip(images, detector.grid(images, n))]
+
+
+def _clamp(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    boxes = boxes.clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
+
+
+def load_bottom_up(checkpoint: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
+    """The bottom-up detector of a vqacap.lightning.detector checkpoint, in eval mode."""
+    from vqacap.lightning.detector import load_detector as load_checkpoint  # Lightning is only needed here
+
+    try:
+        return load_checkpoint(checkpoint, map_location=device).to(device).eval()
+    except (OSError, ValueError) as err:
+        raise ExtractError(str(err)) from None
+
+
+def extract_with_detector(
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    detector: str | os.PathLike | torch.nn.Module,
+    out: str | os.PathLike,
+    min_boxes: int = ADAPTIVE_BOXES[0],
+    max_boxes: int = ADAPTIVE_BOXES[1],
+    conf_thresh: float = CONF_THRESH,
+    grid: int | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    dtype: str = "float16",
+    progress: bool = True,
+) -> tuple[int, int, list[str]]:
+    """Extract with the bottom-up detector (a checkpoint path or the model) every image not yet in the store.
+    Returns (extracted, skipped, problems)."""
+    if grid is None and not 1 <= min_boxes <= max_boxes:
+        raise ExtractError(f"need 1 <= --min-boxes <= --max-boxes, got {min_boxes} and {max_boxes}")
+    if grid is not None and grid < 1:
+        raise ExtractError(f"--grid must be at least 1, got {grid}")
+    files = image_files(images)
+    model = detector if isinstance(detector, torch.nn.Module) else load_bottom_up(detector, device)
+    if grid is not None:
+        options = {}
+
+        def regions(batch: list[torch.Tensor]) -> list[Extracted]:
+            return grid_batch(model, batch, grid)
+    else:
+        options = {
+            "region_fields": DETECTOR_FIELDS,
+            "field_names": {"object_labels": model.classes, "attribute_labels": model.attributes},
+        }
+
+        def regions(batch: list[torch.Tensor]) -> list[Extracted]:
+            return bottom_up_batch(model, batch, conf_thresh, min_boxes, max_boxes)
+
+    writer = RegionStoreWriter(out, model.feature_dim, dtype=dtype, chunk_regions=CHUNK_REGIONS, **options)
+    with writer:
+        return extract_images(files, writer, regions, batch_size, device, progress)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--images", required=True, metavar="DIR", help="folder of .jpg/.png images named by id"
+        "--images", required=True, nargs="+", metavar="DIR", help="folder(s) of .jpg/.png images named by id"
     )
-    parser.add_argument(
-        "--weights", required=True, metavar="CKPT", help="local fasterrcnn_resnet50_fpn state dict"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--detector",
+        metavar="CKPT",
+        help="checkpoint of the bottom-up detector trained with vqacap (generate_tsv)",
     )
+    source.add_argument("--weights", metavar="CKPT", help="local fasterrcnn_resnet50_fpn state dict")
     parser.add_argument(
         "--out", required=True, metavar="STORE", help="region-feature store to create or extend"
     )
-    parser.add_argument("--max-boxes", type=int, default=36, help="at most this many regions per image")
-    parser.add_argument("--min-boxes", type=int, default=10, help="at least this many regions per image")
-    parser.add_argument("--conf-thresh", type=float, default=0.2, help="detection score to keep a box")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    parser.add_argument("--min-size", type=int, default=600, help="shorter image side fed to the detector")
-    parser.add_argument("--max-size", type=int, default=1000, help="longest image side fed to the detector")
     parser.add_argument(
-        "--proposals", type=int, default=300, help="RPN proposals per image scored by the box head"
+        "--max-boxes", type=int, help="at most this many regions per image (100 with --detector, else 36)"
+    )
+    parser.add_argument("--min-boxes", type=int, help="at least this many regions per image (10)")
+    parser.add_argument(
+        "--fixed", type=int, metavar="K", help="exactly K regions per image (36 in the paper)"
+    )
+    parser.add_argument(
+        "--grid",
+        type=int,
+        metavar="N",
+        help="with --detector: N x N cells of its res5 map instead of regions",
+    )
+    parser.add_argument("--conf-thresh", type=float, default=CONF_THRESH, help="class score to keep a region")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    parser.add_argument(
+        "--min-size", type=int, default=600, help="--weights: shorter image side fed to the detector"
+    )
+    parser.add_argument(
+        "--max-size", type=int, default=1000, help="--weights: longest image side fed to the detector"
+    )
+    parser.add_argument(
+        "--proposals", type=int, default=300, help="--weights: RPN proposals per image scored by the box head"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -278,22 +465,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.grid is not None and args.detector is None:
+        print("error: --grid needs --detector", file=sys.stderr)
+        return 2
+    min_boxes = args.fixed or args.min_boxes or ADAPTIVE_BOXES[0]
+    max_boxes = args.fixed or args.max_boxes or (ADAPTIVE_BOXES[1] if args.detector else 36)
+    common = {
+        "min_boxes": min_boxes,
+        "max_boxes": max_boxes,
+        "conf_thresh": args.conf_thresh,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "progress": not args.no_progress,
+    }
     try:
-        extracted, skipped, problems = extract(
-            args.images,
-            args.weights,
-            args.out,
-            max_boxes=args.max_boxes,
-            min_boxes=args.min_boxes,
-            conf_thresh=args.conf_thresh,
-            batch_size=args.batch_size,
-            min_size=args.min_size,
-            max_size=args.max_size,
-            proposals=args.proposals,
-            device=args.device,
-            dtype=args.dtype,
-            progress=not args.no_progress,
-        )
+        if args.detector is not None:
+            extracted, skipped, problems = extract_with_detector(
+                args.images, args.detector, args.out, grid=args.grid, **common
+            )
+        else:
+            extracted, skipped, problems = extract(
+                args.images,
+                args.weights,
+                args.out,
+                min_size=args.min_size,
+                max_size=args.max_size,
+                proposals=args.proposals,
+                **common,
+            )
     except (ExtractError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "loader": "vqacap.bench.loader",
     "peak": "vqacap.bench.peak",
     "models": "vqacap.bench.models",
+    "detector": "vqacap.bench.detector",
 }
 
 

@@ -12,6 +12,11 @@ Layout (HDF5, version 1). N images, R regions in total over all images, D featur
                                       region_start[n] : region_start[n] + num_regions[n]
     /boxes            (R, 4) float32  region boxes in pixels, (x1, y1, x2, y2)
 
+Optional per-region datasets (readers that do not need them ignore them), listed in the root attribute `region_fields`:
+
+    /<field>          (R,)   any numeric dtype, e.g. a detector's object_labels (int32) and object_scores (float32)
+    /<field>_names    (L,)   str      optional: the names of the label values of <field> (e.g. the detector's classes)
+
 Fixed K (e.g. 36 boxes per image) and variable K (e.g. 10-100, "adaptive") are the same layout; regions of one image are
 contiguous, so one image is one slice read. Any tool can write the layout with h5py; `RegionStoreWriter` does it
 incrementally (resizable chunked datasets), so conversions stream and can be resumed.
@@ -29,6 +34,7 @@ import fcntl
 import os
 import shutil
 import signal
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,7 +99,8 @@ class RegionStore:
                 self.image_h = f["image_h"][:]
                 self.num_regions = f["num_regions"][:]
                 self.region_start = f["region_start"][:]
-                regions = min(len(f["features"]), len(f["boxes"]))
+                self.region_fields = _region_fields(f)
+                regions = min(len(f[name]) for name in ("features", "boxes", *self.region_fields))
         except OSError as err:
             raise RegionStoreError(_open_error(self.path, err)) from None
         self._check_index(regions)
@@ -162,6 +169,21 @@ class RegionStore:
         start, k = int(self.region_start[n]), int(self.num_regions[n])
         self._handle()
         return self._features[start : start + k], self._boxes[start : start + k]
+
+    def read_field(self, image_id: int, field: str) -> np.ndarray:
+        """An optional per-region dataset (see the module docstring) of one image, (k,)."""
+        if field not in self.region_fields:
+            raise RegionStoreError(
+                f"{self.path}: no region field {field!r} (fields: {list(self.region_fields)})"
+            )
+        n = self.row(image_id)
+        start, k = int(self.region_start[n]), int(self.num_regions[n])
+        return self._handle()[field][start : start + k]
+
+    def field_names(self, field: str) -> list[str]:
+        """The names of the label values of a region field (e.g. class names), [] when the store has none."""
+        names = self._handle().get(f"{field}_names")
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names[:]] if names is not None else []
 
     def read_batch(self, image_ids: list[int] | np.ndarray, pad_to: int | None = None) -> Regions:
         """Read several images into one padded float32 batch.
@@ -249,12 +271,17 @@ class RegionStoreWriter:
         dtype: str = "float16",
         chunk_regions: int = 256,
         buffer_regions: int = 0,
+        region_fields: Mapping[str, str] | None = None,
+        field_names: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """`feature_dim` None takes D from the existing store or, for a new one, from the first image added.
 
         `buffer_regions` > 0 queues validated images in memory and writes them with one HDF5 call per dataset once
         that many regions are queued (and on `flush`/`close`): converting 100k images then costs a few thousand writes
-        instead of seven per image. 0 writes every image as it is added."""
+        instead of seven per image. 0 writes every image as it is added.
+
+        `region_fields` (name -> numpy dtype) adds optional per-region datasets, which every `add` then provides;
+        `field_names` the names of their label values. A resumed store must have been created with the same fields."""
         self.path = Path(path)
         self.partial = partial_path(self.path)
         if dtype not in ("float16", "float32"):
@@ -264,7 +291,9 @@ class RegionStoreWriter:
         self.chunk_regions = int(chunk_regions)
         self.buffer_regions = int(buffer_regions)
         self.note = ""  # what became of an interrupted conversion found at open
-        self._pending: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []
+        self.region_fields = dict(region_fields or {})
+        self.field_names = {name: list(names) for name, names in (field_names or {}).items()}
+        self._pending: list[tuple[int, int, int, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
         self._pending_regions = 0
         self._f: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
@@ -296,7 +325,9 @@ class RegionStoreWriter:
                 if problem is None:
                     self._f = f
                     _keep_metadata_in_memory(f)
-                    self._adopt_layout(self.partial, int(f["features"].shape[1]), f["features"].dtype.name)
+                    self._adopt_layout(
+                        self.partial, int(f["features"].shape[1]), f["features"].dtype.name, _region_fields(f)
+                    )
                     n = _repair(f)
                     self.note = f"{self.partial}: resuming an interrupted conversion ({n} images)"
                     return set(int(i) for i in f["image_ids"][:])
@@ -304,13 +335,17 @@ class RegionStoreWriter:
                 self.note = f"{self.partial}: interrupted conversion discarded ({problem})"
         return set(int(i) for i in committed[0]) if committed is not None else set()
 
-    def _adopt_layout(self, where: Path, feature_dim: int, dtype: str) -> None:
+    def _adopt_layout(self, where: Path, feature_dim: int, dtype: str, fields: tuple[str, ...]) -> None:
         if self.feature_dim is not None and feature_dim != self.feature_dim:
             raise RegionStoreError(
                 f"{where}: existing store has feature_dim {feature_dim}, not {self.feature_dim}"
             )
         if dtype != self.dtype:
             raise RegionStoreError(f"{where}: existing store holds {dtype} features, not {self.dtype}")
+        if sorted(fields) != sorted(self.region_fields):
+            raise RegionStoreError(
+                f"{where}: existing store has region fields {sorted(fields)}, not {sorted(self.region_fields)}"
+            )
         self.feature_dim = feature_dim
 
     def _open_for_writing(self) -> h5py.File:
@@ -339,6 +374,12 @@ class RegionStoreWriter:
                 )
                 for name, dt in zip(_INDEX_FIELDS, ("int64", "int32", "int32", "int32", "int64")):
                     f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+                for name, dt in self.region_fields.items():
+                    f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(self.chunk_regions,))
+                for name, names in self.field_names.items():
+                    f.create_dataset(f"{name}_names", data=names, dtype=h5py.string_dtype())
+                if self.region_fields:
+                    f.attrs["region_fields"] = sorted(self.region_fields)
         except OSError as err:
             self._failed = True
             os.truncate(self.partial, 0)
@@ -357,7 +398,16 @@ class RegionStoreWriter:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, image_id: int, features: np.ndarray, boxes: np.ndarray, image_w: int, image_h: int) -> None:
+    def add(
+        self,
+        image_id: int,
+        features: np.ndarray,
+        boxes: np.ndarray,
+        image_w: int,
+        image_h: int,
+        fields: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Queue one image; `fields` gives each of the writer's `region_fields` as a (k,) array."""
         image_id = int(image_id)
         where = f"{self.path}: image {image_id}"
         if image_id in self._ids:
@@ -391,9 +441,20 @@ class RegionStoreWriter:
             raise RegionStoreError(
                 f"{where}: box {i} {boxes[i].tolist()} lies outside the {image_w}x{image_h} image or is inverted"
             )
+        fields = {name: np.asarray(values) for name, values in (fields or {}).items()}
+        if sorted(fields) != sorted(self.region_fields):
+            raise RegionStoreError(
+                f"{where}: region fields {sorted(fields)}, expected {sorted(self.region_fields)}"
+            )
+        for name, values in fields.items():
+            if values.shape != (k,):
+                raise RegionStoreError(
+                    f"{where}: region field {name} has shape {values.shape}, expected ({k},)"
+                )
         if self.buffer_regions:  # the caller may reuse its arrays before the queue is written
             features, boxes = features.copy(), boxes.copy()
-        self._pending.append((image_id, image_w, image_h, features, boxes))
+            fields = {name: values.copy() for name, values in fields.items()}
+        self._pending.append((image_id, image_w, image_h, features, boxes, fields))
         self._pending_regions += k
         self._ids.add(image_id)
         if self._pending_regions >= self.buffer_regions:
@@ -409,9 +470,9 @@ class RegionStoreWriter:
         # Dataset objects held for the writer's life: a handle released after a failed write makes h5py print a
         # traceback per object, however the failure is reported.
         d = self._datasets = self._datasets or {
-            name: f[name] for name in ("features", "boxes", *_INDEX_FIELDS)
+            name: f[name] for name in ("features", "boxes", *self.region_fields, *_INDEX_FIELDS)
         }
-        ids, widths, heights, features, boxes = zip(*self._pending)
+        ids, widths, heights, features, boxes, fields = zip(*self._pending)
         counts = np.array([len(b) for b in boxes], dtype=np.int64)
         # Ctrl-C or SIGTERM half-way would leave index datasets of different lengths for `close` to write on top of.
         with _signals_deferred():
@@ -422,6 +483,11 @@ class RegionStoreWriter:
                 d["features"][start:end] = np.concatenate(features).astype(d["features"].dtype, copy=False)
                 d["boxes"].resize((end, 4))
                 d["boxes"][start:end] = np.concatenate(boxes)
+                for name in self.region_fields:
+                    d[name].resize((end,))
+                    d[name][start:end] = np.concatenate([fs[name] for fs in fields]).astype(
+                        d[name].dtype, copy=False
+                    )
                 starts = start + np.concatenate([[0], np.cumsum(counts)[:-1]])
                 n = d["image_ids"].shape[0]
                 for name, values in zip(_INDEX_FIELDS, (ids, widths, heights, counts, starts)):
@@ -513,20 +579,25 @@ def _lock_exclusively(partial: Path) -> int:
     return fd
 
 
-def _committed_index(path: Path) -> tuple[np.ndarray, int, str]:
-    """Image ids of the consistent prefix of the store at `path`, its feature dim and dtype (read-only)."""
+def _committed_index(path: Path) -> tuple[np.ndarray, int, str, tuple[str, ...]]:
+    """Image ids of the consistent prefix of the store at `path`, its feature dim, dtype and region fields."""
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in (*_INDEX_FIELDS, "features", "boxes") if k not in f]
             if missing:
                 raise RegionStoreError(f"{path}: not a region-feature store (missing {', '.join(missing)})")
             n = _consistent_rows(f)
-            return f["image_ids"][:n].astype(np.int64), int(f["features"].shape[1]), f["features"].dtype.name
+            return (
+                f["image_ids"][:n].astype(np.int64),
+                int(f["features"].shape[1]),
+                f["features"].dtype.name,
+                _region_fields(f),
+            )
     except OSError as err:
         raise RegionStoreError(_open_error(path, err)) from None
 
 
-def _continuation_problem(f: h5py.File, committed: tuple[np.ndarray, int, str] | None) -> str | None:
+def _continuation_problem(f: h5py.File, committed: tuple | None) -> str | None:
     """Why the partial file `f` cannot be resumed on top of the committed store, or None."""
     if any(k not in f for k in (*_INDEX_FIELDS, "features", "boxes")):
         return "not a region-feature store"
@@ -545,7 +616,7 @@ def _consistent_rows(f: h5py.File) -> int:
         return 0
     start = f["region_start"][:n].astype(np.int64)
     count = f["num_regions"][:n].astype(np.int64)
-    regions = min(len(f["features"]), len(f["boxes"]))
+    regions = min(len(f[name]) for name in ("features", "boxes", *_region_fields(f)))
     bad = np.flatnonzero((count < 1) | (start < 0) | (start + count > regions))
     return int(bad[0]) if len(bad) else n
 
@@ -558,7 +629,14 @@ def _repair(f: h5py.File) -> int:
     end = int(f["region_start"][n - 1] + f["num_regions"][n - 1]) if n else 0
     f["features"].resize((end, f["features"].shape[1]))
     f["boxes"].resize((end, 4))
+    for name in _region_fields(f):
+        f[name].resize((end,))
     return n
+
+
+def _region_fields(f: h5py.File) -> tuple[str, ...]:
+    """Names of the optional per-region datasets of an open store."""
+    return tuple(str(n) for n in f.attrs.get("region_fields", ()))
 
 
 def _keep_metadata_in_memory(f: h5py.File) -> None:

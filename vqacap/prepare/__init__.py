@@ -3,6 +3,7 @@
 vqacap prepare features       bottom-up features (TSV, bottom-up-attention-vqa HDF5, npz dirs) -> region store
 vqacap prepare coco-captions  Karpathy split JSON -> COCO-format caption files per split + caption vocabulary
 vqacap prepare vqa2           VQA v2 questions/annotations -> per-split files + answer and question vocabularies
+vqacap prepare vg             Visual Genome objects/attributes -> per-split detection annotations (bottom-up cleaning)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ STEPS = {
         "Karpathy splits -> COCO-format caption files and vocabulary",
     ),
     "vqa2": ("vqacap.prepare.vqa2", "VQA v2 questions/annotations -> per-split files and vocabularies"),
+    "vg": ("vqacap.prepare.vg", "Visual Genome objects/attributes -> detection annotations per split"),
 }
 
 

@@ -1,0 +1,250 @@
+"""The bottom-up detector model: attribute head and loss, the RoIHeads subclass, test-time views, trunk weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+
+from vqacap.models.detector import (
+    AttributeHead,
+    AttributeRoIHeads,
+    BottomUpDetector,
+    DetectorOptions,
+    attribute_loss,
+    attribute_targets,
+)
+
+CLASSES = ["__background__", "square", "circle"]
+ATTRIBUTES = ["__no_attribute__", "red", "blue", "large"]
+# A small detector for 64-pixel images: everything but the sizes as in the paper's configuration.
+TINY = dict(
+    depth=18, width=8, blocks=(1, 1, 1, 1), norm="group_norm", frozen_stages=0, res5_dilation=False, min_size=64,
+    max_size=64, anchor_sizes=(16, 32), rpn_channels=16, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50,
+    rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=20, pool_size=6, box_batch_size_per_image=16,
+    detections_per_img=30,
+)  # fmt: skip
+
+
+def tiny_detector(**changes) -> BottomUpDetector:
+    torch.manual_seed(0)
+    return BottomUpDetector(CLASSES, ATTRIBUTES, DetectorOptions(**{**TINY, **changes}))
+
+
+def target(boxes, labels, attributes) -> dict[str, torch.Tensor]:
+    padded = torch.full((len(attributes), 16), -1, dtype=torch.long)
+    for i, a in enumerate(attributes):
+        padded[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float),
+        "labels": torch.tensor(labels),
+        "attributes": padded,
+    }
+
+
+# -- attribute head and loss ---------------------------------------------------------------------------------------
+def test_attribute_targets_are_uniform_over_the_objects_attributes_or_no_attribute():
+    attributes = torch.tensor([[2, 5, -1], [-1, -1, -1], [3, -1, -1]])
+    expected = torch.tensor([
+        [0, 0, 0.5, 0, 0, 0.5],
+        [1, 0, 0, 0, 0, 0],  # no attribute: all mass on index 0
+        [0, 0, 0, 1, 0, 0],
+    ])  # fmt: skip
+    assert torch.equal(attribute_targets(attributes, 6), expected)
+
+
+def test_attribute_loss_matches_a_hand_computed_cross_entropy():
+    # softmax(log [1, 2, 3, 4]) = [0.1, 0.2, 0.3, 0.4]
+    logits = torch.log(torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]]))
+    attributes = torch.tensor([[1, 3], [-1, -1]])
+    first = -(0.5 * math.log(0.2) + 0.5 * math.log(0.4))  # uniform over attributes 1 and 3
+    second = -math.log(0.1)  # no attribute
+    assert attribute_loss(logits, attributes).item() == pytest.approx((first + second) / 2, rel=1e-6)
+
+
+def test_attribute_loss_of_no_region_is_zero_and_differentiable():
+    logits = torch.zeros(0, 4, requires_grad=True)
+    loss = attribute_loss(logits, torch.zeros(0, 2, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+def test_attribute_head_concatenates_the_region_feature_with_a_256d_class_embedding():
+    head = AttributeHead(feature_dim=32, num_classes=3, num_attributes=4)
+    assert head.class_embedding.weight.shape == (3, 256)
+    assert head.hidden.in_features == 32 + 256 and head.hidden.out_features == 512
+    assert head.scores.out_features == 4
+    features = torch.randn(5, 32)
+    logits = head(features, torch.tensor([1, 1, 2, 2, 0]))
+    assert logits.shape == (5, 4)
+    # Eq.: scores = W2 ReLU(W1 [f ; E c] + b1) + b2, written out by hand
+    x = torch.cat([features, head.class_embedding.weight[torch.tensor([1, 1, 2, 2, 0])]], 1)
+    expected = (
+        torch.relu(x @ head.hidden.weight.T + head.hidden.bias) @ head.scores.weight.T + head.scores.bias
+    )
+    torch.testing.assert_close(logits, expected)
+
+
+# -- the RoIHeads subclass -----------------------------------------------------------------------------------------
+def test_model_is_torchvision_faster_rcnn_with_a_roi_heads_subclass():
+    model = tiny_detector()
+    assert isinstance(model, FasterRCNN)
+    assert isinstance(model.roi_heads, AttributeRoIHeads) and isinstance(model.roi_heads, RoIHeads)
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 16
+    assert model.roi_heads.nms_thresh == 0.3
+
+
+def test_training_attribute_loss_uses_the_ground_truth_class_and_is_weighted():
+    """One object per image: every foreground RoI is matched to it, so the attribute head must see its class, and
+    loss_attribute must be 0.5 x the cross-entropy of the head's outputs against its attributes."""
+    model = tiny_detector(attribute_loss_weight=0.5).train()
+    seen = []
+    model.roi_heads.attribute_head.register_forward_hook(lambda m, args, out: seen.append((args[1], out)))
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [target([[8, 8, 40, 40]], [2], [[1, 3]]), target([[20, 10, 60, 50]], [2], [[1, 3]])]
+    losses = model(images, targets)
+    assert set(losses) == {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_attribute",
+    }
+    classes, logits = seen[0]
+    assert len(classes) > 0 and bool((classes == 2).all())
+    expected = 0.5 * attribute_loss(logits, torch.tensor([[1, 3]]).expand(len(logits), 2))
+    torch.testing.assert_close(losses["loss_attribute"], expected)
+    sum(losses.values()).backward()
+    assert model.roi_heads.attribute_head.class_embedding.weight.grad[2].abs().sum() > 0
+
+
+def test_an_image_without_objects_trains_as_background_only():
+    model = tiny_detector().train()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+             "attributes": torch.zeros(0, 16, dtype=torch.long)}  # fmt: skip
+    losses = model([torch.rand(3, 64, 64)], [empty])
+    assert losses["loss_attribute"].item() == 0.0 and torch.isfinite(sum(losses.values()))
+
+
+# -- test-time views -----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_regions_are_the_rpn_proposals_with_features_and_predictions():
+    model = tiny_detector(min_size=96, max_size=96).eval()  # 64 -> 96 pixels: boxes come back in input pixels
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48)]
+    out = model.regions(images)
+    image_list, _ = model.transform(images)
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, {"0": features})
+    for r, props, image, (resized_h, resized_w) in zip(out, proposals, images, image_list.image_sizes):
+        h, w = image.shape[-2:]
+        expected = props * torch.tensor([w / resized_w, h / resized_h, w / resized_w, h / resized_h])
+        torch.testing.assert_close(r.boxes, expected)
+        n = len(props)
+        assert r.features.shape == (n, model.feature_dim)
+        assert r.class_probs.shape == (n, 3) and r.class_boxes.shape == (n, 3, 4)
+        assert r.attribute_probs.shape == (n, 4)
+        torch.testing.assert_close(r.class_probs.sum(1), torch.ones(n))
+        torch.testing.assert_close(r.attribute_probs.sum(1), torch.ones(n))
+
+
+@torch.no_grad()
+def test_regions_of_given_boxes_score_those_boxes():
+    model = tiny_detector(min_size=96, max_size=96).eval()
+    boxes = [torch.tensor([[4.0, 4.0, 30.0, 30.0], [30.0, 10.0, 60.0, 50.0]])]
+    out = model.regions([torch.rand(3, 64, 64)], boxes=boxes)[0]
+    torch.testing.assert_close(out.boxes, boxes[0])
+    assert out.features.shape == (2, model.feature_dim)
+
+
+@torch.no_grad()
+def test_detections_carry_the_attribute_probabilities_of_their_proposal():
+    model = tiny_detector().eval()
+    image = torch.rand(3, 64, 64)
+    detections = model([image])[0]
+    regions = model.regions([image])[0]
+    assert 0 < len(detections["boxes"]) <= 30
+    for box, label, attrs in zip(detections["boxes"], detections["labels"], detections["attribute_probs"]):
+        source = (regions.class_boxes[:, label] - box).abs().sum(1).argmin()
+        torch.testing.assert_close(regions.class_boxes[source, label], box)
+        torch.testing.assert_close(attrs, regions.attribute_probs[source])
+
+
+@torch.no_grad()
+def test_grid_cells_average_the_res5_map_of_the_whole_image():
+    model = tiny_detector().eval()
+    image = torch.rand(3, 64, 64)
+    cells = model.grid([image], 2)[0]
+    assert cells.boxes.tolist() == [[0, 0, 32, 32], [32, 0, 64, 32], [0, 32, 32, 64], [32, 32, 64, 64]]
+    image_list, _ = model.transform([image])
+    c5 = model.roi_heads.box_head.layer4(model.backbone(image_list.tensors))[0]  # (D, 2, 2) for 64 pixels
+    torch.testing.assert_close(cells.features, c5.flatten(1).T)
+
+
+# -- trunk ---------------------------------------------------------------------------------------------------------
+def test_imagenet_weights_load_from_a_local_torchvision_state_dict(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = BottomUpDetector(
+        CLASSES, ATTRIBUTES, DetectorOptions(depth=18, pretrained=str(path), res5_dilation=False)
+    )
+    torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(model.backbone.layer3[1].bn2.running_var, reference.layer3[1].bn2.running_var)
+    torch.testing.assert_close(
+        model.roi_heads.box_head.layer4[0].conv1.weight, reference.layer4[0].conv1.weight
+    )
+    # conv1, res2 and res3 are frozen as in train.prototxt; res4 and res5 train
+    assert not model.backbone.layer2[0].conv1.weight.requires_grad
+    assert model.backbone.layer3[0].conv1.weight.requires_grad
+
+
+def test_weights_of_another_network_are_refused_with_the_file_named(tmp_path):
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="resnet34.pth: not the weights of this ResNet"):
+        BottomUpDetector(CLASSES, ATTRIBUTES, DetectorOptions(depth=18, pretrained=str(path)))
+
+
+def test_bad_options_are_refused_at_construction():
+    with pytest.raises(ValueError, match="depth: expected one of"):
+        DetectorOptions(depth=42)
+    with pytest.raises(ValueError, match="norm"):
+        DetectorOptions(norm="layer_norm")
+
+
+def test_resnet101_keys_are_torchvisions():
+    ours = BottomUpDetector(
+        CLASSES, ATTRIBUTES, DetectorOptions(width=8)
+    )  # the R101 layout at 1/8 of the width
+    keys = {f"backbone.{k}" if not k.startswith("layer4") else f"roi_heads.box_head.{k}"
+            for k in torchvision.models.resnet101(weights=None).state_dict() if not k.startswith("fc.")
+            and not k.endswith("num_batches_tracked")}  # fmt: skip
+    assert keys <= set(ours.state_dict())
+
+
+def test_resnet101_at_600x1000_runs_a_training_step():
+    """The paper's configuration (ResNet-101 C4 with dilated res5, 600 x 1000 input, 12 anchors, 12000 -> 2000
+    proposals, 64 RoIs at 50% foreground, RoIAlign 14 x 14) at 1/8 of the channel width, so the step takes seconds."""
+    torch.manual_seed(0)
+    model = BottomUpDetector(CLASSES, ATTRIBUTES, DetectorOptions(width=8)).train()
+    image = torch.rand(3, 300, 500)  # resized to 600 x 1000
+    losses = model([image], [target([[10, 20, 200, 180], [250, 40, 480, 290]], [1, 2], [[1], []])])
+    loss = sum(losses.values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.backbone.layer3[0].conv1.weight.grad is not None  # res4 trains
+    assert model.backbone.layer2[0].conv1.weight.grad is None  # res3 is frozen
+    assert model.roi_heads.box_head.layer4[0].conv2.dilation == (2, 2)
+    assert model.rpn.head.cls_logits.out_channels == 12
+
+
+@pytest.mark.slow
+def test_resnet101_full_width_training_step():
+    model = BottomUpDetector(CLASSES, ATTRIBUTES, DetectorOptions()).train()
+    losses = model([torch.rand(3, 600, 1000)], [target([[10, 20, 400, 380]], [1], [[1, 3]])])
+    sum(losses.values()).backward()
+    assert model.feature_dim == 2048

@@ -1,0 +1,266 @@
+"""`vqacap extract --detector`: generate_tsv's region choice with a tiny randomly initialised bottom-up detector."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+from vqacap.cli import main
+from vqacap.data.captions import CaptionDataModule
+from vqacap.data.shapes import generate
+from vqacap.data.store import RegionStore
+from vqacap.data.vqa import VQADataModule
+from vqacap.extract import DETECTOR_FIELDS, extract_with_detector, select_proposals
+from vqacap.models.detector import BottomUpDetector, DetectorOptions
+
+CLASSES = ["__background__", "circle", "square", "triangle"]
+ATTRIBUTES = ["__no_attribute__", "red", "green", "small"]
+TINY = DetectorOptions(
+    depth=18, width=8, blocks=(1, 1, 1, 1), norm="group_norm", frozen_stages=0, res5_dilation=False,
+    min_size=64, max_size=64, anchor_sizes=(16, 32), rpn_channels=16, rpn_pre_nms_top_n_test=200,
+    rpn_post_nms_top_n_test=60, pool_size=4,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    model = BottomUpDetector(CLASSES, ATTRIBUTES, TINY).eval()
+    # Sharper class scores than a random init gives, so that some proposals pass the 0.2 threshold and some do not.
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(300)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(detector, tmp_path_factory):
+    """A checkpoint in the layout vqacap.lightning.detector writes (hyper-parameters + "net."-prefixed weights)."""
+    path = tmp_path_factory.mktemp("ckpt") / "detector.ckpt"
+    hparams = {"detector": dataclasses.asdict(TINY), "classes": CLASSES, "attributes": ATTRIBUTES}
+    state = {f"net.{k}": v for k, v in detector.state_dict().items()}
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), sizes={"train": 6, "val": 3, "test": 3}, feature_dim=8)
+
+
+def folders(shapes):
+    return [str(shapes / "images" / split) for split in ("train", "val", "test")]
+
+
+def load(path):
+    with Image.open(path) as im:
+        return pil_to_tensor(im.convert("RGB")).float().div(255)
+
+
+@pytest.fixture(scope="module")
+def store(shapes, checkpoint):
+    out = shapes / "bottom_up.h5"
+    assert main(["extract", "--detector", str(checkpoint), "--images", *folders(shapes), "--out", str(out),
+                 "--batch-size", "4", "--no-progress", "--dtype", "float32"]) == 0  # fmt: skip
+    return RegionStore(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The region choice, on hand-made scores
+
+
+def boxes_apart(n):
+    return torch.tensor([[20.0 * i, 0, 20 * i + 9, 9] for i in range(n)])
+
+
+def test_proposals_scoring_at_least_the_threshold_are_kept_in_proposal_order():
+    probs = torch.tensor(
+        [[0.5, 0.5, 0.0], [0.81, 0.19, 0.0], [0.8, 0.0, 0.2], [0.1, 0.9, 0.0], [0.9, 0.05, 0.05]]
+    )
+    assert select_proposals(boxes_apart(5), probs, min_boxes=1, max_boxes=10).tolist() == [0, 2, 3]
+    # Fewer than min_boxes pass: the best min_boxes by score instead. More than max_boxes: the best max_boxes.
+    assert select_proposals(boxes_apart(5), probs, min_boxes=4, max_boxes=10).tolist() == [3, 0, 2, 1]
+    assert select_proposals(boxes_apart(5), probs, min_boxes=1, max_boxes=2).tolist() == [3, 0]
+    # The background column never counts.
+    assert (
+        select_proposals(boxes_apart(1), torch.tensor([[0.99, 0.01]]), min_boxes=0, max_boxes=5).tolist()
+        == []
+    )
+
+
+def test_a_proposal_keeps_the_best_class_score_it_survives_nms_with():
+    # IoU 1/3 with the +1-pixel convention (> 0.3): the second proposal is suppressed in class 1 (0.5 < 0.6),
+    # survives in class 2 with 0.3 only.
+    proposals = torch.tensor([[0.0, 0, 9, 9], [5, 0, 14, 9]])
+    probs = torch.tensor([[0.4, 0.6, 0.0], [0.2, 0.5, 0.3]])
+    assert select_proposals(proposals, probs, conf_thresh=0.4, min_boxes=1).tolist() == [0]
+    assert select_proposals(proposals, probs, conf_thresh=0.3, min_boxes=1).tolist() == [0, 1]
+
+
+def test_adaptive_and_fixed_limits():
+    n = 150
+    high = torch.full((n, 2), 0.5)
+    low = torch.tensor([[0.95, 0.05]]).repeat(n, 1)
+    low[:, 1] += torch.linspace(0, 0.01, n)  # distinct scores, best last
+    assert len(select_proposals(boxes_apart(n), high)) == 100
+    assert select_proposals(boxes_apart(n), low).tolist() == list(range(n - 1, n - 11, -1))
+    assert len(select_proposals(boxes_apart(n), high, min_boxes=36, max_boxes=36)) == 36
+    assert len(select_proposals(boxes_apart(n), low, min_boxes=36, max_boxes=36)) == 36
+
+
+def generate_tsv_choice(proposals, probs, conf_thresh, min_boxes, max_boxes):
+    """generate_tsv.py's loop written out with an explicit greedy NMS (+1-pixel areas, drop when IoU > 0.3)."""
+    boxes, probs = proposals.double().numpy(), probs.double().numpy()
+    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    max_conf = np.zeros(len(boxes))
+    for c in range(1, probs.shape[1]):
+        order = list(np.argsort(-probs[:, c], kind="stable"))
+        keep = []
+        while order:
+            i = order.pop(0)
+            keep.append(i)
+            rest = []
+            for j in order:
+                iw = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]) + 1)
+                ih = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]) + 1)
+                if iw * ih / (areas[i] + areas[j] - iw * ih) <= 0.3:
+                    rest.append(j)
+            order = rest
+        for i in keep:
+            max_conf[i] = max(max_conf[i], probs[i, c])
+    kept = np.where(max_conf >= conf_thresh)[0]
+    if len(kept) < min_boxes:
+        kept = np.argsort(-max_conf, kind="stable")[:min_boxes]
+    elif len(kept) > max_boxes:
+        kept = np.argsort(-max_conf, kind="stable")[:max_boxes]
+    return kept.tolist()
+
+
+@pytest.mark.parametrize("limits", [(10, 100), (3, 8), (36, 36)])
+def test_region_choice_equals_generate_tsv_on_random_proposals(limits):
+    gen = torch.Generator().manual_seed(limits[1])
+    corners = torch.rand(80, 2, generator=gen) * 100
+    proposals = torch.cat([corners, corners + 5 + torch.rand(80, 2, generator=gen) * 40], 1)
+    probs = torch.softmax(torch.randn(80, 7, generator=gen) * 2, 1)
+    expected = generate_tsv_choice(proposals, probs, 0.2, *limits)
+    assert select_proposals(proposals, probs, 0.2, *limits).tolist() == expected
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The written store
+
+
+def test_regions_are_the_kept_proposals_with_their_features_and_labels(store, shapes, detector):
+    assert len(store) == 12 and store.feature_dim == detector.feature_dim
+    assert sorted(store.region_fields) == sorted(DETECTOR_FIELDS)
+    assert store.field_names("object_labels") == CLASSES
+    assert store.field_names("attribute_labels") == ATTRIBUTES
+    counts = []
+    for path in sorted((shapes / "images" / "val").glob("*.png")):
+        image_id = int(path.stem)
+        with torch.no_grad():
+            r = detector.regions([load(path)])[0]
+        keep = select_proposals(r.boxes, r.class_probs)
+        features, boxes = store.read(image_id)
+        counts.append(len(keep))
+        np.testing.assert_allclose(boxes, r.boxes[keep].numpy(), atol=1e-4)  # proposals ...
+        labels = store.read_field(image_id, "object_labels")
+        regressed = r.class_boxes[keep, torch.from_numpy(labels).long()]
+        assert (regressed - r.boxes[keep]).abs().max() > 0.1  # ... not the regressed boxes
+        np.testing.assert_allclose(features, r.features[keep].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(labels, r.class_probs[keep, 1:].argmax(1).numpy() + 1)
+        np.testing.assert_allclose(
+            store.read_field(image_id, "object_scores"), r.class_probs[keep, 1:].amax(1), rtol=1e-4
+        )
+        attributes = store.read_field(image_id, "attribute_labels")
+        np.testing.assert_array_equal(attributes, r.attribute_probs[keep, 1:].argmax(1).numpy() + 1)
+    assert all(10 <= k <= 100 for k in store.num_regions.tolist())
+    assert len(set(counts)) > 1  # the threshold, not a limit, decided the count
+
+
+def test_the_caption_and_vqa_datamodules_read_the_store_unchanged(store, shapes):
+    captions = CaptionDataModule(
+        str(shapes), store="bottom_up.h5", batch_size=4, captions_per_image=2, min_count=1
+    )
+    captions.prepare_data()
+    captions.setup("fit")
+    batch = next(iter(captions.train_dataloader()))
+    assert batch.regions.features.shape[2] == store.feature_dim
+    assert batch.regions.mask.sum(1).min() >= 10
+    assert next(iter(captions.val_dataloader())).regions.mask.any()
+    vqa = VQADataModule(
+        str(shapes), store="bottom_up.h5", min_answer_count=1, batch_size=4, eval_batch_size=4
+    )
+    vqa.prepare_data()
+    vqa.setup("fit")
+    batch = next(iter(vqa.train_dataloader()))
+    assert batch.regions.features.shape[2] == store.feature_dim and batch.regions.mask.sum(1).min() >= 10
+
+
+def test_extraction_resumes_and_batches_give_the_same_regions(store, shapes, detector, tmp_path):
+    out = tmp_path / "resumed.h5"
+    train, *rest = folders(shapes)
+    assert extract_with_detector(train, detector, out, batch_size=1, dtype="float32", progress=False) == (
+        6,
+        0,
+        [],
+    )
+    assert extract_with_detector([train, *rest], detector, out, batch_size=3, dtype="float32", progress=False) == (
+        6, 6, [],
+    )  # fmt: skip
+    resumed = RegionStore(out)
+    for image_id in store.image_ids.tolist():
+        a, b = store.read(image_id), resumed.read(image_id)
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a[1], b[1], atol=1e-4)
+        np.testing.assert_array_equal(
+            store.read_field(image_id, "object_labels"), resumed.read_field(image_id, "object_labels")
+        )
+
+
+def test_fixed_36_and_grid_stores(shapes, checkpoint, detector, tmp_path):
+    fixed, grid = tmp_path / "fixed.h5", tmp_path / "grid.h5"
+    val = str(shapes / "images" / "val")
+    base = ["extract", "--detector", str(checkpoint), "--images", val, "--no-progress"]
+    assert main([*base, "--out", str(fixed), "--fixed", "36"]) == 0
+    assert RegionStore(fixed).num_regions.tolist() == [36, 36, 36]
+    assert main([*base, "--out", str(grid), "--grid", "3", "--dtype", "float32"]) == 0
+    store = RegionStore(grid)
+    assert store.num_regions.tolist() == [9, 9, 9] and store.region_fields == ()
+    image_id = int(store.image_ids[0])
+    features, boxes = store.read(image_id)
+    with torch.no_grad():
+        g = detector.grid([load(shapes / "images" / "val" / f"{image_id:06d}.png")], 3)[0]
+    np.testing.assert_allclose(features, g.features.numpy(), rtol=1e-4, atol=1e-5)
+    side = float(store.image_w[0])
+    assert boxes[0].tolist() == pytest.approx([0, 0, side / 3, side / 3])
+    assert boxes[-1].tolist() == pytest.approx([2 * side / 3, 2 * side / 3, side, side])
+    # A grid store has no label fields: extending it with regions is refused, naming the file.
+    assert main([*base, "--out", str(grid)]) == 2
+
+
+def test_bad_checkpoint_and_grid_without_detector_are_one_line_errors(shapes, tmp_path, capsys):
+    val = str(shapes / "images" / "val")
+    missing = tmp_path / "none.ckpt"
+    assert (
+        main(["extract", "--detector", str(missing), "--images", val, "--out", str(tmp_path / "s.h5")]) == 2
+    )
+    assert capsys.readouterr().err.strip() == f"error: {missing}: detector checkpoint not found"
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    assert main(["extract", "--detector", str(other), "--images", val, "--out", str(tmp_path / "s.h5")]) == 2
+    assert "not a checkpoint of the bottom-up detector" in capsys.readouterr().err
+    assert main(["extract", "--weights", str(other), "--grid", "2", "--images", val, "--out", "x.h5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --grid needs --detector"

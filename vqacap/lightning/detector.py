@@ -1,0 +1,156 @@
+"""LightningModule for the bottom-up detector: the summed Faster R-CNN + attribute losses, vg_eval mAP, detections to show.
+
+The pure model lives in `vqacap.models.detector`; the metric in `vqacap.metrics.detection`. `load_detector` rebuilds the
+model from a checkpoint of this module without unpickling anything (extraction and benchmarks use it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vqacap.data.detection import DetectionBatch
+from vqacap.metrics.detection import DetectionEvaluator, select_detections
+from vqacap.models.detector import BottomUpDetector, DetectorOptions
+
+LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_attribute")
+
+
+def _plain(value):
+    """Hydra containers -> plain Python, so a checkpoint's hyper-parameters load with torch.load(weights_only=True)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class DetectorModule(pl.LightningModule):
+    def __init__(
+        self,
+        classes: list[str],
+        attributes: list[str],
+        optimizer: Callable,
+        detector: dict | None = None,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "step",
+        monitor: str = "val/mAP",
+        results_dir: str | None = None,
+    ) -> None:
+        """detector: DetectorOptions fields; optimizer/scheduler: `_partial_` Hydra nodes called with the parameters
+        (scheduler stepped every `scheduler_interval`: "step" for the paper's iteration schedule, or "epoch")."""
+        super().__init__()
+        options = DetectorOptions(**(_plain(detector) or {}))
+        self.save_hyperparameters(
+            {"classes": list(classes), "attributes": list(attributes), "detector": _options_dict(options)},
+            logger=False,
+        )
+        self.net = BottomUpDetector(list(classes), list(attributes), options)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.monitor = monitor
+        self.results_dir = results_dir
+        self.evaluators = torch.nn.ModuleDict({
+            split: DetectionEvaluator(num_classes=len(classes), num_attributes=len(attributes))
+            for split in ("val", "test")
+        })  # fmt: skip
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def training_step(self, batch: DetectionBatch, batch_idx: int) -> torch.Tensor:
+        losses = self.net(batch.images, batch.targets)
+        loss = sum(losses.values())
+        size = len(batch.images)
+        for name in LOSSES:
+            self.log(f"train/{name}", losses[name], batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    # -- evaluation: vg_eval object and attribute AP ---------------------------------------------------------------
+    def _eval_step(self, batch: DetectionBatch, split: str) -> None:
+        gt_boxes = [t["boxes"] for t in batch.targets]
+        on_gt = self.net.regions(
+            batch.images, boxes=gt_boxes
+        )  # attribute AP is scored on the ground-truth boxes
+        for r, g, t in zip(self.net.regions(batch.images), on_gt, batch.targets):
+            boxes, scores, labels = select_detections(r.class_boxes, r.class_probs)
+            self.evaluators[split].update(
+                t["boxes"], t["labels"], boxes=boxes, scores=scores, labels=labels,
+                gt_attributes=t["attributes"], attribute_scores=g.attribute_probs,
+            )  # fmt: skip
+
+    def validation_step(self, batch: DetectionBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: DetectionBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_scores(self, split: str) -> dict:
+        evaluator = self.evaluators[split]
+        scores = evaluator.compute()
+        evaluator.reset()
+        for name in ("mAP", "weighted_mAP", "attribute_mAP", "attribute_weighted_mAP"):
+            if name in scores:
+                self.log(f"{split}/{name}", float(scores[name]), prog_bar=name == "mAP", sync_dist=False)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        scores = self._log_scores("test")
+        if self.results_dir and self.trainer.is_global_zero and "AP" in scores:
+            table = {
+                "classes": {c: {"AP": ap, "npos": n} for c, ap, n in zip(self.net.classes[1:], scores["AP"], scores["npos"])},
+                "attributes": {
+                    a: {"AP": ap, "npos": n}
+                    for a, ap, n in zip(self.net.attributes[1:], scores.get("attribute_AP", []), scores.get("attribute_npos", []))
+                },
+            }  # fmt: skip
+            path = Path(self.results_dir) / "test_ap.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(table, indent=1))
+
+    def configure_optimizers(self):
+        opt = self.optimizer(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler is None:
+            return opt
+        # A schedule over the whole run (OneCycleLR) is told its length, which depends on the data and the trainer.
+        takes_total = "total_steps" in inspect.signature(self.scheduler).parameters
+        extra = {"total_steps": int(self.trainer.estimated_stepping_batches)} if takes_total else {}
+        scheduler = self.scheduler(optimizer=opt, **extra)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+
+def _options_dict(options: DetectorOptions) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
+
+
+def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BottomUpDetector:
+    """The BottomUpDetector of a DetectorModule checkpoint, in eval mode. Nothing is unpickled (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: detector checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many kinds for a file that is not a (safe) checkpoint
+        raise ValueError(f"{path}: cannot read a detector checkpoint ({type(err).__name__}: {err})") from None
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if not {"classes", "attributes", "detector"} <= set(hparams) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint of the bottom-up detector (vqacap.lightning.detector)")
+    options = dict(
+        hparams["detector"], pretrained=None
+    )  # the trained weights replace any ImageNet initialisation
+    detector = BottomUpDetector(hparams["classes"], hparams["attributes"], DetectorOptions(**options))
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        detector.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit the detector ({str(err).splitlines()[0]})") from None
+    return detector.eval()
