@@ -341,7 +341,9 @@ class RegionStoreWriter:
                 f"{where}: existing store has feature_dim {feature_dim}, not {self.feature_dim}"
             )
         if dtype != self.dtype:
-            raise RegionStoreError(f"{where}: existing store holds {dtype} features, not {self.dtype}")
+            raise RegionStoreError(
+                f"{where}: existing store holds {dtype} features, not {self.dtype} (--dtype {dtype})"
+            )
         if sorted(fields) != sorted(self.region_fields):
             raise RegionStoreError(
                 f"{where}: existing store has region fields {sorted(fields)}, not {sorted(self.region_fields)}"
