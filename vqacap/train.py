@@ -22,10 +22,22 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vqacap.callbacks.finite import NonFiniteError
 from vqacap.checkpoints import find_checkpoint, load_weights
+from vqacap.errors import UserError, reporting
+from vqacap.runs import check_run_folder, gpu_available_for, register_resolvers, resumed_run_folder
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _config_dir() -> str:
+    """conf/ of a checkout (beside the package), else the copy an installed wheel ships inside the package."""
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent / "conf", package / "conf"):
+        if (folder / "train.yaml").is_file():
+            return str(folder)
+    return str(package.parent / "conf")
+
+
+CONFIG_DIR = _config_dir()
+register_resolvers()
 
 
 def _instantiate_all(node: DictConfig | None) -> list:
@@ -34,6 +46,8 @@ def _instantiate_all(node: DictConfig | None) -> list:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the test metrics."""
+    check_run_folder(cfg.paths.output_dir, cfg.get("ckpt_path"))
+    _continue_wandb_run(cfg)
     with _wandb_data_in(Path(cfg.paths.output_dir) / "wandb"):
         return _run(cfg)
 
@@ -53,7 +67,7 @@ def _wandb_data_in(folder: Path):
         os.environ.pop("WANDB_DATA_DIR", None)
 
 
-class RunConfigError(ValueError):
+class RunConfigError(UserError):
     """A run that cannot do what it was asked; the message is one line saying what to set."""
 
 
@@ -61,6 +75,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if not cfg.get("train", True) and cfg.get("test", True) and not cfg.get("ckpt_path"):
         # Testing the freshly initialised weights would write test_metrics.json for a model that learnt nothing.
         raise RunConfigError("train=false tests a trained model: give ckpt_path=<checkpoint file>")
+    _check_accelerator(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
@@ -112,6 +127,27 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _continue_wandb_run(cfg: DictConfig) -> None:
+    """A run resumed in its own folder logs into its own wandb run: the id of the newest wandb run in the folder."""
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    folder = Path(cfg.paths.output_dir).resolve()
+    if not wandb or wandb.get("id") or resumed_run_folder(cfg.get("ckpt_path")) != folder:
+        return
+    runs = sorted((folder / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("-", 2)[-1])
+    if runs:
+        with open_dict(wandb):
+            wandb.id = runs[-1].name.rsplit("-", 1)[-1]
+            wandb.resume = "allow"
+
+
+def _check_accelerator(cfg: DictConfig) -> None:
+    if not gpu_available_for(cfg.trainer.get("accelerator")):
+        raise RunConfigError(
+            f"{cfg.get('name')}: this recipe trains on a GPU (trainer.accelerator={cfg.trainer.accelerator}) and "
+            "none is available here; add trainer=cpu to run it on the CPU"
+        )
+
+
 def _compile(module: pl.LightningModule, options: DictConfig | bool | None) -> None:
     """torch.compile the module's pure nn.Module (`module.net`) in place, so checkpoints keep their parameter names.
 
@@ -142,10 +178,9 @@ def _table(metrics: dict[str, float]) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_SILENT", "true")
-    try:
-        metrics = run(cfg)
-    except (RunConfigError, NonFiniteError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    # The user's mistakes in one line (VQACAP_DEBUG=1: with the traceback), bugs with theirs.
+    metrics = reporting(lambda: run(cfg), status=None)
+    if metrics is None:
         sys.exit(1)
     target = cfg.get("optimized_metric")  # for sweepers; a validation metric (model.monitor) to select on
     return metrics.get(target) if target else None

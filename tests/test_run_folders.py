@@ -1,0 +1,104 @@
+"""Where runs are filed (vqacap/runs.py): names, unique folders, one folder per multirun, resuming in a run's folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
+from vqacap import runs
+from vqacap.runs import RunFolderError
+from vqacap.sweep import collect, find_multirun
+from vqacap.train import CONFIG_DIR, run
+
+
+def _hydra_cfg(overrides: list[str], log_dir: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.log_dir={log_dir}", *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ([], "caption_shapes"),
+        (["experiment=vqa_shapes"], "vqa_shapes"),
+        (["data=coco_karpathy"], "coco_karpathy-updown_captioner"),
+        (["experiment=vqa_shapes", "model=vqa_reference"], "shapes_vqa-vqa_reference"),
+        (["model.optimizer.lr=1e-3"], "caption_shapes"),
+    ],
+)
+def test_a_run_is_named_by_what_it_trains(tmp_path, overrides, name):
+    cfg = _hydra_cfg(overrides, tmp_path)
+    assert cfg.name == name
+    assert Path(cfg.hydra.run.dir).parent == tmp_path / "train" / "runs" / name
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs.time, "strftime", lambda pattern: "2026-01-01_00-00-00")
+    folders = [Path(_hydra_cfg([], tmp_path).hydra.run.dir) for _ in range(2)]
+    assert folders[0] != folders[1]
+    assert all(f.name.startswith("2026-01-01_00-00-00_") for f in folders)
+    # A folder that exists is never handed out again, whatever the random suffix.
+    suffixes = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(suffixes))
+    first = Path(runs.run_dir(str(tmp_path), None))
+    first.mkdir()
+    assert Path(runs.run_dir(str(tmp_path), None)).name.endswith("_bbbbbb")
+
+
+def test_a_folder_holding_another_runs_files_is_refused_and_left_as_it_was(make_cfg, tmp_path):
+    cfg = make_cfg("debug=fdr", *TINY_CAPTIONER)
+    run(cfg)
+    metrics = tmp_path / "run" / "test_metrics.json"
+    before = metrics.read_bytes()
+    with pytest.raises(RunFolderError, match=r"run: holds another run's files \(test_metrics.json\)"):
+        run(make_cfg("debug=fdr", *TINY_CAPTIONER))
+    assert metrics.read_bytes() == before
+
+
+def test_resuming_from_a_runs_last_checkpoint_continues_in_its_folder_and_csv(make_cfg, tmp_path):
+    run(make_cfg("trainer.max_epochs=1", "test=false", *TINY_CAPTIONER))
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir()  # what Hydra writes into every run folder
+    last = folder / "checkpoints" / "last.ckpt"
+    assert Path(_hydra_cfg([f"ckpt_path={last}"], tmp_path / "elsewhere").hydra.run.dir) == folder
+
+    run(make_cfg("trainer.max_epochs=2", f"ckpt_path={last}", *TINY_CAPTIONER))
+    rows = list(csv.DictReader((folder / "csv" / "metrics.csv").open()))
+    assert sorted({int(r["epoch"]) for r in rows if r.get("val/CIDEr")}) == [0, 1]
+    lines = (folder / "train.log").read_text().splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/1", "epoch 2/2", "test"]
+    assert json.loads((folder / "test_metrics.json").read_text())["metrics"]
+
+
+def test_a_multirun_over_two_experiments_is_one_sweep_folder(tmp_path, data_root):
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("callbacks.")]
+    command = [
+        sys.executable,
+        "-m",
+        "vqacap.train",
+        "-m",
+        "experiment=caption_shapes,vqa_shapes",
+        "debug=fdr",
+    ]
+    command += [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_root}", *tiny]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweeps = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert [s.name for s in sweeps] == ["caption_shapes+vqa_shapes"]
+    records = collect(find_multirun(sweeps[0]))
+    assert [r["overrides"]["experiment"] for r in records] == ["caption_shapes", "vqa_shapes"]
+    assert "test/CIDEr" in records[0]["metrics"] and "test/accuracy" in records[1]["metrics"]
