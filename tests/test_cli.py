@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import types
@@ -60,3 +61,69 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'none.tsv'}: TSV file not found"
+
+
+def _official_vqa_files(tmp_path):
+    from tests.test_prepare_vqa2 import VAL, annotations_json, questions_json
+
+    files = {
+        "questions": questions_json("val2014", VAL),
+        "annotations": annotations_json("val2014", VAL),
+        "results": [{"question_id": 300, "answer": "2"}, {"question_id": 301, "answer": "red"}],
+    }
+    for name, data in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    (tmp_path / "results.json").write_text(
+        json.dumps(files["results"] + [{"question_id": 302, "answer": "no"}])
+    )
+    return [f"--{name}={tmp_path / f'{name}.json'}" for name in files]
+
+
+def test_evaluate_scores_without_importing_torch_or_lightning(tmp_path):
+    args = _official_vqa_files(tmp_path)
+    probe = (
+        "import sys, json; from vqacap.evaluate import main; status = main(['vqa', *json.loads(sys.argv[1]), '--json']);"
+        "heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'torchmetrics', 'h5py') if m in sys.modules);"
+        "print(json.dumps({'status': status, 'heavy': heavy}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(args)], capture_output=True, text=True, timeout=120
+    )
+    scores, report = (json.loads(line) for line in done.stdout.strip().splitlines())
+    assert report == {"status": 0, "heavy": []}
+    # 300: "2" by 7 of 10 humans -> 1; 301: "red" by 6 -> 1; 302: "no" by none -> 0 (official accuracy, in percent).
+    assert scores["overall"] == pytest.approx(100 * 2 / 3)
+
+
+def test_every_command_word_runs_its_module(tmp_path, capsys):
+    args = _official_vqa_files(tmp_path)
+    assert cli.main(["evaluate", "vqa", *args]) == 0
+    via_vqacap = capsys.readouterr().out
+    from vqacap.evaluate import main as evaluate
+
+    assert evaluate(["vqa", *args]) == 0
+    assert capsys.readouterr().out == via_vqacap
+    assert set(cli.COMMANDS) == {"train", "evaluate", "prepare", "extract", "visualize"}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])  # Hydra's help, with the config groups
+    assert exit_info.value.code == 0
+    assert "experiment:" in capsys.readouterr().out.replace(" ", "").replace("experiment=", "experiment:")
+
+
+def test_help_texts_show_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["prepare", "vqa2", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 9)" in text and "(default: 14)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_users_mistake_is_one_line_and_the_traceback_is_opt_in(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    command = [sys.executable, "-m", "vqacap.cli", "prepare", "features", "--no-progress", "--tsv", str(empty)]
+    command += ["--out", str(tmp_path / "s.h5")]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode != 0
+    assert len(quiet.stderr.strip().splitlines()) == 1 and quiet.stderr.startswith("error: ")
+    assert str(empty) in quiet.stderr

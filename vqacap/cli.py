@@ -1,11 +1,16 @@
-"""The `vqacap` command: data preparation and feature extraction.
+"""The `vqacap` command: one word per task.
 
-    vqacap prepare features|coco-captions|vqa2|vg ...
-    vqacap extract --images DIR [DIR ...] --detector CKPT | --weights CKPT --out STORE ...
+    vqacap train [experiment=... key=value ...]          (also `vqacap-train`, `python -m vqacap.train`)
+    vqacap evaluate captions|vqa ...                      (also `python -m vqacap.evaluate`)
+    vqacap prepare features|coco-captions|vqa2 ...
+    vqacap extract --images DIR --weights CKPT --out STORE ...
+    vqacap visualize --checkpoint CKPT ...
 
-Training is `vqacap-train`; offline scoring is `python -m vqacap.evaluate`. To add a subcommand, add one line to
-`COMMANDS` naming a module with `add_arguments(parser)` and `run(args) -> int` (the exit status). Only the module of the
-command being run is imported, so `vqacap prepare features` starts without torchvision or Lightning.
+To add a command, add one line to `COMMANDS` naming a module with `add_arguments(parser)` and `run(args) -> int` (the
+exit status), or with `command(argv) -> int` when it parses its own arguments (Hydra's). A step of `prepare` is one
+line of `vqacap.prepare.STEPS`. Only the module of the command being run is imported, so `vqacap evaluate` starts
+without torch or Lightning. Mistakes in what the user gave end in one line (`vqacap.errors`; `VQACAP_DEBUG=1` shows the
+traceback).
 """
 
 from __future__ import annotations
@@ -13,24 +18,67 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
-# Subcommand -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line).
+from vqacap.errors import reporting
+
+# Command -> (module providing `add_arguments(parser)` and `run(args) -> int`, or `command(argv) -> int`; help line).
 COMMANDS = {
+    "train": (
+        "vqacap.train",
+        "train and test an experiment (Hydra overrides: experiment=<name> key=value ...)",
+    ),
+    "evaluate": ("vqacap.evaluate", "score caption or VQA result files as the reference toolkits do"),
     "prepare": ("vqacap.prepare", "turn public downloads into the files training reads"),
-    "extract": ("vqacap.extract", "extract region features with the bottom-up detector or a Faster R-CNN"),
+    "extract": ("vqacap.extract", "extract region features from images with a local Faster R-CNN checkpoint"),
     "visualize": ("vqacap.visualize", "draw attention maps of a trained captioner or VQA model (PNG files)"),
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, unless it has none (None, False) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vqacap", description=__doc__.splitlines()[0])
-    add_dispatch(parser, COMMANDS, "COMMAND")
-    return run_dispatch(parser.prog, COMMANDS, parser.parse_args(argv))
+    return main_of("vqacap", __doc__, lambda parser: add_dispatch(parser, COMMANDS, "COMMAND"), _run)(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_dispatch("vqacap", COMMANDS, args)
+
+
+def main_of(
+    prog: str,
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> Callable[[list[str] | None], int]:
+    """A `main(argv) -> int` for a module's `add_arguments` / `run`, for its `python -m` form."""
+
+    def main(argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(
+            prog=prog, description=(doc or "").split("\n\n")[0], formatter_class=HelpFormatter
+        )
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+        return reporting(lambda: run(args))
+
+    return main
 
 
 def add_dispatch(parser: argparse.ArgumentParser, registry: dict, metavar: str) -> None:
     """A command word chosen from `registry` followed by that command's own arguments, parsed by `run_dispatch`."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = HelpFormatter
     width = max(len(name) for name in registry)
     parser.epilog = f"{metavar.lower()}s:\n" + "\n".join(
         f"  {name:<{width}}  {help_text}" for name, (_, help_text) in registry.items()
@@ -44,9 +92,14 @@ def add_dispatch(parser: argparse.ArgumentParser, registry: dict, metavar: str) 
 def run_dispatch(prog: str, registry: dict, args: argparse.Namespace) -> int:
     module_name, help_text = registry[args.command]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"{prog} {args.command}", description=help_text)
+    if not hasattr(module, "add_arguments"):  # parses its own arguments
+        return module.command(list(args.args))
+    parser = argparse.ArgumentParser(
+        prog=f"{prog} {args.command}", description=help_text, formatter_class=HelpFormatter
+    )
     module.add_arguments(parser)
-    return module.run(parser.parse_args(args.args))
+    parsed = parser.parse_args(args.args)
+    return reporting(lambda: module.run(parsed))
 
 
 if __name__ == "__main__":

@@ -186,5 +186,12 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(target) if target else None
 
 
+def command(argv: list[str]) -> int:
+    """`vqacap train ARGS`, the same as `vqacap-train ARGS`: Hydra reads its arguments from sys.argv."""
+    sys.argv = ["vqacap train", *argv]
+    main()
+    return 0
+
+
 if __name__ == "__main__":
     main()

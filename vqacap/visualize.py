@@ -322,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
                 ("--question-ids", "a captioning") if args.question_ids else ("--image-ids", "a VQA")
             )
             raise ValueError(f"{given} given for {model} checkpoint")
+        datamodule.check_split(args.split)  # a mistyped split: one line naming the splits there are
         ids = args.question_ids or args.image_ids or datamodule.example_ids(args.split, args.count)
         maps = attention_maps(module, datamodule, args.split, ids, args.image_root, args.top_k)
     except (FileNotFoundError, ValueError, KeyError) as err:

@@ -11,7 +11,7 @@ returns the per-step attention weights with the tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -108,6 +108,26 @@ class DecodingOptions:
     block_trigrams: bool = False  # forbid repeating a trigram within a caption
     suppress_unk: bool = False
     temperature: float = 1.0  # sampling temperature
+
+    def __post_init__(self) -> None:
+        # Checked here, where the config is read, not at the first decoding step after an epoch of training.
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,)}
+        for option in fields(self):
+            value = getattr(self, option.name)
+            allowed = kinds.get(str(option.type))
+            if allowed is None:  # a type of its own, checked where it is used
+                continue
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise DecodingOptionError(f"decoding.{option.name}={value!r}: expected {option.type}")
+        for name in ("beam_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise DecodingOptionError(f"decoding.{name}={getattr(self, name)}: expected at least 1")
+        if self.temperature <= 0:
+            raise DecodingOptionError(f"decoding.temperature={self.temperature}: expected a positive number")
+
+
+class DecodingOptionError(ValueError):
+    """A decoding option of the wrong type or range (one line naming the option)."""
 
 
 @dataclass

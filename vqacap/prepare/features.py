@@ -477,6 +477,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted: the images converted so far are in {args.out}; rerun to resume", file=sys.stderr)
         return 130
     print(summary.report(args.out))
+    if summary.converted + summary.skipped + len(summary.corrupt) == 0:
+        given = args.tsv or [args.h5 or args.npz_dir]
+        print(f"error: {', '.join(map(str, given))}: no images in the input (empty?)", file=sys.stderr)
+        return 1
     return 0 if summary.converted + summary.skipped > 0 else 1
 
 
