@@ -139,6 +139,11 @@ def load_vqa_results(source: str | os.PathLike | Any) -> dict[int, str]:
     for n, item in enumerate(data):
         if not (isinstance(item, dict) and "question_id" in item and isinstance(item.get("answer"), str)):
             raise FormatError(f"{name}: result [{n}] is not {{'question_id': int, 'answer': str}}")
+        if not isinstance(item["question_id"], int) or isinstance(item["question_id"], bool):
+            raise FormatError(
+                f"{name}: result [{n}] has question_id {item['question_id']!r}: question ids are integers "
+                '(4501, not "4501")'
+            )
         duplicates += item["question_id"] in results
         results[item["question_id"]] = item["answer"]
     if duplicates:

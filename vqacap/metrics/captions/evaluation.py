@@ -125,6 +125,10 @@ def check_images(
             parts.append(f"{len(extra)} result image ids are not in the annotations (e.g. {extra[0]!r})")
         if missing:
             parts.append(f"{len(missing)} annotated images have no result (e.g. {missing[0]!r})")
+        if any(str(i) in {str(r) for r in references} for i in extra[:100]):
+            parts.append(
+                'ids are compared as written: give integer ids as numbers, not strings (4501, not "4501")'
+            )
         raise ValueError(
             f"results and annotations must cover the same images: {len(results)} results, {len(references)} "
             f"annotated images; " + "; ".join(parts)

@@ -1,0 +1,98 @@
+"""A mistake in what the user typed or gave ends a command in one line naming it; VQACAP_DEBUG=1 shows the traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TINY_CAPTIONER
+from tests.test_debug_configs import _prepare_real_data
+from tests.test_prepare_vqa2 import VAL, annotations_json, official, questions_json  # noqa: F401 (fixture)
+from tests.test_visualize import train_tiny
+from vqacap.cli import main as vqacap
+from vqacap.errors import reporting
+from vqacap.train import run
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ") or err[0].startswith("vqacap visualize: ")
+    return err[0]
+
+
+def test_a_decoding_option_of_the_wrong_type_stops_the_run_before_training(
+    make_cfg, tmp_path, capsys, monkeypatch
+):
+    cfg = make_cfg("model.decoding.beam_size=abc", *TINY_CAPTIONER)
+    assert reporting(lambda: run(cfg)) == 1
+    assert _one_error_line(capsys) == "error: decoding.beam_size='abc': expected int"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    monkeypatch.setenv("VQACAP_DEBUG", "1")
+    with pytest.raises(Exception, match="expected int"):
+        reporting(lambda: run(make_cfg("model.decoding.beam_size=abc", *TINY_CAPTIONER)))
+
+
+def test_a_result_id_written_as_a_string_is_named(tmp_path, capsys):
+    files = {"questions": questions_json("val2014", VAL), "annotations": annotations_json("val2014", VAL)}
+    files["results"] = [{"question_id": str(q[0]), "answer": "yes"} for q in VAL]
+    for name, data in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    assert vqacap(["evaluate", "vqa", *(f"--{n}={tmp_path / f'{n}.json'}" for n in files)]) != 0
+    line = _one_error_line(capsys)
+    assert "question_id '300': question ids are integers" in line
+
+    annotations = {
+        "images": [{"id": 4501}],
+        "annotations": [{"image_id": 4501, "id": 1, "caption": "a red square"}],
+    }
+    (tmp_path / "captions.json").write_text(json.dumps(annotations))
+    (tmp_path / "results.json").write_text(json.dumps([{"image_id": "4501", "caption": "a red square"}]))
+    args = ["--annotations", str(tmp_path / "captions.json"), "--results", str(tmp_path / "results.json")]
+    assert vqacap(["evaluate", "captions", *args, "--metrics", "Bleu_4"]) != 0
+    line = _one_error_line(capsys)
+    assert "'4501'" in line and "integer ids as numbers, not strings" in line
+
+
+def test_visualize_names_a_mistyped_split_and_a_file_that_is_no_checkpoint(make_cfg, tmp_path, capsys):
+    run_dir = train_tiny(make_cfg, "experiment=caption_shapes", *TINY_CAPTIONER)
+    capsys.readouterr()
+    assert vqacap(["visualize", "--run", str(run_dir), "--split", "tst", "--out", str(tmp_path / "m")]) != 0
+    line = _one_error_line(capsys)
+    assert "'tst'" in line and "'val'" in line
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    args = ["visualize", "--checkpoint", str(text), "--data-dir", str(tmp_path), "--out", str(tmp_path / "m")]
+    assert vqacap(args) != 0
+    assert str(text) in _one_error_line(capsys)
+
+
+def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
+    make_cfg,
+    tmp_path,
+    capsys,
+    official,  # noqa: F811
+):
+    data_dir = tmp_path / "data"
+    overrides = _prepare_real_data("caption_coco_xe", data_dir, tmp_path, official)
+    from vqacap.data.store import RegionStore
+
+    kept = sorted(int(i) for i in RegionStore(data_dir / "coco" / "regions.h5").image_ids)
+    # The store loses an image the captions name: rebuilt from the same TSV without it.
+    (data_dir / "coco" / "regions.h5").unlink()
+    from tests.test_prepare_features import make_image, tsv_line
+
+    tsv = tmp_path / "fewer.tsv"
+    tsv.write_text("".join(tsv_line(i, *make_image(i, k=36)) + "\n" for i in kept[1:]))
+    assert (
+        vqacap(["prepare", "features", "--tsv", str(tsv), "--out", str(data_dir / "coco" / "regions.h5")])
+        == 0
+    )
+    capsys.readouterr()
+    cfg = make_cfg(
+        "experiment=caption_coco_xe", "trainer=cpu", "debug=fdr", f"paths.data_dir={data_dir}", "data.num_workers=0",
+        "data.pin_memory=false", "data.persistent_workers=false", *overrides, tiny=False,
+    )  # fmt: skip
+    assert reporting(lambda: run(cfg)) == 1
+    assert str(kept[0]) in _one_error_line(capsys)
