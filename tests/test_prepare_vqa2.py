@@ -154,8 +154,10 @@ def test_answer_vocabulary_counts_normalised_answers_of_train_and_val(official, 
     words = Vocabulary.load(out / "question_vocab.json")
     assert "zebras" in words.index and words.max_length == 14
 
-    run_prepare(official, out, "--vocab-from", "train")
-    assert AnswerVocabulary.load(out / "answer_vocab.json").answers == []  # every train answer occurs once
+    # Every train answer occurs once: at --min-answer-count 2 no answer is left, which is refused, nothing rewritten.
+    assert run_prepare(official, out, "--vocab-from", "train") == 2
+    assert AnswerVocabulary.load(out / "answer_vocab.json").answers == ["2", "red", "yes"]
+    assert run_prepare(official, out, "--vocab-from", "train", "--min-answer-count", "1") == 0
     assert "zebras" not in Vocabulary.load(out / "question_vocab.json").index
 
 

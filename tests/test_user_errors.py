@@ -96,3 +96,33 @@ def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
     )  # fmt: skip
     assert reporting(lambda: run(cfg)) == 1
     assert str(kept[0]) in _one_error_line(capsys)
+
+
+def test_prepare_refuses_an_answer_vocabulary_too_small_to_train_on(official, tmp_path, capsys):  # noqa: F811
+    from tests.test_prepare_vqa2 import run_prepare
+
+    out = tmp_path / "vqa2"
+    # Train's multiple-choice answers: yes, 2 ("two"), red, no, once each (train alone; run_prepare uses count 2).
+    assert run_prepare(official, out, "--vocab-from", "train") == 2
+    line = _one_error_line(capsys)
+    assert line == (
+        "error: --min-answer-count 2 keeps 0 answers of the train questions (at least 2 needed); answers kept by a "
+        "smaller --min-answer-count: 1: 4"
+    )
+    assert not out.exists() or not any(out.iterdir())  # refused before writing anything
+
+
+def test_the_datamodule_refuses_an_empty_answer_vocabulary_in_one_line(official, tmp_path, capsys):  # noqa: F811
+    from tests.test_prepare_vqa2 import run_prepare
+    from vqacap.data.vqa import AnswerVocabulary, VQADataModule
+
+    out = tmp_path / "vqa2"
+    assert run_prepare(official, out) == 0
+    # An old or hand-made vocabulary file with no answers.
+    AnswerVocabulary([], ["yes/no"], ["is the"], 50).save(out / "answer_vocab.json")
+    datamodule = VQADataModule(data_dir=str(out))
+    assert reporting(lambda: datamodule.answers) == 1
+    assert _one_error_line(capsys) == (
+        f"error: {out / 'answer_vocab.json'}: no candidate answers (min_count 50); rebuild it with a smaller min "
+        "answer count (vqacap prepare vqa2 --min-answer-count)"
+    )

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from vqacap.data.answers import gt_answer_indices, process_answer, soft_scores_of_indices
 from vqacap.data.base import SPLITS, Batch, RegionBatcher, RegionDataModule, spread
 from vqacap.data.captions import load_caption_annotations
-from vqacap.data.formats import load_vqa_annotations, load_vqa_questions
+from vqacap.data.formats import FormatError, load_vqa_annotations, load_vqa_questions
 from vqacap.data.store import Regions, RegionStoreError
 from vqacap.data.vocab import Vocabulary
 
@@ -317,6 +317,11 @@ class VQADataModule(RegionDataModule):
     def answers(self) -> AnswerVocabulary:
         if self._answers is None:
             self._answers = AnswerVocabulary.load(self.answer_vocab_path)
+            if not self._answers.answers:  # a classifier over no answers fails deep in training otherwise
+                raise FormatError(
+                    f"{self.answer_vocab_path}: no candidate answers (min_count {self._answers.min_count}); "
+                    "rebuild it with a smaller min answer count (vqacap prepare vqa2 --min-answer-count)"
+                )
         return self._answers
 
     def model_kwargs(self) -> dict:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
+from vqacap.data.answers import process_answer
 from vqacap.data.formats import FormatError, load_vqa_annotations, load_vqa_questions
 from vqacap.data.vocab import Vocabulary
 from vqacap.data.vqa import AnswerVocabulary, load_glove
@@ -189,6 +191,7 @@ def prepare(
         written[f"vqa_{split}_questions.json"] = data
     for split, (_, data) in annotations.items():
         written[f"vqa_{split}_annotations.json"] = data
+    _check_answer_count(annotations[vocab_from][1]["annotations"], min_answer_count, vocab_from)
     for name, data in written.items():
         write_json(out / name, data)
 
@@ -251,6 +254,25 @@ def write_glove_subset(glove: str | Path, words: list[str], out: Path) -> int:
         raise PrepareError(str(err).replace(str(tmp), str(glove))) from None
     tmp.replace(out)
     return found
+
+
+MIN_ANSWERS = 2  # a classifier needs two candidate answers to choose between
+
+
+def _check_answer_count(annotations: list[dict], min_answer_count: int, vocab_from: str) -> None:
+    """Refuse, before writing anything, a vocabulary too small to train on; say what smaller thresholds would keep."""
+    counts = Counter(process_answer(ann["multiple_choice_answer"]) for ann in annotations)
+    counts.pop("", None)
+    kept = sum(c >= min_answer_count for c in counts.values())
+    if kept >= MIN_ANSWERS:
+        return
+    smaller = ", ".join(
+        f"{m}: {sum(c >= m for c in counts.values())}" for m in range(min_answer_count - 1, 0, -1)
+    )
+    raise PrepareError(
+        f"--min-answer-count {min_answer_count} keeps {kept} answers of the {vocab_from} questions (at least "
+        f"{MIN_ANSWERS} needed); answers kept by a smaller --min-answer-count: {smaller or 'none'}"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
