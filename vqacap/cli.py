@@ -32,6 +32,11 @@ COMMANDS = {
     "prepare": ("vqacap.prepare", "turn public downloads into the files training reads"),
     "extract": ("vqacap.extract", "extract region features from images with a local Faster R-CNN checkpoint"),
     "visualize": ("vqacap.visualize", "draw attention maps of a trained captioner or VQA model (PNG files)"),
+    "caption": ("vqacap.predict.caption", "caption image files with a trained detector and captioner"),
+    "answer": (
+        "vqacap.predict.answer",
+        "answer a question about image files with a trained detector and VQA model",
+    ),
 }
 
 

@@ -80,15 +80,20 @@ def top_boxes_text(boxes: torch.Tensor, attention: torch.Tensor, top_k: int) -> 
 
 
 def heat_overlay(
-    image: Image.Image, boxes: torch.Tensor, attention: torch.Tensor, top_k: int = 3, size: int = PANEL
+    image: Image.Image,
+    boxes: torch.Tensor,
+    attention: torch.Tensor,
+    top_k: int = 3,
+    size: int = PANEL,
+    labels: list[str] | None = None,
 ) -> Image.Image:
     """The image scaled to `size` and lit by its `top_k` most attended boxes (K, 4), dimmed elsewhere.
 
     Each pixel's heat is the summed weight of the top boxes covering it, relative to the hottest pixel; the boxes are
-    outlined, the most attended one in red, with their weights.
+    outlined, the most attended one in red, with their weights (and `labels[k]`, the detector's name of box k, if given).
     """
     panel, scale = _scale(image, size)
-    return _light(panel, _dim(panel), boxes * scale, attention, top_k)
+    return _light(panel, _dim(panel), boxes * scale, attention, top_k, labels)
 
 
 def _scale(image: Image.Image, size: int) -> tuple[Image.Image, float]:
@@ -102,24 +107,29 @@ def _dim(panel: Image.Image) -> Image.Image:
 
 
 def _light(
-    panel: Image.Image, dim: Image.Image, boxes: torch.Tensor, attention: torch.Tensor, top_k: int
+    panel: Image.Image,
+    dim: Image.Image,
+    boxes: torch.Tensor,
+    attention: torch.Tensor,
+    top_k: int,
+    labels: list[str] | None = None,
 ) -> Image.Image:
     """`panel` where heat is 1, `dim` where it is 0, in proportion between; boxes (K, 4) in panel pixels."""
-    top = [(w, [round(c) for c in boxes[i].tolist()]) for i, w in top_regions(attention, top_k)]
+    top = [(i, w, [round(c) for c in boxes[i].tolist()]) for i, w in top_regions(attention, top_k)]
     heat = np.zeros((panel.height, panel.width), dtype=np.float32)
-    for w, (x1, y1, x2, y2) in top:
+    for _, w, (x1, y1, x2, y2) in top:
         heat[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] += w
     heat *= 255 / max(float(heat.max()), 1e-12)
     lit = Image.composite(panel, dim, Image.fromarray(heat.round().astype(np.uint8), mode="L"))
     draw, font = ImageDraw.Draw(lit), _font(11)
-    for rank, (w, box) in reversed(list(enumerate(top))):  # the most attended box on top
+    for rank, (i, w, box) in reversed(list(enumerate(top))):  # the most attended box on top
         colour = HIGHLIGHT if rank == 0 else OUTLINE
         width = 2 if rank == 0 else 1
         # A dark rim keeps the outline and its weight readable on objects of the outline's own colour.
         draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], outline=(0, 0, 0), width=width + 2)
         draw.rectangle(box, outline=colour, width=width)
         label, corner = (
-            f"{w:.2f}",
+            f"{w:.2f} {labels[i]}" if labels else f"{w:.2f}",
             (box[0], box[1] - 13 if box[1] >= 13 else box[1] + 1),
         )  # above the box if room
         draw.rectangle(draw.textbbox(corner, label, font=font), fill=(0, 0, 0))
@@ -164,7 +174,12 @@ def caption_figure(
     panel, scale = _scale(image, PANEL)
     dim, boxes = _dim(panel), item["boxes"] * scale
     panels = [
-        _stack([_light(panel, dim, boxes, item["attention"][t], top_k), _text_block([word], PANEL, font)])
+        _stack(
+            [
+                _light(panel, dim, boxes, item["attention"][t], top_k, item.get("labels")),
+                _text_block([word], PANEL, font),
+            ]
+        )
         for t, word in enumerate(item["words"])
     ]
     columns = max(1, min(columns, len(panels)))
@@ -188,9 +203,11 @@ def vqa_figure(image: Image.Image, item: dict, top_k: int = 3, image_found: bool
         f"Q: {item['question']}",
         f"predicted: {item['answer']}    ground truth: {item['gt_answer'] or '-'}",
     ]
+    if item.get("top_answers"):
+        lines.append("top: " + ", ".join(f"{answer} {score:.2f}" for answer, score in item["top_answers"]))
     if not image_found:
         lines.append("(image file not found: boxes on a blank canvas)")
-    panel = heat_overlay(image, item["boxes"], item["attention"], top_k)
+    panel = heat_overlay(image, item["boxes"], item["attention"], top_k, labels=item.get("labels"))
     return _stack([_text_block(lines, panel.width, _font(13)), panel])
 
 

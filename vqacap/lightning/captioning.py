@@ -196,9 +196,20 @@ class CaptioningModule(RegionTaskModule):
             decoded.attention[:, 0], batch.regions.boxes, targets.to(self.device), grounded, batch.image_ids
         )
 
+    def predict_step(self, batch: CaptionBatch, batch_idx: int) -> list[dict]:
+        """Per image, `explain`'s record decoded with the test decoding (`decoding`, e.g. a beam), plus "caption" and,
+        when the batch names its regions (vqacap.data.pixels), "labels" (k names)."""
+        items = self.explain(batch, self.decoding)
+        for n, item in enumerate(items):
+            item["caption"] = " ".join(item["words"])
+            if getattr(batch, "region_labels", None):
+                item["labels"] = batch.region_labels[n]
+        return items
+
     @torch.no_grad()
-    def explain(self, batch: CaptionBatch) -> list[dict]:
-        """What an attention map of each image shows: the caption of the validation decoding, and each word's attention.
+    def explain(self, batch: CaptionBatch, opts: DecodingOptions | None = None) -> list[dict]:
+        """What an attention map of each image shows: the caption of the validation decoding (or `opts`), and each
+        word's attention.
 
         Returns, per image, {"id", "image_id", "image_size" (w, h), "boxes" (k, 4), "words" (T words), "attention"
         (T, k)} on the CPU, k the image's real regions; attention[t] is the attention of the step that emits words[t].
@@ -206,7 +217,7 @@ class CaptioningModule(RegionTaskModule):
         batch = batch.to(self.device)
         training = self.training
         self.eval()
-        decoded = self(batch, self.val_decoding)
+        decoded = self(batch, opts or self.val_decoding)
         self.train(training)
         regions, items = batch.regions, []
         for b, image_id in enumerate(batch.image_ids.tolist()):

@@ -112,8 +112,23 @@ class VQAModule(RegionTaskModule):
         prediction = self._eval_step(batch, "test")
         self._results += self._answers(batch, prediction)
 
+    predict_top_k = 5  # answers with their scores per question in `predict_step`'s records
+
     def predict_step(self, batch: VQABatch, batch_idx: int) -> list[dict]:
-        return self._answers(batch, self(batch).logits.argmax(dim=1))
+        """Per question {"question_id", "answer"} as the results files hold, plus `explain`'s record and "top_answers":
+        the `predict_top_k` answers with their scores (sigmoid of the logits, as trained with binary cross-entropy),
+        and "labels" (k names) when the batch names its regions (vqacap.data.pixels)."""
+        scores = torch.sigmoid(self(batch).logits)  # (B, A)
+        top = scores.topk(min(self.predict_top_k, scores.size(1)), dim=1)
+        records = self._answers(batch, scores.argmax(dim=1))
+        for n, (record, item) in enumerate(zip(records, self.explain(batch))):
+            record.update(item)
+            record["top_answers"] = [
+                (self.answers[i], s) for i, s in zip(top.indices[n].tolist(), top.values[n].tolist())
+            ]
+            if getattr(batch, "region_labels", None):
+                record["labels"] = batch.region_labels[n]
+        return records
 
     def _answers(self, batch: VQABatch, prediction: torch.Tensor) -> list[dict]:
         return [

@@ -1,0 +1,235 @@
+"""From pixels to words: a detector trained for a few steps on rendered Shapes, its regions extracted, a captioner and a
+VQA model trained for a few steps on them, then `vqacap caption` / `vqacap answer` on image files, all real."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from tests.conftest import TINY_CAPTIONER, compose_train
+from vqacap.checkpoints import load_module
+from vqacap.cli import main as vqacap
+from vqacap.data.captions import CaptionDataModule
+from vqacap.data.pixels import PixelDataModule, RegionChoice
+from vqacap.data.store import RegionStore
+from vqacap.data.vocab import Vocabulary
+from vqacap.lightning.common import region_inputs
+from vqacap.lightning.detector import load_detector
+from vqacap.train import run
+
+TINY_DETECTOR = [
+    "model.detector.width=8",
+    "model.detector.min_size=64",
+    "model.detector.max_size=64",
+    "model.detector.anchor_sizes=[16,32]",
+    "model.detector.rpn_channels=16",
+    "model.detector.pool_size=4",
+    "model.detector.box_batch_size_per_image=16",
+    "model.detector.rpn_post_nms_top_n_test=30",
+]
+SIZES = "data.generator.sizes={train:24,val:6,test:6}"
+FEW_STEPS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "logger=csv"]
+TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Render -> detector (3 steps) -> extract -> captioner and VQA model (3 steps each) on the detected regions."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pixels")
+    data_root = root / "data"
+    detector_cfg = compose_train(
+        ["experiment=detector_shapes", SIZES, *TINY_DETECTOR, *FEW_STEPS, "data.batch_size=4", "data.eval_batch_size=6",
+         "callbacks.detection_images=null"],
+        root / "detector", data_root,
+    )  # fmt: skip
+    run(detector_cfg)
+    detector = json.loads((root / "detector" / "test_metrics.json").read_text())["checkpoint"]
+    shapes = data_root / "shapes"
+    store = root / "detected.h5"
+    images = [str(shapes / "images" / split) for split in ("train", "val", "test")]
+    assert vqacap(["extract", "--detector", detector, "--images", *images, "--out", str(store),
+                   "--dtype", "float32", "--no-progress"]) == 0  # fmt: skip
+    common = [SIZES, f"data.store={store}", *FEW_STEPS, "data.batch_size=4", "callbacks.attention_maps=null"]
+    run(
+        compose_train(
+            ["experiment=caption_shapes_detected", *common, *TINY_CAPTIONER], root / "captioner", data_root
+        )
+    )
+    run(compose_train(["experiment=vqa_shapes_detected", *common, *TINY_VQA], root / "vqa", data_root))
+    return {
+        "root": root,
+        "shapes": shapes,
+        "store": store,
+        "detector": detector,
+        "captioner": json.loads((root / "captioner" / "test_metrics.json").read_text())["checkpoint"],
+        "vqa": json.loads((root / "vqa" / "test_metrics.json").read_text())["checkpoint"],
+    }
+
+
+def test_caption_an_image_end_to_end_matches_the_extracted_store(chain, tmp_path, capsys):
+    """The caption `vqacap caption` prints for a test PNG is the one the same captioner decodes from the regions that
+    `vqacap extract` stored for that image: detecting on the fly and reading the store give the same regions."""
+    image = chain["shapes"] / "images" / "test" / "000031.png"
+    out = tmp_path / "maps"
+    assert vqacap(["caption", str(image), "--detector", chain["detector"], "--captioner", chain["captioner"],
+                   "--beam", "3", "--out", str(out)]) == 0  # fmt: skip
+    path, caption, map_path = capsys.readouterr().out.strip().split("\t")
+    assert path == str(image) and map_path == str(out / "000031_caption.png")
+
+    module = load_module(chain["captioner"])
+    module.decoding = dataclasses.replace(module.decoding, beam_size=3)
+    data = CaptionDataModule(str(chain["shapes"]), store=str(chain["store"]), generator=None)
+    data.setup("test")
+    decoded = module(data.examples("test", [31]).to(module.device), module.decoding)
+    assert caption == module.vocab.decode(decoded.tokens[0, 0].tolist())
+
+    with Image.open(map_path) as figure:  # the caption over one panel (160 pixels) per word, 4 to a row
+        rows = -(-len(caption.split()) // 4)
+        assert figure.mode == "RGB" and figure.height > rows * 160
+
+
+def test_the_attention_map_names_the_boxes_with_the_detectors_labels(chain):
+    detector = load_detector(chain["detector"])
+    image = chain["shapes"] / "images" / "test" / "000031.png"
+    module = load_module(chain["captioner"])
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    [[item]] = trainer.predict(module, datamodule=PixelDataModule([image], detector))
+    store = RegionStore(chain["store"])
+    classes, attributes = store.field_names("object_labels"), store.field_names("attribute_labels")
+    expected = [
+        f"{attributes[a]} {classes[c]}"
+        for c, a in zip(store.read_field(31, "object_labels"), store.read_field(31, "attribute_labels"))
+    ]
+    assert item["labels"] == expected
+    assert torch.allclose(item["boxes"], torch.from_numpy(store.read_batch([31]).boxes[0].numpy()), atol=1e-4)
+    assert item["attention"].shape == (len(item["words"]), len(expected))
+
+
+def test_trainer_predict_over_a_folder_gives_what_the_command_prints(chain, tmp_path, capsys):
+    folder = sorted((chain["shapes"] / "images" / "val").glob("*.png"))
+    detector = load_detector(chain["detector"])
+    module = load_module(chain["captioner"])
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    batches = trainer.predict(module, datamodule=PixelDataModule(folder, detector, batch_size=4))
+    captions = [item["caption"] for batch in batches for item in batch]
+    assert [len(b) for b in batches] == [4, 2]
+    assert (
+        vqacap(
+            ["caption", *map(str, folder), "--detector", chain["detector"], "--captioner", chain["captioner"]]
+        )
+        == 0
+    )
+    printed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert printed == [[str(p), c] for p, c in zip(folder, captions)]
+
+
+def test_grey_rgba_and_jpeg_images_are_captioned_as_their_rgb_pixels(chain, tmp_path, capsys):
+    source = chain["shapes"] / "images" / "test" / "000032.png"
+    rgb = Image.open(source).convert("RGB")
+    grey = rgb.convert("L")
+    rgba = rgb.copy()
+    rgba.putalpha(255)
+    files = {"grey.png": grey, "rgba.png": rgba, "rgb.jpg": rgb, "grey_rgb.png": grey.convert("RGB")}
+    for name, im in files.items():
+        im.save(tmp_path / name, **({"quality": 95} if name.endswith(".jpg") else {}))
+    args = ["--detector", chain["detector"], "--captioner", chain["captioner"]]
+    assert vqacap(["caption", str(source), *(str(tmp_path / n) for n in files), *args]) == 0
+    captions = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
+    assert captions[str(tmp_path / "rgba.png")] == captions[str(source)]  # opaque alpha: the same pixels
+    assert (
+        captions[str(tmp_path / "grey.png")] == captions[str(tmp_path / "grey_rgb.png")]
+    )  # grey read as RGB
+    assert all(captions.values())
+
+
+def test_answer_prints_the_top_answers_and_draws_the_question_map(chain, tmp_path, capsys):
+    image = chain["shapes"] / "images" / "test" / "000033.png"
+    asked = json.loads((chain["shapes"] / "vqa_test_questions.json").read_text())["questions"]
+    question = next(q["question"] for q in asked if q["image_id"] == 33)
+    out = tmp_path / "maps"
+    assert vqacap(["answer", str(image), "--question", question, "--detector", chain["detector"],
+                   "--vqa", chain["vqa"], "--out", str(out)]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"{image}\t{out / '000033_answer.png'}"
+    top = [line.split() for line in lines[1:]]
+    module = load_module(chain["vqa"])
+    assert len(top) == min(5, len(module.answers))
+    scores = [float(s) for s, _ in top]
+    assert scores == sorted(scores, reverse=True) and all(a in module.answers for _, a in top)
+
+    # the same scores from the model on the regions `vqacap extract` stored for the image
+    ids = torch.tensor([Vocabulary(module.hparams.words[4:], max_length=14).encode(question)])
+    regions = RegionStore(chain["store"]).read_batch([33])
+    logits = module.net(region_inputs(regions, module.use_spatial), regions.mask, ids).logits[0]
+    expected = torch.sigmoid(logits).topk(len(top))
+    assert [a for _, a in top] == [module.answers[i] for i in expected.indices.tolist()]
+    assert scores == pytest.approx(expected.values.tolist(), abs=1e-3)
+    with Image.open(out / "000033_answer.png") as figure:
+        assert figure.mode == "RGB"
+
+
+def test_bad_inputs_are_one_line_errors(chain, tmp_path, capsys):
+    image = chain["shapes"] / "images" / "test" / "000031.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    cases = {
+        "broken.png: unreadable image": ["caption", str(broken), "--captioner", chain["captioner"]],
+        "missing.jpg: image file not found": ["caption", str(tmp_path / "missing.jpg"), "--captioner", chain["captioner"]],
+        "a VQA checkpoint, but --captioner needs a captioning one": ["caption", str(image), "--captioner", chain["vqa"]],
+        "not a checkpoint of the bottom-up detector": ["caption", str(image), "--captioner", chain["captioner"],
+                                                       "--detector", chain["captioner"]],
+        "is in the VQA model's vocabulary": ["answer", str(image), "--vqa", chain["vqa"], "--question", "zzz qqq"],
+    }  # fmt: skip
+    for expected, argv in cases.items():
+        if "--detector" not in argv:
+            argv = [*argv, "--detector", chain["detector"]]
+        assert vqacap(argv) == 2, expected
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_a_captioner_of_other_features_does_not_fit_the_detector(chain, tmp_path, capsys):
+    """A captioner trained on the ideal store (2048-d features) with this detector (64-d)."""
+    cfg = compose_train(["experiment=caption_shapes", SIZES, *FEW_STEPS, *TINY_CAPTIONER, "test=false",
+                         "callbacks.attention_maps=null"], tmp_path / "ideal", chain["root"] / "data")  # fmt: skip
+    run(cfg)
+    ideal = next((tmp_path / "ideal" / "checkpoints").glob("epoch*.ckpt"))
+    image = chain["shapes"] / "images" / "test" / "000031.png"
+    assert vqacap(["caption", str(image), "--detector", chain["detector"], "--captioner", str(ideal)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reads 2048-d region features" in err and "writes 64-d ones" in err and len(err.splitlines()) == 1
+
+
+def test_region_choice_rejects_impossible_limits():
+    with pytest.raises(ValueError, match="min_boxes <= max_boxes"):
+        RegionChoice(min_boxes=10, max_boxes=5)
+    with pytest.raises(ValueError, match="grid must be at least 1"):
+        RegionChoice(grid=0)
+
+
+def test_grid_choice_gives_the_grid_stores_regions(chain, tmp_path):
+    """--grid N on the fly equals `vqacap extract --grid N` for the same image (the grid-trained models' input)."""
+    store = tmp_path / "grid.h5"
+    folder = chain["shapes"] / "images" / "test"
+    assert vqacap(["extract", "--detector", chain["detector"], "--images", str(folder), "--out", str(store), "--grid",
+                   "3", "--dtype", "float32", "--no-progress"]) == 0  # fmt: skip
+    detector = load_detector(chain["detector"])
+    data = PixelDataModule([folder / "000031.png"], detector, RegionChoice(grid=3))
+    batch = next(iter(data.predict_dataloader()))
+    stored = RegionStore(store).read_batch([31])
+    assert torch.allclose(batch.regions.features, stored.features, atol=1e-5)
+    assert torch.equal(batch.regions.boxes, stored.boxes) and batch.region_labels == [[]]
+    assert np.array_equal(batch.regions.image_size.numpy(), stored.image_size.numpy())
+    assert Path(folder / "000031.png").is_file()

@@ -1,0 +1,159 @@
+"""`vqacap caption` and `vqacap answer`: a trained bottom-up detector and a trained captioner or VQA model applied to
+image files, from pixels to words.
+
+The detector finds each image's regions as `vqacap extract --detector` does (vqacap.data.pixels), the model's
+`predict_step` captions or answers them (Lightning's `trainer.predict`, which does the same over any folder), and each
+image gets an attention map drawn by vqacap.visualize, its boxes named by the detector's object and attribute labels.
+Checkpoints that do not fit together (a detector whose features are not the size the model reads, a checkpoint of the
+other task) and unusable image files stop the command with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from vqacap.images import ImageError
+
+MAP_SUFFIX = {"captioning": "caption", "VQA": "answer"}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files (RGB, grey, RGBA)"
+    )
+    parser.add_argument(
+        "--detector", required=True, type=Path, metavar="CKPT", help="bottom-up detector checkpoint"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="folder for the attention maps (<image>_<task>.png)"
+    )
+    parser.add_argument(
+        "--fixed", type=int, metavar="K", help="exactly K regions per image, as `extract --fixed`"
+    )
+    parser.add_argument("--min-boxes", type=int, default=10, help="at least this many regions per image (10)")
+    parser.add_argument(
+        "--max-boxes", type=int, default=100, help="at most this many regions per image (100)"
+    )
+    parser.add_argument(
+        "--grid", type=int, metavar="N", help="N x N grid cells instead of regions (grid-trained models)"
+    )
+    parser.add_argument("--conf-thresh", type=float, default=0.2, help="class score to keep a region (0.2)")
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="most attended boxes drawn per word or answer (3)"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str):
+    """(detector, LightningModule) in eval mode, or ValueError naming the file that does not fit."""
+    from vqacap.checkpoints import load_module
+    from vqacap.extract import load_bottom_up
+
+    detector = load_bottom_up(args.detector, args.device)
+    if not model_path.is_file():
+        raise ValueError(f"{model_path}: checkpoint not found")
+    module = load_module(model_path, map_location=args.device)
+    if module.task != task:
+        raise ValueError(f"{model_path}: a {module.task} checkpoint, but {flag} needs a {task} one")
+    if int(module.hparams.feature_dim) != detector.feature_dim:
+        raise ValueError(
+            f"{model_path}: the model reads {module.hparams.feature_dim}-d region features, the detector of "
+            f"{args.detector} writes {detector.feature_dim}-d ones (trained on another detector's store?)"
+        )
+    return detector, module
+
+
+def predict(args: argparse.Namespace, module, data) -> list[dict]:
+    """The module's `predict_step` records of every image, in the order given."""
+    import pytorch_lightning as pl
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # no accelerator banner around one line per image
+    accelerator = "gpu" if str(args.device).startswith("cuda") else "cpu"
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    return [record for batch in trainer.predict(module, datamodule=data) for record in batch]
+
+
+def region_choice(args: argparse.Namespace):
+    from vqacap.data.pixels import RegionChoice
+
+    if args.fixed is not None:
+        return RegionChoice(args.fixed, args.fixed, args.conf_thresh)
+    return RegionChoice(args.min_boxes, args.max_boxes, args.conf_thresh, args.grid)
+
+
+def map_paths(images: list[Path], out: Path, task: str) -> list[Path]:
+    """<out>/<image stem>_<caption|answer>.png, with the image's position appended where two stems are equal."""
+    stems = [p.stem for p in images]
+    return [
+        out
+        / (
+            f"{stem}_{MAP_SUFFIX[task]}.png"
+            if stems.count(stem) == 1
+            else f"{stem}_{n}_{MAP_SUFFIX[task]}.png"
+        )
+        for n, stem in enumerate(stems)
+    ]
+
+
+def save_maps(records: list[dict], images: list[Path], out: Path, task: str, top_k: int) -> list[Path]:
+    """One attention map per record (vqacap.visualize's drawing), titled with the image's file name."""
+    from vqacap.images import open_rgb
+    from vqacap.visualize import caption_figure, vqa_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = map_paths(images, out, task)
+    for record, image, path in zip(records, images, paths):
+        item = {**record, "image_id": image.name}
+        if task == "captioning":
+            figure = caption_figure(open_rgb(image), item, top_k)
+        else:
+            figure = vqa_figure(open_rgb(image), item, top_k)
+        figure.save(path)
+    return paths
+
+
+def run_task(args: argparse.Namespace, model_path: Path, task: str, flag: str, question: str | None = None):
+    """Records per image (or None after printing the one-line error)."""
+    from vqacap.checkpoints import CheckpointError
+    from vqacap.data.pixels import PixelDataModule
+    from vqacap.extract import ExtractError
+
+    prog = f"vqacap {MAP_SUFFIX[task]}"
+    try:
+        missing = [p for p in args.images if not p.is_file()]
+        if missing:
+            raise ValueError(f"{missing[0]}: image file not found")
+        detector, module = load_models(args, model_path, task, flag)
+        if task == "captioning" and getattr(args, "beam", None):
+            module.decoding = replace(module.decoding, beam_size=args.beam)
+        data = PixelDataModule(
+            args.images,
+            detector,
+            region_choice(args),
+            question=question,
+            words=list(module.hparams.words) if question is not None else None,
+            batch_size=args.batch_size,
+        )
+        records = predict(args, module, data)
+        paths = (
+            save_maps(records, args.images, args.out, task, args.top_k) if args.out else [None] * len(records)
+        )
+    except (ImageError, ExtractError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return None
+    return list(zip(records, paths))
