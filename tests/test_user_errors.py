@@ -126,3 +126,17 @@ def test_the_datamodule_refuses_an_empty_answer_vocabulary_in_one_line(official,
         f"error: {out / 'answer_vocab.json'}: no candidate answers (min_count 50); rebuild it with a smaller min "
         "answer count (vqacap prepare vqa2 --min-answer-count)"
     )
+
+
+def test_a_gpu_recipe_on_a_machine_without_one_says_to_add_trainer_cpu(make_cfg, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = make_cfg("experiment=vqa2_updown", tiny=False)
+    assert reporting(lambda: run(cfg)) == 1
+    assert _one_error_line(capsys) == (
+        "error: vqa2_updown: this recipe trains on a GPU (trainer.accelerator=gpu) and none is available here; "
+        "add trainer=cpu to run it on the CPU"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
