@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help train test test-all sweep bench lint format clean
+.PHONY: help train test test-all sweep bench pixels lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -32,6 +32,9 @@ test-all: $(STAMP)  ## every test, the slow end-to-end runs included
 sweep: $(STAMP)  ## small Hydra multirun on Shapes (lr x attention size), then its jobs by val/CIDEr
 	$(BIN)/python -m vqacap.train experiment=sweep_shapes $(ARGS)
 	$(BIN)/python -m vqacap.sweep $${VQACAP_ROOT:-.}/outputs/train/multiruns/sweep_shapes --sort val/CIDEr
+
+pixels: $(STAMP)  ## pixels to words: detector -> extract -> caption/VQA per feature kind -> table (ARGS="--data shapes_cluttered")
+	$(BIN)/python -m vqacap.pixels $(ARGS)
 
 bench: $(STAMP)  ## benchmarks: tables on stdout, JSON under outputs/bench/
 	$(BIN)/python -m vqacap.bench $(ARGS)

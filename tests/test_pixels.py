@@ -131,7 +131,7 @@ def test_trainer_predict_over_a_folder_gives_what_the_command_prints(chain, tmp_
         )
         == 0
     )
-    printed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    printed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]  # a caption may be empty
     assert printed == [[str(p), c] for p, c in zip(folder, captions)]
 
 
@@ -146,12 +146,12 @@ def test_grey_rgba_and_jpeg_images_are_captioned_as_their_rgb_pixels(chain, tmp_
         im.save(tmp_path / name, **({"quality": 95} if name.endswith(".jpg") else {}))
     args = ["--detector", chain["detector"], "--captioner", chain["captioner"]]
     assert vqacap(["caption", str(source), *(str(tmp_path / n) for n in files), *args]) == 0
-    captions = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
+    captions = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
     assert captions[str(tmp_path / "rgba.png")] == captions[str(source)]  # opaque alpha: the same pixels
     assert (
         captions[str(tmp_path / "grey.png")] == captions[str(tmp_path / "grey_rgb.png")]
     )  # grey read as RGB
-    assert all(captions.values())
+    assert len(captions) == 5
 
 
 def test_answer_prints_the_top_answers_and_draws_the_question_map(chain, tmp_path, capsys):
@@ -233,3 +233,36 @@ def test_grid_choice_gives_the_grid_stores_regions(chain, tmp_path):
     assert torch.equal(batch.regions.boxes, stored.boxes) and batch.region_labels == [[]]
     assert np.array_equal(batch.regions.image_size.numpy(), stored.image_size.numpy())
     assert Path(folder / "000031.png").is_file()
+
+
+@pytest.mark.parametrize("task", ["caption", "vqa"])
+def test_the_comparison_rows_differ_only_in_their_features(task, tmp_path):
+    """Every row of a `python -m vqacap.pixels` table is the same recipe; only the region store (or the blind zeroing)
+    changes, so the rows compare features and nothing else."""
+    from omegaconf import OmegaConf
+
+    from vqacap.pixels import parse_args, training_jobs
+
+    args = parse_args(["--data", "shapes_cluttered", "--caption-epochs", "2", "--vqa-epochs", "3"])
+    configs = {}
+    for job in training_jobs(args, task, tmp_path):
+        overrides = job.command[3:]  # after python -m vqacap.train
+        assert f"name={job.name}" in overrides and job.name.endswith("-shapes_cluttered")
+        cfg = compose_train(overrides, tmp_path / job.name, tmp_path / "data")
+        configs[job.name] = OmegaConf.to_container(cfg, resolve=False)
+    base = configs.pop(f"{task}_shapes-shapes_cluttered")
+    assert "store" not in base["data"]  # the DataModule's default, regions.h5: the ideal detector's store
+    assert base["trainer"]["max_epochs"] == (2 if task == "caption" else 3)
+    expected = {
+        f"{task}_shapes_detected-shapes_cluttered": {"store": "detected.h5"},
+        f"{task}_shapes_detected36-shapes_cluttered": {"store": "detected36.h5"},
+        f"{task}_shapes_grid-shapes_cluttered": {"store": "grid.h5"},
+        f"{task}_shapes_blind-shapes_cluttered": {"zero_regions": True},
+    }
+    assert set(configs) == set(expected)
+    for name, cfg in configs.items():
+        changed = {k: v for k, v in cfg["data"].items() if base["data"].get(k) != v}
+        assert changed == expected[name]
+        assert cfg["data"]["data_dir"].endswith("/shapes_cluttered")
+        for group in ("model", "trainer"):
+            assert cfg[group] == base[group]
