@@ -28,6 +28,8 @@ from vqacap.prepare.common import PrepareError
 TINY = {"train": 40, "val": 10, "test": 10}
 # sha256 of what generate(TINY, seed 0, feature_dim 32) wrote at commit 5b473f1, before the Visual Genome files and the
 # cluttered style existed: JSON bytes, decoded image pixels, HDF5 dataset bytes. README results depend on these files.
+# The six vqa_* files are those of VQA_VERSION 2 (the "<colour> <shape>" questions and "answer_seen" added; the questions
+# of version 1 and their answers are unchanged, drawn from the same RNG stream as before).
 PLAIN_BEFORE = {
     "captions_test.json": "1cb27a5cc7d70c727286c8dc390dc656a765062d57bf486e8f0593b8ab0a0388",
     "captions_train.json": "8b4c19dd931b7cecadc0ff1cc9b874aeda7b458a840e07114ee755c62ea5dee5",
@@ -35,12 +37,12 @@ PLAIN_BEFORE = {
     "scenes_test.json": "33299ba31dea19301937e554af283a3c17b31c3608c9bfc30070d984042caa5f",
     "scenes_train.json": "419d92e715ed5c628352fbd55af69e13f851c8d39fb5359f7d54642269f132e8",
     "scenes_val.json": "e261b43f78c4714d58c98df2915ec23cf705db74e57c0c0411d30ef6f612ad56",
-    "vqa_test_annotations.json": "3d703e691d195e687ea0f8749a4dc96d28ec1cd06bcaa059caa3c6b526037677",
-    "vqa_test_questions.json": "23d69223d8b01955d17cfeccc62be3ffd0718a6a94581296614bfc67edc63eb4",
-    "vqa_train_annotations.json": "aef95f175f68814635cabf001254702e7842bdd08833bd5ef226d97c186ac51d",
-    "vqa_train_questions.json": "3ba4f3eb98b190f03bd086880ce24d3d90c069459c7d3c4d3cf25177283fd55b",
-    "vqa_val_annotations.json": "0baad92cef8786b8e545f9233b4ab8f43d65120aebebf737614014133b962d11",
-    "vqa_val_questions.json": "c847dc335f765659304daf1a3fa10e1818227d4ffeb96b76d7d586bfcd69babf",
+    "vqa_test_annotations.json": "d1d8e0c336206e01b5eccc41dcc1f38cd0c5e95b58ae227923279726bb184351",
+    "vqa_test_questions.json": "b6ec970eedf62622845cfbf76e4a825f5c3c176aefc4898259ff525b59aaffce",
+    "vqa_train_annotations.json": "1c1c1768f88014a0eefca7fb8cb1e3a2e464447a30a732c0d1a414a0517196fc",
+    "vqa_train_questions.json": "7292d6c4bd61e9c98a6977dca43524b3935efdd0ce4b96dd491b55d01f798679",
+    "vqa_val_annotations.json": "5afb2f1db58ee51d43ae56fc9f66fe51b87c22a0793cdd567fb02b92558ff245",
+    "vqa_val_questions.json": "f1eca108d1d7d421317e8cb9832a344d5f353daf17c36275b316d3c64e4b0984",
     "images": "e532477130dd1b8aeaea937de8c66e204d0537fd9418325227005b8c73f9845f",
     "regions.h5/boxes": "4d55722e8a10baa159980dab0d4e9a5642fab0e0a115e6393e65974e9a8d415a",
     "regions.h5/features": "654581b34f2d1e4a8495aafa79650cf48b17d87068990fe0004ef52c8423c19c",

@@ -63,6 +63,16 @@ BACKGROUNDS = {"white": (245, 245, 245), "gray": (150, 150, 150), "black": (25, 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
 SPLITS = ("train", "val", "test")
 VERSION = 2  # bump when the generator changes, so stale data is regenerated
+# Of the VQA files alone: 2 added "What is the <size> object?" (answers "<colour> <shape>", some held out of training)
+# and "answer_seen". The other questions and their answers are those of VQA version 1; every other file is unchanged.
+VQA_VERSION = 2
+# "<colour> <shape>" answers that never occur in the training split, not even as a human answer, while each of their
+# words does: one shape per colour, each shape held out once or twice. Questions with these answers are dropped from
+# the training split and flagged "answer_seen": false elsewhere; a classifier over the training answers scores 0 on
+# them by construction, a model that composes answers word by word need not.
+HELD_OUT_ANSWERS = frozenset(
+    {"red triangle", "green diamond", "blue circle", "yellow square", "purple triangle", "orange diamond"}
+)
 VG_VERSION = (
     1  # of the Visual Genome-format files under <root>/vg, which are rebuilt from the scenes on their own
 )
@@ -134,6 +144,9 @@ class ShapesGenerator:
         self, seed: int = 0, image_size: int = 128, feature_dim: int = 2048, noise: float = 0.1
     ) -> None:
         self.rng = np.random.default_rng(seed)
+        # The human answers of the "<colour> <shape>" questions draw from an RNG of their own, so the main stream, and
+        # every file that depends on it, is what it was before those questions existed.
+        self.open_rng = np.random.default_rng([seed, 0x4F50])
         self.image_size = image_size
         self.feature_dim = feature_dim
         self.noise = noise
@@ -283,7 +296,35 @@ class ShapesGenerator:
                     "target": o,
                 }
             )
+        # other, two words: the object of the one size only one object has (no draw from the main RNG).
+        for size in self.sizes:
+            sized = [o for o in objects if o.size == size]
+            if len(sized) == 1:
+                answer = f"{sized[0].colour} {sized[0].shape}"
+                qs.append(
+                    {
+                        "question": f"What is the {size} object?",
+                        "answer": answer,
+                        "answer_type": "other",
+                        "question_type": "what is the",
+                        "target": sized[0],
+                        "humans": self.combination_answers(answer),
+                    }
+                )
         return qs
+
+    def combination_answers(self, answer: str) -> list[str]:
+        """Ten annotator answers to a "<colour> <shape>" question, from `open_rng`: slips name another combination
+        that is not held out, so a held-out string never occurs in training."""
+        rng = self.open_rng
+        seen = [f"{c} {s}" for c in self.colours for s in self.shapes if f"{c} {s}" not in HELD_OUT_ANSWERS]
+        out = []
+        for _ in range(10):
+            a = answer if rng.random() < 0.9 else seen[int(rng.integers(len(seen)))]
+            if rng.random() < 0.1:
+                a = a.capitalize() + "."
+            out.append(a)
+        return out
 
     def other_answers(self) -> list[str]:
         return [*self.colours, *self.shapes, *self.sizes]
@@ -508,6 +549,7 @@ def generate(
     sizes = dict(sizes or {"train": 4000, "val": 500, "test": 500})
     settings = {
         "version": VERSION,
+        "vqa_version": VQA_VERSION,
         "sizes": sizes,
         "seed": seed,
         "feature_dim": feature_dim,
@@ -570,10 +612,14 @@ def _generate(root: Path, settings: dict, gen: ShapesGenerator) -> None:
                 )
                 for text in gen.captions(scene):
                     captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
-                for n, q in enumerate(gen.questions(scene.objects)):
+                asked = gen.questions(scene.objects)
+                # Held-out answers stay out of training (after their human answers were drawn).
+                if split == "train":
+                    asked = [q for q in asked if q["answer"] not in HELD_OUT_ANSWERS]
+                for n, q in enumerate(asked):
                     qid = image_id * 100 + n
                     questions.append({"image_id": image_id, "question": q["question"], "question_id": qid})
-                    answers = gen.human_answers(q["answer"], q["answer_type"])
+                    answers = q.get("humans") or gen.human_answers(q["answer"], q["answer_type"])
                     ann = {
                         "question_id": qid,
                         "image_id": image_id,
@@ -584,6 +630,7 @@ def _generate(root: Path, settings: dict, gen: ShapesGenerator) -> None:
                             {"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
                             for i, a in enumerate(answers)
                         ],
+                        "answer_seen": q["answer"] not in HELD_OUT_ANSWERS,
                     }
                     if q["target"] is not None:
                         ann["target_box"] = q["target"].box
@@ -607,10 +654,11 @@ def _generate(root: Path, settings: dict, gen: ShapesGenerator) -> None:
                 {"info": info, "images": images, "annotations": captions, "type": "captions", "licenses": []},
             )
             subtype = f"shapes_{split}"
+            vqa_info = {**info, "version": f"{VERSION}.{VQA_VERSION}"}
             _dump(
                 root / f"vqa_{split}_questions.json",
                 {
-                    "info": info,
+                    "info": vqa_info,
                     "task_type": "Open-Ended",
                     "data_type": "shapes",
                     "data_subtype": subtype,
@@ -621,7 +669,7 @@ def _generate(root: Path, settings: dict, gen: ShapesGenerator) -> None:
             _dump(
                 root / f"vqa_{split}_annotations.json",
                 {
-                    "info": info,
+                    "info": vqa_info,
                     "data_type": "shapes",
                     "data_subtype": subtype,
                     "annotations": annotations,

@@ -50,9 +50,13 @@ class VQABatch(Batch):
     gt_answers: torch.Tensor | None = None  # (B, N) long candidate index of each human answer, -1 for none
     answer_types: torch.Tensor | None = None  # (B,) long index into answer_vocab.json "answer_types"
     question_types: torch.Tensor | None = None  # (B,) long index into "question_types"
+    # The N raw human answers of each question, to score any answer string:
+    human_answers: list[list[str]] | None = None
     # Only for annotations with `target_box` (Shapes), for grounding accuracy:
     target_boxes: torch.Tensor | None = None  # (B, 4) the box of the one object a question is about
     has_target: torch.Tensor | None = None  # (B,) bool, whether the question is about one object
+    # Only for annotations with `answer_seen` (Shapes): whether the answer occurs among the training answers.
+    answer_seen: torch.Tensor | None = None  # (B,) bool
 
 
 @dataclass
@@ -142,6 +146,8 @@ class VQASplit:
     target_scores: torch.Tensor | None = None
     target_boxes: torch.Tensor | None = None  # (N, 4), zeros where has_target is False
     has_target: torch.Tensor | None = None  # (N,) bool
+    human_answers: list[list[str]] | None = None  # (N, n) raw strings
+    answer_seen: torch.Tensor | None = None  # (N,) bool
 
     def __len__(self) -> int:
         return len(self.question_ids)
@@ -197,6 +203,9 @@ def build_split(
             f"{name}: questions have different numbers of human answers ({sorted({len(g) for g in gt})})"
         )
     split.gt_answers = torch.tensor(gt, dtype=torch.long)
+    split.human_answers = [[a["answer"] for a in ann["answers"]] for ann in ordered]
+    if any("answer_seen" in ann for ann in ordered):
+        split.answer_seen = torch.tensor([bool(ann.get("answer_seen", True)) for ann in ordered])
     split.answer_types = torch.tensor(atypes, dtype=torch.long)
     split.question_types = torch.tensor(qtypes, dtype=torch.long)
     split.target_offsets = torch.tensor(offsets, dtype=torch.long)
@@ -238,6 +247,9 @@ class VQASet(Dataset):
             batch.gt_answers = s.gt_answers[idx]
             batch.answer_types = s.answer_types[idx]
             batch.question_types = s.question_types[idx]
+            batch.human_answers = [s.human_answers[i] for i in indices]
+        if s.answer_seen is not None:
+            batch.answer_seen = s.answer_seen[idx]
         if s.has_target is not None:
             batch.target_boxes, batch.has_target = s.target_boxes[idx], s.has_target[idx]
         return batch

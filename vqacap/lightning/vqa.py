@@ -27,7 +27,7 @@ from vqacap.lightning.common import (
     write_results,
 )
 from vqacap.metrics.grounding import GroundingAccuracy
-from vqacap.metrics.vqa.metric import VQAAccuracy
+from vqacap.metrics.vqa.seen import SeenAnswerAccuracy
 from vqacap.models.vqa import VQAOutput
 
 
@@ -56,21 +56,32 @@ class VQAModule(RegionTaskModule):
         # The GloVe matrix initialises the weights, which the checkpoint holds anyway.
         self.save_hyperparameters(logger=False, ignore=["word_embeddings"])
         self.answers = list(answers)
-        self.net = net(
-            vocab_size=len(words),
+        self.net = self.build_net(net, len(words), feature_dim, use_spatial, word_embeddings)
+        self.use_spatial = use_spatial
+        self.results_dir = results_dir
+        self.test_split = test_split
+        self.accuracy = torch.nn.ModuleDict(
+            {split: SeenAnswerAccuracy(answer_types, question_types) for split in ("val", "test")}
+        )
+        self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
+        self._results: list[dict] = []
+
+    def build_net(
+        self,
+        net: Callable,
+        vocab_size: int,
+        feature_dim: int,
+        use_spatial: bool,
+        word_embeddings: torch.Tensor | None,
+    ) -> torch.nn.Module:
+        """The model: here a classifier over `self.answers` (a subclass builds another kind)."""
+        return net(
+            vocab_size=vocab_size,
             num_answers=len(self.answers),
             feature_dim=feature_dim,
             spatial=use_spatial,
             word_embeddings=word_embeddings,
         )
-        self.use_spatial = use_spatial
-        self.results_dir = results_dir
-        self.test_split = test_split
-        self.accuracy = torch.nn.ModuleDict(
-            {split: VQAAccuracy(answer_types, question_types) for split in ("val", "test")}
-        )
-        self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
-        self._results: list[dict] = []
 
     def forward(self, batch: VQABatch) -> VQAOutput:
         regions = batch.regions
@@ -100,7 +111,12 @@ class VQAModule(RegionTaskModule):
                 f"{split}/loss", self._loss(logits, batch.targets), batch_size=logits.size(0), sync_dist=True
             )
             self.accuracy[split].update(
-                prediction, batch.gt_answers, batch.question_ids, batch.answer_types, batch.question_types
+                prediction,
+                batch.gt_answers,
+                batch.question_ids,
+                batch.answer_types,
+                batch.question_types,
+                batch.answer_seen,
             )
         self._update_grounding(batch, split, output.attention)
         return prediction
@@ -145,6 +161,9 @@ class VQAModule(RegionTaskModule):
         self.log(f"{split}/accuracy", scores["overall"].item(), prog_bar=True)
         for name, value in scores["perAnswerType"].items():
             self.log(f"{split}/accuracy_{name.replace('/', '_')}", value.item())
+        if "held_out" in scores["perAnswerSeen"]:  # data that holds answers out of training (Shapes)
+            for name, value in scores["perAnswerSeen"].items():
+                self.log(f"{split}/accuracy_{name}_answers", value.item())
         return scores
 
     def on_validation_epoch_end(self) -> None:
@@ -179,6 +198,11 @@ class VQAModule(RegionTaskModule):
             batch.question_ids,
         )
 
+    def answer_with_attention(self, batch: VQABatch) -> tuple[list[str], torch.Tensor]:
+        """The answer to each question and the attention (B, K) behind it."""
+        output = self(batch)
+        return [self.answers[i] for i in output.logits.argmax(dim=1).tolist()], output.attention
+
     @torch.no_grad()
     def explain(self, batch: VQABatch) -> list[dict]:
         """What an attention map of each question shows: the question, the predicted and human answers, the attention.
@@ -190,7 +214,7 @@ class VQAModule(RegionTaskModule):
         batch = batch.to(self.device)
         training = self.training
         self.eval()
-        output = self(batch)
+        answers, attention = self.answer_with_attention(batch)
         self.train(training)
         words, regions, items = self.hparams.words, batch.regions, []
         for b, question_id in enumerate(batch.question_ids.tolist()):
@@ -203,8 +227,8 @@ class VQAModule(RegionTaskModule):
                 "image_size": tuple(int(x) for x in regions.image_size[b].tolist()),
                 "boxes": regions.boxes[b, real].cpu(),
                 "question": " ".join(words[i] for i in batch.questions[b].tolist() if i != PAD_ID),
-                "answer": self.answers[int(output.logits[b].argmax())],
+                "answer": answers[b],
                 "gt_answer": self.answers[max(set(humans), key=humans.count)] if humans else None,
-                "attention": output.attention[b, real].cpu(),
+                "attention": attention[b, real].cpu(),
             })  # fmt: skip
         return items

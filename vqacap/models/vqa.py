@@ -6,7 +6,8 @@ H hidden, A candidate answers.
 Both models read the question with a GRU, attend over the regions with the question as context, fuse question and
 attended feature by an element-wise product and score every candidate answer:
 
-    q = GRU(embed(question))                       final state of the real tokens
+    q = GRU(embed(question))                       final state of the real tokens (question_pooling="last", the
+                                                   paper) or the mean of the states over the real tokens ("mean")
     a_i = w_a^T f_att(v_i, q);   alpha = softmax(a) over the valid regions;   v_hat = sum_i alpha_i v_i
     h = f_q(q) * f_v(v_hat)
     s = W_o dropout(f_o(h))                        logits; sigmoid(s) is p(y), applied by the loss
@@ -28,13 +29,34 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vqacap.data.vocab import PAD_ID
 from vqacap.models.attention import ConcatAttention, ProductAttention, attend
 from vqacap.models.layers import GatedTanh, wn_linear, wn_relu
 
 SPATIAL_DIM = 6  # Regions.spatial(): x1/w, y1/h, x2/w, y2/h, box w/w, box h/h
+QUESTION_POOLINGS = ("last", "mean")
+
+
+def check_question_pooling(pooling: str) -> str:
+    if pooling not in QUESTION_POOLINGS:
+        raise ValueError(f"question_pooling={pooling!r}: expected one of {', '.join(QUESTION_POOLINGS)}")
+    return pooling
+
+
+def encode_question(
+    embedding: nn.Embedding, gru: nn.GRU, question: torch.Tensor, pooling: str = "last"
+) -> torch.Tensor:
+    """question (B, T) ids, 0 = <pad> after the words -> q (B, H): the GRU state after the last real word ("last"),
+    or the mean of the GRU states over the real words ("mean"; padding never enters the GRU nor the mean)."""
+    lengths = (question != PAD_ID).sum(dim=1).clamp(min=1)  # (B,)
+    words = pack_padded_sequence(embedding(question), lengths.cpu(), batch_first=True, enforce_sorted=False)
+    states, h = gru(words)  # h (1, B, H), in the batch's order
+    if pooling == "last":
+        return h.squeeze(0)
+    states, _ = pad_packed_sequence(states, batch_first=True)  # (B, T', H), zeros after each question's words
+    return states.sum(1) / lengths.unsqueeze(1).to(states.dtype)
 
 
 @dataclass
@@ -66,8 +88,10 @@ class TopDownVQA(nn.Module):
         embedding_dim: int,
         spatial: bool,
         word_embeddings: torch.Tensor | None,
+        question_pooling: str = "last",
     ) -> None:
         super().__init__()
+        self.question_pooling = check_question_pooling(question_pooling)
         self.region_dim = feature_dim + (SPATIAL_DIM if spatial else 0)
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         if word_embeddings is not None:
@@ -81,13 +105,8 @@ class TopDownVQA(nn.Module):
         self.question_encoder = nn.GRU(embedding_dim, hidden_size, batch_first=True)
 
     def encode_question(self, question: torch.Tensor) -> torch.Tensor:
-        """question (B, T) ids, 0 = <pad> after the words -> q (B, H), the GRU state after the last real word."""
-        lengths = (question != PAD_ID).sum(dim=1).clamp(min=1)  # (B,)
-        words = pack_padded_sequence(
-            self.embedding(question), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, h = self.question_encoder(words)  # (1, B, H), in the batch's order
-        return h.squeeze(0)
+        """question (B, T) ids, 0 = <pad> after the words -> q (B, H), pooled as `question_pooling` says."""
+        return encode_question(self.embedding, self.question_encoder, question, self.question_pooling)
 
     def forward(
         self, regions: torch.Tensor, region_mask: torch.Tensor | None, question: torch.Tensor
@@ -117,8 +136,11 @@ class UpDownVQA(TopDownVQA):
         spatial: bool = False,
         dropout: float = 0.0,
         word_embeddings: torch.Tensor | None = None,
+        question_pooling: str = "last",
     ) -> None:
-        super().__init__(vocab_size, feature_dim, hidden_size, embedding_dim, spatial, word_embeddings)
+        super().__init__(
+            vocab_size, feature_dim, hidden_size, embedding_dim, spatial, word_embeddings, question_pooling
+        )
         hid = hidden_size
         self.attention = ConcatAttention(self.region_dim, hid, hid)
         self.f_q = GatedTanh(hid, hid)
@@ -158,8 +180,11 @@ class ReferenceVQA(TopDownVQA):
         spatial: bool = False,
         dropout: float = 0.5,
         word_embeddings: torch.Tensor | None = None,
+        question_pooling: str = "last",
     ) -> None:
-        super().__init__(vocab_size, feature_dim, hidden_size, embedding_dim, spatial, word_embeddings)
+        super().__init__(
+            vocab_size, feature_dim, hidden_size, embedding_dim, spatial, word_embeddings, question_pooling
+        )
         hid = hidden_size
         self.attention = ProductAttention(self.region_dim, hid, hid)
         self.f_q = wn_relu(hid, hid)

@@ -35,7 +35,11 @@ def gru_cell(
 
 
 def encode_question(model: TopDownVQA, question: torch.Tensor) -> torch.Tensor:
-    """`TopDownVQA.encode_question` with the GRU written out over the packed words. question (B, T) -> (B, H)."""
+    """`TopDownVQA.encode_question` with the GRU written out over the packed words. question (B, T) -> (B, H).
+
+    Only the last state is written out; mean pooling goes through the paper form."""
+    if model.question_pooling != "last":
+        return TopDownVQA.encode_question(model, question)
     gru = model.question_encoder
     lengths, order = (question != PAD_ID).sum(dim=1).clamp(min=1).sort(descending=True)  # (B,)
     words = pack_padded_sequence(model.embedding(question[order]), lengths.cpu(), batch_first=True)
