@@ -301,6 +301,7 @@ def extract_images(
                 extracted += 1
             except RegionStoreError as err:
                 problems.append(str(err))
+        writer.flush()  # a batch on disk before the next is computed: an interrupted run loses at most one batch
     return extracted, skipped, problems
 
 
