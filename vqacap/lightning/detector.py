@@ -125,7 +125,10 @@ class DetectorModule(pl.LightningModule):
         takes_total = "total_steps" in inspect.signature(self.scheduler).parameters
         extra = {"total_steps": int(self.trainer.estimated_stepping_batches)} if takes_total else {}
         scheduler = self.scheduler(optimizer=opt, **extra)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
 
 def _options_dict(options: DetectorOptions) -> dict:
@@ -153,4 +156,4 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
         detector.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the detector ({str(err).splitlines()[0]})") from None
-    return detector.eval()
+    return detector.to(map_location).eval()

@@ -191,7 +191,12 @@ class ResNet(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         # FrozenBatchNorm2d has no num_batches_tracked counter.
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        result = self.load_state_dict(state, strict=False)
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of other shapes: another width or block type
+            raise ValueError(
+                f"{path}: not the weights of this ResNet ({str(err).splitlines()[-1].strip()})"
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             first = (result.missing_keys or result.unexpected_keys)[0]
             raise ValueError(
