@@ -65,6 +65,8 @@ class DetectorModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, batch: DetectionBatch, batch_idx: int) -> torch.Tensor:
         losses = self.net(batch.images, batch.targets)
+        # RPN objectness + RPN box + classifier + box regression + 0.5 x attribute (loss_weight of each train.prototxt
+        # loss layer; the attribute weight is applied in the model)
         loss = sum(losses.values())
         size = len(batch.images)
         for name in LOSSES:
@@ -75,9 +77,8 @@ class DetectorModule(pl.LightningModule):
     # -- evaluation: vg_eval object and attribute AP ---------------------------------------------------------------
     def _eval_step(self, batch: DetectionBatch, split: str) -> None:
         gt_boxes = [t["boxes"] for t in batch.targets]
-        on_gt = self.net.regions(
-            batch.images, boxes=gt_boxes
-        )  # attribute AP is scored on the ground-truth boxes
+        # attribute AP is scored on the ground-truth boxes (test_net_with_gt_boxes), object AP on the proposals
+        on_gt = self.net.regions(batch.images, boxes=gt_boxes)
         for r, g, t in zip(self.net.regions(batch.images), on_gt, batch.targets):
             boxes, scores, labels = select_detections(r.class_boxes, r.class_probs)
             self.evaluators[split].update(
