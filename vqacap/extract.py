@@ -50,7 +50,7 @@ from torchvision.ops import box_iou, nms, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from vqacap.data.store import RegionStoreError, RegionStoreWriter
+from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError
 from vqacap.images import ImageError, open_rgb
 from vqacap.metrics.detection import nms_plus_one
 from vqacap.prepare.common import image_id_from_name
@@ -303,6 +303,8 @@ def extract_images(
                     fields=fields,
                 )
                 extracted += 1
+            except StoreWriteError:
+                raise  # the disk, not the image: nothing more can be written
             except RegionStoreError as err:
                 problems.append(str(err))
         writer.flush()  # a batch on disk before the next is computed: an interrupted run loses at most one batch
@@ -495,6 +497,11 @@ def run(args: argparse.Namespace) -> int:
                 proposals=args.proposals,
                 **common,
             )
+    except StoreWriteError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # HDF5 crashes when it closes a file whose writes failed, even at interpreter exit; nothing is left to close.
+        os._exit(2)
     except (ExtractError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
