@@ -36,7 +36,12 @@ def rows(tmp_path_factory) -> list[dict]:
     """The rows of `python -m vqacap.bench detector` with the paper's R101 options shrunk."""
     out = tmp_path_factory.mktemp("bench")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench, "r101_options", lambda: TINY_R101)
+        real = bench.recipe
+        patch.setattr(
+            bench,
+            "recipe",
+            lambda name: (TINY_R101, real(name)[1]) if name == "detector_vg_r101" else real(name),
+        )
         assert main(["detector", "--out", str(out), *TINY_ARGS]) == 0
     return json.loads((out / "detector.json").read_text())["rows"]
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import resource
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.shapes import generate
-from vqacap.data.store import RegionStore
+from vqacap.data.store import RegionStore, partial_path
 from vqacap.data.vqa import VQADataModule
 from vqacap.extract import DETECTOR_FIELDS, extract_with_detector, select_proposals
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
@@ -264,3 +268,26 @@ def test_bad_checkpoint_and_grid_without_detector_are_one_line_errors(shapes, tm
     assert "not a checkpoint of the bottom-up detector" in capsys.readouterr().err
     assert main(["extract", "--weights", str(other), "--grid", "2", "--images", val, "--out", "x.h5"]) == 2
     assert capsys.readouterr().err.strip() == "error: --grid needs --detector"
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(shapes, checkpoint, tmp_path):
+    out = tmp_path / "full.h5"
+    images = {split: str(shapes / "images" / split) for split in ("train", "val")}
+    command = [sys.executable, "-m", "vqacap.cli", "extract", "--detector", str(checkpoint), "--no-progress"]
+    command += ["--fixed", "36", "--out", str(out)]
+    done = subprocess.run([*command, "--images", images["val"]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    committed = out.read_bytes()
+    limit = len(committed) + 1000  # room for the copy of the store, not for the train images' regions
+
+    def full_disk() -> None:  # in the child: writes past `limit` bytes fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    more = [*command, "--images", images["train"], "--batch-size", "1"]
+    failed = subprocess.run(more, capture_output=True, text=True, preexec_fn=full_disk)
+    assert failed.returncode == 2, failed.stderr  # not a segfault (-11), nor a list of per-image problems
+    assert failed.stderr.strip().splitlines() == [
+        f"error: {partial_path(out)}: write failed (File too large); {out} is unchanged"
+    ]
+    assert out.read_bytes() == committed

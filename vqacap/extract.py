@@ -16,9 +16,9 @@ With `--detector CKPT` (a checkpoint of vqacap.lightning.detector), regions are 
 `--grid N` stores instead the N x N cells of the same detector's res5 map of the whole image, the grid features that
 bottom-up regions are contrasted with. Images are batched (--batch-size per forward pass).
 
-With `--weights`, a stand-in for the Visual Genome ResNet-101 detector of Anderson et al. (whose Caffe weights are not usable here):
-torchvision's `fasterrcnn_resnet50_fpn`, built with `weights=None, weights_backbone=None` and loaded from a state-dict
-file on disk (nothing is downloaded). For each image:
+With `--weights`, a stand-in for the Visual Genome ResNet-101 detector of Anderson et al. (whose Caffe weights are not
+usable here): torchvision's `fasterrcnn_resnet50_fpn`, built with `weights=None, weights_backbone=None` and loaded from
+a state-dict file on disk (nothing is downloaded). For each image:
 
 1. Regions. Detections after per-class NMS (class score >= 0.05) with score >= --conf-thresh are kept, at most
    --max-boxes of them, best first. If fewer than --min-boxes pass, the best-scoring detections below the threshold top
@@ -30,9 +30,9 @@ file on disk (nothing is downloaded). For each image:
    pooled inside each box with `roi_align` to 7 x 7 and averaged to one D-vector per region, as the bottom-up model
    averages its pool5 output.
 
-In both modes boxes are stored in original image pixels (x1, y1, x2, y2) with the image size. Images are processed in batches under
-`torch.no_grad` in eval mode; the output depends only on the images and the weights. Images already in the store are
-skipped, so an interrupted run resumes. Image ids come from the file names (the last run of digits:
+In both modes boxes are stored in original image pixels (x1, y1, x2, y2) with the image size. Images are processed in
+batches under `torch.no_grad` in eval mode; the output depends only on the images and the weights. Images already in
+the store are skipped, so an interrupted run resumes. Image ids come from the file names (the last run of digits:
 COCO_val2014_000000391895.jpg -> 391895).
 """
 
@@ -50,7 +50,7 @@ from torchvision.ops import box_iou, nms, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from vqacap.data.store import RegionStoreError, RegionStoreWriter
+from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError
 from vqacap.images import ImageError, open_rgb
 from vqacap.metrics.detection import nms_plus_one
 from vqacap.prepare.common import image_id_from_name
@@ -303,8 +303,11 @@ def extract_images(
                     fields=fields,
                 )
                 extracted += 1
+            except StoreWriteError:
+                raise  # the disk, not the image: nothing more can be written
             except RegionStoreError as err:
                 problems.append(str(err))
+        writer.flush()  # a batch on disk before the next is computed: an interrupted run loses at most one batch
     return extracted, skipped, problems
 
 
@@ -494,6 +497,11 @@ def run(args: argparse.Namespace) -> int:
                 proposals=args.proposals,
                 **common,
             )
+    except StoreWriteError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # HDF5 crashes when it closes a file whose writes failed, even at interpreter exit; nothing is left to close.
+        os._exit(2)
     except (ExtractError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

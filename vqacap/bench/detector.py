@@ -2,12 +2,14 @@
 
 One row per (size, path), on the machine at hand (fp32):
 
-    shapes  train    B images: the detector of conf/experiment/detector_shapes.yaml (128 x 128 Shapes scenes): RPN,
-                     RoI heads and attribute losses summed, backward, SGD step (momentum 0.9, as the recipe)
+    shapes  train    B images: the detector and optimiser of conf/experiment/detector_shapes.yaml on 128 x 128 images
+                     (Shapes' size; the recipe upsamples them): RPN, RoI heads and attribute losses summed, backward,
+                     optimiser step
     shapes  extract  B images in one forward pass: proposals, pool5 features, class and attribute scores, then
                      generate_tsv's region choice (`vqacap.extract.bottom_up_batch`)
-    r101    train    the paper's model (DetectorOptions defaults: ResNet-101 C4, res5 head at 14 x 14 over 64 sampled
-                     RoIs, 1600 classes, 400 attributes) on 600 x 1000 images, random initialisation
+    r101    train    the paper's model and solver (conf/experiment/detector_vg_r101.yaml: ResNet-101 C4, res5 head at
+                     14 x 14 over 64 sampled RoIs, 1600 classes, 400 attributes, SGD) on 600 x 1000 images, random
+                     initialisation instead of ImageNet weights
     r101    extract  the same model, 300 proposals per 600 x 1000 image
 
 Inputs are random images with random ground-truth objects (the training path needs targets); the speed of a Faster
@@ -29,6 +31,7 @@ from collections.abc import Callable
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vqacap.bench import peak
@@ -41,20 +44,20 @@ from vqacap.train import CONFIG_DIR
 # % of the matmul peak asked for on the project's 2-core CPU machine, fp32: (model, path).
 TARGETS = {("r101", "train"): 40, ("r101", "extract"): 50}
 VG_CLASSES, VG_ATTRIBUTES = 1600, 400
+RECIPES = {"shapes": "detector_shapes", "r101": "detector_vg_r101"}
+SHAPES_IMAGE_SIZE = 128  # the Shapes generator's default
 
 
-def shapes_options() -> DetectorOptions:
-    """The detector options of conf/experiment/detector_shapes.yaml."""
+def recipe(experiment: str) -> tuple[DetectorOptions, Callable]:
+    """The detector options (without ImageNet weights) and the optimiser (a partial taking the parameters) of
+    conf/experiment/<experiment>.yaml."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=detector_shapes"])
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
     GlobalHydra.instance().clear()
-    return DetectorOptions(**OmegaConf.to_container(cfg.model.detector, resolve=True))
-
-
-def r101_options() -> DetectorOptions:
-    """The paper's detector: DetectorOptions' defaults (conf/model/bottom_up_detector.yaml)."""
-    return DetectorOptions()
+    cfg.model.detector.pretrained = None  # random initialisation: the speed does not depend on the weights
+    options = DetectorOptions(**OmegaConf.to_container(cfg.model.detector, resolve=True))
+    return options, instantiate(cfg.model.optimizer)
 
 
 def random_targets(
@@ -82,6 +85,7 @@ def random_targets(
 def detector_paths(
     name: str,
     options: DetectorOptions,
+    optimizer: Callable,
     classes: list[str],
     attributes: list[str],
     image_size: tuple[int, int],
@@ -100,7 +104,7 @@ def detector_paths(
         {k: v.to(dev) for k, v in t.items()}
         for t in random_targets(train_batch, h, w, objects, len(classes), len(attributes), gen)
     ]
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    optimizer = optimizer([p for p in model.parameters() if p.requires_grad])
 
     def train() -> torch.Tensor:
         model.train()
@@ -142,26 +146,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def paths(args: argparse.Namespace, dev: torch.device) -> list[Path]:
     chosen = []
     if "shapes" in args.sizes:
-        options = shapes_options()
         classes = ["__background__", *SHAPES]
         attributes = ["__no_attribute__", *COLOURS, *SIZES]
-        size = (options.min_size, options.min_size)
+        size = (SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE)
         chosen += detector_paths(
-            "shapes",
-            options,
-            classes,
-            attributes,
-            size,
-            5,
-            args.shapes_train_batch,
-            args.shapes_extract_batch,
-            dev,
-        )
+            "shapes", *recipe(RECIPES["shapes"]), classes, attributes, size, 5,
+            args.shapes_train_batch, args.shapes_extract_batch, dev,
+        )  # fmt: skip
     if "r101" in args.sizes:
         classes = ["__background__", *(f"class{i}" for i in range(1, VG_CLASSES + 1))]
         attributes = ["__no_attribute__", *(f"attribute{i}" for i in range(1, VG_ATTRIBUTES + 1))]
         chosen += detector_paths(
-            "r101", r101_options(), classes, attributes, tuple(args.r101_size), 20,
+            "r101", *recipe(RECIPES["r101"]), classes, attributes, tuple(args.r101_size), 20,
             args.r101_train_batch, args.r101_extract_batch, dev,
         )  # fmt: skip
     return chosen

@@ -22,7 +22,9 @@ from vqacap.visualize import _font
 COLOUR = (255, 64, 32)
 
 
-def describe(detection: dict, classes: list[str], attributes: list[str], top_attributes: int = 2) -> list[dict]:
+def describe(
+    detection: dict, classes: list[str], attributes: list[str], top_attributes: int = 2
+) -> list[dict]:
     """One record per detection: box (x1, y1, x2, y2), class id, score and a label "<attributes> <class> <score>".
 
     The attributes shown are the `top_attributes` most probable ones that beat "no attribute"."""
@@ -102,7 +104,12 @@ class DetectionImages(pl.Callback):
         for image_id, picture, records in logged:
             boxes = [
                 {
-                    "position": {"minX": r["box"][0], "minY": r["box"][1], "maxX": r["box"][2], "maxY": r["box"][3]},
+                    "position": {
+                        "minX": r["box"][0],
+                        "minY": r["box"][1],
+                        "maxX": r["box"][2],
+                        "maxY": r["box"][3],
+                    },
                     "domain": "pixel",
                     "class_id": r["class_id"],
                     "box_caption": r["label"],

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 from collections.abc import Mapping, Sequence
@@ -669,10 +670,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _reason(err: OSError) -> str:
-    """One line: HDF5's messages run over several lines with a time stamp and buffer addresses."""
-    if err.errno:
-        return os.strerror(err.errno)
+def _reason(err: OSError | RuntimeError) -> str:
+    """One line: HDF5's messages run over several lines with a time stamp and buffer addresses. A failed flush comes
+    as a RuntimeError whose only trace of the cause is the "errno = N" in its text."""
+    errno = getattr(err, "errno", None)
+    if errno is None:
+        found = re.search(r"errno = (\d+)", str(err))
+        errno = int(found.group(1)) if found else None
+    if errno:
+        return os.strerror(errno)
     return str(err).splitlines()[0][:200]
 
 

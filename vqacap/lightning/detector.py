@@ -65,6 +65,8 @@ class DetectorModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, batch: DetectionBatch, batch_idx: int) -> torch.Tensor:
         losses = self.net(batch.images, batch.targets)
+        # RPN objectness + RPN box + classifier + box regression + 0.5 x attribute (loss_weight of each train.prototxt
+        # loss layer; the attribute weight is applied in the model)
         loss = sum(losses.values())
         size = len(batch.images)
         for name in LOSSES:
@@ -75,9 +77,8 @@ class DetectorModule(pl.LightningModule):
     # -- evaluation: vg_eval object and attribute AP ---------------------------------------------------------------
     def _eval_step(self, batch: DetectionBatch, split: str) -> None:
         gt_boxes = [t["boxes"] for t in batch.targets]
-        on_gt = self.net.regions(
-            batch.images, boxes=gt_boxes
-        )  # attribute AP is scored on the ground-truth boxes
+        # attribute AP is scored on the ground-truth boxes (test_net_with_gt_boxes), object AP on the proposals
+        on_gt = self.net.regions(batch.images, boxes=gt_boxes)
         for r, g, t in zip(self.net.regions(batch.images), on_gt, batch.targets):
             boxes, scores, labels = select_detections(r.class_boxes, r.class_probs)
             self.evaluators[split].update(
@@ -125,7 +126,10 @@ class DetectorModule(pl.LightningModule):
         takes_total = "total_steps" in inspect.signature(self.scheduler).parameters
         extra = {"total_steps": int(self.trainer.estimated_stepping_batches)} if takes_total else {}
         scheduler = self.scheduler(optimizer=opt, **extra)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
 
 def _options_dict(options: DetectorOptions) -> dict:
@@ -153,4 +157,4 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
         detector.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the detector ({str(err).splitlines()[0]})") from None
-    return detector.eval()
+    return detector.to(map_location).eval()

@@ -3,7 +3,8 @@
 Read top to bottom as the paper (and bottom-up-attention's `models/vg/ResNet-101/faster_rcnn_end2end_final/*.prototxt`)
 builds it, on torchvision's Faster R-CNN parts:
 
-1. Trunk: a ResNet up to res4 (stride 16), frozen batch norm, ImageNet weights from a local file when given.
+1. Trunk: a ResNet up to res4 (stride 16), frozen batch norm, ImageNet weights from a local file when given
+   (a trunk trained from scratch, as on Shapes, uses group or batch norm instead: it has no statistics to freeze).
 2. RPN: 3x3 conv (512 channels) over res4, objectness and box deltas for 4 scales x 3 aspect ratios of anchors.
 3. RoIAlign 14 x 14 over res4, then the res5 stage and average pooling: the box head, whose output is the region
    feature (`pool5`, D = 2048 for ResNet-101) -- what the captioner and the VQA model attend over.
@@ -15,7 +16,7 @@ builds it, on torchvision's Faster R-CNN parts:
 Dims: B images, R regions (sampled RoIs in training, proposals or given boxes at test time), D region feature dim,
 C classes and A attributes (the score vectors have C + 1 and A + 1 entries: index 0 is background / no attribute).
 
-API (what extraction and evaluation use; /work-independent summary of how to drive it):
+API (what extraction and evaluation use):
 
     from vqacap.lightning.detector import load_detector
     detector = load_detector(checkpoint_path)        # a BottomUpDetector in eval mode; .classes, .attributes
@@ -190,7 +191,12 @@ class ResNet(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         # FrozenBatchNorm2d has no num_batches_tracked counter.
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        result = self.load_state_dict(state, strict=False)
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of other shapes: another width or block type
+            raise ValueError(
+                f"{path}: not the weights of this ResNet ({str(err).splitlines()[-1].strip()})"
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             first = (result.missing_keys or result.unexpected_keys)[0]
             raise ValueError(
