@@ -114,9 +114,8 @@ def test_a_beam_wider_than_every_step_returns_every_caption_in_exhaustive_order(
 @pytest.mark.parametrize("min_length", [0, 2])
 @pytest.mark.parametrize("alpha", [0.0, 0.7, 2.0])
 @pytest.mark.parametrize("beam", [1, 2, 3, 5])
-@pytest.mark.parametrize(
-    "seed", [0, 1, 11]
-)  # 11: a random model where a beam that evicts finished captions loses
+# Seed 8: a random model where a beam that evicts finished captions loses.
+@pytest.mark.parametrize("seed", [0, 1, 8])
 def test_small_beams_equal_the_algorithm_run_over_all_enumerated_captions(seed, beam, alpha, min_length):
     model, regions, mask = _problem(seed)
     next_logp = _next_token_log_probs(model, regions, mask)
