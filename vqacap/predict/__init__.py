@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def predict(args: argparse.Namespace, module, data) -> list[dict]:
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)  # no accelerator banner around one line per image
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
     accelerator = "gpu" if str(args.device).startswith("cuda") else "cpu"
     trainer = pl.Trainer(
         accelerator=accelerator,
