@@ -335,9 +335,8 @@ def beam_search(
     state = expand_state(state, g)
     # All beams start identical: only the first may expand at step 0, or the beam would fill with copies.
     dtype = regions.dtype
-    live = torch.full(
-        (b, g), NEG_INF, device=device, dtype=dtype
-    )  # (B, G) summed log-probs, -inf: empty slot
+    # (B, G) summed log-probabilities of the live hypotheses; -inf: an empty slot.
+    live = torch.full((b, g), NEG_INF, device=device, dtype=dtype)
     live[:, 0] = 0.0
     token = torch.full((b, g), BOS_ID, dtype=torch.long, device=device)
     history = torch.full((b, g, width), PAD_ID, dtype=torch.long, device=device)  # (B, G, T) live tokens
