@@ -2,6 +2,7 @@
 Karpathy JSON / official VQA v2 JSON and a bottom-up-attention TSV, through `vqacap prepare`, then a real Trainer."""
 
 import json
+import shutil
 
 import pytest
 
@@ -40,6 +41,7 @@ def test_caption_coco_recipes_run_on_prepared_karpathy_data(make_cfg, tmp_path):
     )
     _features(tmp_path, [9, 25, 30, 42], coco / "regions.h5")
     for experiment in ("caption_coco_xe", "caption_coco_scst"):
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)  # each run in an empty run folder of its own
         cfg = make_cfg(
             f"experiment={experiment}",
             "debug=fdr",

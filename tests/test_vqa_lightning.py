@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,12 @@ def test_checkpoint_answers_any_split_as_the_official_evaluator_scores_it(make_c
         "experiment=vqa_shapes", *TINY_VQA, *NO_LOGGER, "+trainer.limit_train_batches=4", tiny=False
     )
     run(cfg)
-    checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    assert checkpoint.exists()
+    trained = Path(cfg.paths.output_dir)
+    assert (trained / "checkpoints" / "last.ckpt").exists()
+    # The answering run gets a run folder of its own (a folder holding another run's files is refused).
+    checkpoint = trained.parent / "trained.ckpt"
+    shutil.move(trained / "checkpoints" / "last.ckpt", checkpoint)
+    shutil.rmtree(trained)
 
     answer_val = ["train=false", f"ckpt_path={checkpoint}", "data.test_split=val"]
     cfg = make_cfg("experiment=vqa_shapes", *TINY_VQA, *NO_LOGGER, *answer_val, tiny=False)
