@@ -11,13 +11,15 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from test_decoding import padded_regions
+from test_vqa_lightning import NO_LOGGER
 
+from vqacap.checkpoints import load_module
 from vqacap.data.answers import process_answer
 from vqacap.data.shapes import HELD_OUT_ANSWERS, generate
 from vqacap.data.store import Regions
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from vqacap.data.vqa import VQABatch
-from vqacap.lightning.vqa_generative import answer_tokens, answer_vocabulary
+from vqacap.lightning.vqa_generative import GenerativeVQAModule, answer_tokens, answer_vocabulary
 from vqacap.metrics.vqa import evaluate_vqa
 from vqacap.metrics.vqa.seen import SeenAnswerAccuracy
 from vqacap.models.decoding import DecodingOptions, beam_search, decode, sample
@@ -254,3 +256,30 @@ def test_a_run_writes_decoded_answers_that_the_official_evaluator_scores_as_logg
     if held_out:
         assert "test/accuracy_held_out_answers" in metrics
     assert not math.isnan(metrics["test/loss"])
+
+
+def test_a_checkpoint_reloads_and_predicts_answers_with_attention_and_top_answers(make_cfg, data_root):
+    cfg = make_cfg(
+        "experiment=vqa_shapes_generative",
+        *TINY_GENERATIVE,
+        *NO_LOGGER,
+        "+trainer.limit_train_batches=2",
+        "test=false",
+        tiny=False,
+    )
+    run(cfg)
+    checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    module = load_module(checkpoint)
+    assert isinstance(module, GenerativeVQAModule)
+    datamodule = instantiate(cfg.data, _recursive_=False)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    batch = datamodule.examples("test", datamodule.example_ids("test", 3))
+    records = module.predict_step(batch, 0)
+    decoded = module.answer_vocab.decode_batch(module(batch).tokens[:, 0])
+    assert [r["answer"] for r in records] == decoded
+    for record in records:
+        assert record["attention"].sum().item() == pytest.approx(1.0, abs=1e-5)
+        assert len(record["top_answers"]) == module.predict_top_k
+        probabilities = [p for _, p in record["top_answers"]]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6

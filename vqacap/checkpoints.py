@@ -216,6 +216,10 @@ def load_module(path: str | os.PathLike, map_location: Any = "cpu"):
     if task is None:
         raise CheckpointError(f"{path}: no vqacap hyper-parameters (not a checkpoint of a vqacap run)")
     module_class = VQAModule if task == "VQA" else CaptioningModule
+    if task == "VQA" and "decoding" in hparams:  # answers decoded word by word
+        from vqacap.lightning.vqa_generative import GenerativeVQAModule
+
+        module_class = GenerativeVQAModule
     try:
         module = module_class(**rebuild_hyperparameters(hparams, path))
     except TypeError as err:
