@@ -103,7 +103,7 @@ def test_every_command_word_runs_its_module(tmp_path, capsys):
 
     assert evaluate(["vqa", *args]) == 0
     assert capsys.readouterr().out == via_vqacap
-    assert set(cli.COMMANDS) == {"train", "evaluate", "prepare", "extract", "visualize"}
+    assert set(cli.COMMANDS) == {"train", "evaluate", "prepare", "extract", "visualize", "caption", "answer"}
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--help"])  # Hydra's help, with the config groups
     assert exit_info.value.code == 0
