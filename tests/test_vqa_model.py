@@ -111,8 +111,23 @@ def test_question_encoder_reads_only_the_real_words():
 
 def test_updown_starts_from_glorot_scale():
     model = _model("updown")
-    for layer in (model.f_v.linear, model.attention.f_a.linear, model.w_o):
-        fan_out, fan_in = layer.weight.shape
-        bound = (6 / (fan_in + fan_out)) ** 0.5
+    # The gated tanh layers' stacked [W; W'] have 2 * out rows; each half's bound is from its own out rows.
+    for layer, halves in ((model.f_v.linear, 2), (model.attention.f_a.linear, 2), (model.w_o, 1)):
+        rows, fan_in = layer.weight.shape
+        bound = (6 / (fan_in + rows // halves)) ** 0.5
         assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
         assert (layer.bias == 0).all()
+
+
+def test_gated_tanh_layers_get_glorot_bounds_of_their_own_fan_in_and_fan_out():
+    from vqacap.models.layers import GatedTanh
+
+    torch.manual_seed(0)
+    model = UpDownVQA(vocab_size=20, num_answers=10, feature_dim=300, hidden_size=100)
+    bound, stacked_bound = (6 / (300 + 100)) ** 0.5, (6 / (300 + 200)) ** 0.5
+    layer = model.f_v  # (300 -> 100): W and W' are (100, 300) halves of one (200, 300) matrix
+    assert isinstance(layer, GatedTanh)
+    for half in layer.linear.weight.detach().chunk(2):
+        # 30,000 uniform draws reach within 1% of their bound, far above the stacked matrix's bound
+        assert stacked_bound < 0.99 * bound < half.abs().max().item() <= bound
+    assert (layer.linear.bias == 0).all()

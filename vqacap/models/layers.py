@@ -23,6 +23,13 @@ class GatedTanh(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_dim, 2 * out_dim)  # [W; W'], [b; b']
 
+    def glorot_init(self) -> None:
+        """Glorot uniform for W and W' each: bound sqrt(6 / (in + out)) from this layer's own fan-in and fan-out (the
+        stacked matrix's 2 * out rows would give the smaller sqrt(6 / (in + 2 out))), and zero biases."""
+        for half in self.linear.weight.data.chunk(2):  # W, W' (out, in) views of the stacked matrix
+            nn.init.xavier_uniform_(half)
+        nn.init.zeros_(self.linear.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.linear(x))
 

@@ -158,9 +158,14 @@ class UpDownVQA(TopDownVQA):
         h = f_q(q) * f_v(v_hat), so the logits start nearly independent of the image: on Shapes the model then stays at
         the accuracy of a blind model for more than 1000 steps, and learns to read the regions within 600 with this init.
         """
-        for part in (self.attention, self.f_q, self.f_v, self.f_o, self.w_o):
+        parts = (self.attention, self.f_q, self.f_v, self.f_o, self.w_o)
+        gated = [m for part in parts for m in part.modules() if isinstance(m, GatedTanh)]
+        for layer in gated:  # per gated-tanh layer: W and W' each from its own fan-in and fan-out
+            layer.glorot_init()
+        stacked = {id(layer.linear) for layer in gated}
+        for part in parts:
             for layer in part.modules():
-                if isinstance(layer, nn.Linear):
+                if isinstance(layer, nn.Linear) and id(layer) not in stacked:
                     nn.init.xavier_uniform_(layer.weight)
                     if layer.bias is not None:
                         nn.init.zeros_(layer.bias)
