@@ -118,18 +118,21 @@ class GenerativeVQAModule(VQAModule):
 
     def _answer_loss(self, batch: VQABatch) -> torch.Tensor:
         targets = batch.targets  # (B, A) soft scores
-        g = max(int((targets > 0).sum(1).max()), 1)
-        weights, index = targets.topk(g, dim=1)  # (B, G): the question's answers with a non-zero score first
-        weights = weights / weights.sum(1, keepdim=True).clamp(min=1e-12)  # rows without a candidate stay 0
-        tokens = self.answer_tokens[index]  # (B, G, L)
-        tokens = tokens[..., : int((tokens != PAD_ID).sum(-1).max())]
+        # One row per (question, candidate answer with a non-zero score): about 2 per question on Shapes, where a
+        # (B, G) grid padded to the most answered question would teacher-force about 4.
+        rows, answers = targets.nonzero(as_tuple=True)  # (N,), (N,)
+        if rows.numel() == 0:  # no question of the batch has a candidate answer
+            return self.net.output.bias.sum() * 0.0
+        weights = targets[rows, answers] / targets.sum(1)[rows]  # s_a / sum_b s_b
+        tokens = self.answer_tokens[answers]  # (N, L)
+        tokens = tokens[:, : int((tokens != PAD_ID).sum(-1).max())]
         regions = batch.regions
         logits, _ = self.net(
-            region_inputs(regions, self.use_spatial), regions.mask, batch.questions, tokens
-        )  # (B, G, L-1, V)
-        target = tokens[..., 1:]
-        nll = F.cross_entropy(logits.flatten(0, 2), target.flatten(), ignore_index=PAD_ID, reduction="none")
-        answer_nll = nll.view_as(target).sum(-1)  # (B, G), - log p(a | Q, I)
+            region_inputs(regions, self.use_spatial)[rows], regions.mask[rows], batch.questions[rows], tokens
+        )  # (N, L-1, V)
+        target = tokens[:, 1:]
+        nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID, reduction="none")
+        answer_nll = nll.view_as(target).sum(-1)  # (N,), - log p(a | Q, I)
         return (weights * answer_nll).sum() / targets.size(0)
 
     def training_step(self, batch: VQABatch, batch_idx: int) -> torch.Tensor:
