@@ -188,8 +188,11 @@ def main(cfg: DictConfig) -> float | None:
 
 def command(argv: list[str]) -> int:
     """`vqacap train ARGS`, the same as `vqacap-train ARGS`: Hydra reads its arguments from sys.argv."""
-    sys.argv = ["vqacap train", *argv]
-    main()
+    saved, sys.argv = sys.argv, ["vqacap train", *argv]
+    try:
+        main()
+    finally:
+        sys.argv = saved
     return 0
 
 
