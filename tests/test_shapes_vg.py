@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -23,6 +25,7 @@ from vqacap.data.shapes import (
     generate,
     prepare_detection,
 )
+from vqacap.data.store import RegionStore
 from vqacap.prepare.common import PrepareError
 
 TINY = {"train": 40, "val": 10, "test": 10}
@@ -238,3 +241,24 @@ def test_cluttered_shapes_trains_the_captioner_and_the_vqa_model(make_cfg, data)
     assert cfg.data.data_dir.endswith("shapes_cluttered") and cfg.data.generator.style == "cluttered"
     metrics = run(cfg)
     assert metrics and all(np.isfinite(v) for v in metrics.values())
+
+
+def test_runs_started_together_fill_a_shared_folder_one_after_the_other(tmp_path):
+    """A sweep's jobs on a fresh clone all ask for the same Shapes folder at once: every one gets a complete copy."""
+    root = tmp_path / "shapes"
+    script = (
+        "import sys; from vqacap.data.shapes import generate, prepare_detection; "
+        "root = generate(sys.argv[1], sizes={'train': 20, 'val': 4, 'test': 4}, feature_dim=8); "
+        "prepare_detection(root)"
+    )
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", script, str(root)], stderr=subprocess.PIPE) for _ in range(3)
+    ]
+    for job in jobs:
+        _, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr.decode()
+    store = RegionStore(root / "regions.h5")
+    assert len(store) == 28
+    captions = json.loads((root / "captions_train.json").read_text())
+    assert {image["id"] for image in captions["images"]} <= {int(i) for i in store.image_ids}
+    assert len(load_detection_split(root / "detection" / "detection_train.json").images) == 20

@@ -7,8 +7,10 @@ that says what to do instead. So `data.data_dir=<a folder of the user's>` can ne
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MARKER = ".vqacap-writer"
@@ -49,3 +51,20 @@ def claim_folder(
     tmp.write_text(writer + "\n")
     os.replace(tmp, marker)
     return folder
+
+
+LOCK = ".vqacap-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold `folder`'s writer lock: runs started together (a sweep's jobs on a fresh clone) fill a shared data folder
+    one after the other, and the later ones find it complete, instead of writing the same files at once."""
+    path = Path(folder) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

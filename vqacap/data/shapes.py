@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vqacap.data.owned import claim_folder
+from vqacap.data.owned import claim_folder, folder_lock
 from vqacap.data.store import RegionStoreWriter, partial_path
 from vqacap.prepare.vg import prepare_vg
 
@@ -560,11 +560,12 @@ def generate(
         settings["style"] = style
     done = root / "COMPLETE.json"
     claim_folder(root, WRITER, REFUSAL_ADVICE, legacy=_written_by_older_generator)
-    if not (done.exists() and json.loads(done.read_text()) == settings):
-        _generate(
-            root, settings, GENERATORS[style](seed=seed, image_size=image_size, feature_dim=feature_dim)
-        )
-    write_vg(root, no_attribute_fraction)
+    with folder_lock(root):
+        if not (done.exists() and json.loads(done.read_text()) == settings):
+            _generate(
+                root, settings, GENERATORS[style](seed=seed, image_size=image_size, feature_dim=feature_dim)
+            )
+        write_vg(root, no_attribute_fraction)
     return root
 
 
@@ -763,14 +764,15 @@ def prepare_detection(root: str | os.PathLike) -> Path:
     vg, out = root / "vg", root / "detection"
     if not (vg / "COMPLETE.json").is_file():
         raise FileNotFoundError(f"{vg}: no Shapes Visual Genome files (generate the Shapes data first)")
-    prepare_vg(
-        vg / "image_data.json",
-        vg / "objects.json",
-        root / "images",
-        vg,
-        out,
-        attributes=vg / "attributes.json",
-        splits={split: vg / "splits" / f"{split}.txt" for split in SPLITS},
-        log=log.info,
-    )
+    with folder_lock(root):
+        prepare_vg(
+            vg / "image_data.json",
+            vg / "objects.json",
+            root / "images",
+            vg,
+            out,
+            attributes=vg / "attributes.json",
+            splits={split: vg / "splits" / f"{split}.txt" for split in SPLITS},
+            log=log.info,
+        )
     return out
