@@ -50,7 +50,7 @@ from torchvision.ops import box_iou, nms, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError
+from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError, exit_after_failed_write
 from vqacap.images import ImageError, open_rgb
 from vqacap.metrics.detection import nms_plus_one
 from vqacap.prepare.common import image_id_from_name
@@ -498,10 +498,7 @@ def run(args: argparse.Namespace) -> int:
                 **common,
             )
     except StoreWriteError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        # HDF5 crashes when it closes a file whose writes failed, even at interpreter exit; nothing is left to close.
-        os._exit(2)
+        exit_after_failed_write(err)
     except (ExtractError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

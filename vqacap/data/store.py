@@ -35,10 +35,11 @@ import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import h5py
 import numpy as np
@@ -57,6 +58,14 @@ class RegionStoreError(ValueError):
 
 class StoreWriteError(RegionStoreError):
     """A write to disk failed (disk full, file size limit): the store is unchanged, the conversion cannot go on."""
+
+
+def exit_after_failed_write(err: StoreWriteError) -> NoReturn:
+    """End a command after a failed disk write: one line, exit 2, and no cleanup, because HDF5 crashes when it closes a
+    file whose writes failed, even at interpreter exit (the store itself is unchanged)."""
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
 
 
 @dataclass

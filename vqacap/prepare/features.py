@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError
+from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError, exit_after_failed_write
 from vqacap.prepare.common import PrepareError, image_id_from_name, load_image_sizes
 
 # Regions queued by the writer before one HDF5 write: ~16 MB of float16 features at D = 2048.
@@ -466,10 +466,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
     except StoreWriteError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        # HDF5 crashes when it closes a file whose writes failed, even at interpreter exit; nothing is left to close.
-        os._exit(2)
+        exit_after_failed_write(err)
     except (PrepareError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
