@@ -45,6 +45,22 @@ def check_question_pooling(pooling: str) -> str:
     return pooling
 
 
+def word_embedding(
+    vocab_size: int, embedding_dim: int, word_embeddings: torch.Tensor | None = None
+) -> nn.Embedding:
+    """The question's word embedding, initialised from `word_embeddings` (V, E) when given (GloVe), PAD row zero."""
+    embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+    if word_embeddings is not None:
+        if tuple(word_embeddings.shape) != (vocab_size, embedding_dim):
+            raise ValueError(
+                f"word_embeddings have shape {tuple(word_embeddings.shape)}, expected ({vocab_size}, {embedding_dim})"
+            )
+        with torch.no_grad():
+            embedding.weight.copy_(word_embeddings)
+            embedding.weight[PAD_ID].zero_()
+    return embedding
+
+
 def encode_question(
     embedding: nn.Embedding, gru: nn.GRU, question: torch.Tensor, pooling: str = "last"
 ) -> torch.Tensor:
@@ -93,15 +109,7 @@ class TopDownVQA(nn.Module):
         super().__init__()
         self.question_pooling = check_question_pooling(question_pooling)
         self.region_dim = feature_dim + (SPATIAL_DIM if spatial else 0)
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        if word_embeddings is not None:
-            if tuple(word_embeddings.shape) != (vocab_size, embedding_dim):
-                raise ValueError(
-                    f"word_embeddings have shape {tuple(word_embeddings.shape)}, expected ({vocab_size}, {embedding_dim})"
-                )
-            with torch.no_grad():
-                self.embedding.weight.copy_(word_embeddings)
-                self.embedding.weight[PAD_ID].zero_()
+        self.embedding = word_embedding(vocab_size, embedding_dim, word_embeddings)
         self.question_encoder = nn.GRU(embedding_dim, hidden_size, batch_first=True)
 
     def encode_question(self, question: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from vqacap.data.vocab import PAD_ID
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
-from vqacap.models.vqa import SPATIAL_DIM, check_question_pooling, encode_question
+from vqacap.models.vqa import SPATIAL_DIM, check_question_pooling, encode_question, word_embedding
 
 
 @dataclass
@@ -78,15 +78,7 @@ class GenerativeVQA(nn.Module):
         self.question_pooling = check_question_pooling(question_pooling)
         d, h = self.feature_dim, hidden_size
         # The question encoder, as the classifier's (vqacap.models.vqa.TopDownVQA).
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        if word_embeddings is not None:
-            if tuple(word_embeddings.shape) != (vocab_size, embedding_dim):
-                raise ValueError(
-                    f"word_embeddings have shape {tuple(word_embeddings.shape)}, expected ({vocab_size}, {embedding_dim})"
-                )
-            with torch.no_grad():
-                self.embedding.weight.copy_(word_embeddings)
-                self.embedding.weight[PAD_ID].zero_()
+        self.embedding = word_embedding(vocab_size, embedding_dim, word_embeddings)
         self.question_encoder = nn.GRU(embedding_dim, h, batch_first=True)
         # The answer decoder.
         self.answer_embed = nn.Embedding(answer_vocab_size, answer_embedding_dim, padding_idx=PAD_ID)  # W_e
