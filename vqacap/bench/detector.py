@@ -182,7 +182,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         warnings.filterwarnings("ignore", message=".*non-deterministic.*")
         for path in paths(args, dev):
             before = peak.measure([top["n"]], 5)["gflops"]
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
             row = measure(path, args.repeats, before, torch.float32, dev)
+            if dev.type == "cuda":  # all models of the run are resident: run one size for its own figure
+                row["peak GiB"] = torch.cuda.max_memory_allocated(dev) / 2**30
             local = max(before, peak.measure([top["n"]], 5)["gflops"])
             del row["flops ok"]  # no analytic count here: the counter's is the figure
             row["target %"] = TARGETS.get((path.model, path.path)) if dev.type == "cpu" else None
