@@ -19,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.strategies import DDPStrategy
-from submitit.slurm.slurm import SlurmExecutor
 
 from tests.conftest import TINY_CAPTIONER, compose_train
+from tests.references import import_reference
 from vqacap.train import CONFIG_DIR, _compile, run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +148,7 @@ def test_compiled_captioner_trains_and_tests(make_cfg):
 
 def test_slurm_launcher_asks_one_task_per_gpu_and_the_requeue_signal(monkeypatch, tmp_path):
     """The sbatch script submitit writes for `hydra/launcher=slurm trainer=ddp` (no cluster needed)."""
+    SlurmExecutor = import_reference("submitit.slurm.slurm").SlurmExecutor  # a dev dependency
     GlobalHydra.instance().clear()
     overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.partition=gpu"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
