@@ -9,7 +9,7 @@ features next to the ideal-region and blind references, and print the comparison
 
 Stages, each a command one could type (printed before it runs):
 
-1. detector: `python -m vqacap.train experiment=detector_shapes data=<data>_vg name=detector-<data>`; skipped when a
+1. detector: `python -m vqacap.train experiment=detector_shapes[_cluttered] name=detector-<data>`; skipped when a
    finished run of that name exists (`--retrain` trains again).
 2. extract: `vqacap extract --detector <its tested checkpoint> --images <data_dir>/images/{train,val,test}` into
    <data_dir>/detected.h5 (10-100 regions per image), detected36.h5 (36) and grid.h5 (6 x 6 cells of the res5 map);
@@ -19,7 +19,8 @@ Stages, each a command one could type (printed before it runs):
    region store changes. `--sat` adds the Show-Attend-Tell captioner on the same stores.
 4. table: per run, the test metrics of its newest finished run (`test_metrics.json`) and its wall time.
 
-Each run's output goes to <log_dir>/pixels/<name>.log; `--jobs N` runs N trainings at once.
+Each run's output goes to <log_dir>/pixels/<name>.log; `--jobs N` runs N trainings at once, each with the machine's
+cores shared out among them (OMP_NUM_THREADS, unless set).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ FEATURES = {
     "blind": ("_blind", None, None),
 }
 TASK_DATA = {"caption": "captions", "vqa": "vqa"}
+DETECTOR_RECIPES = {"shapes": "detector_shapes", "shapes_cluttered": "detector_shapes_cluttered"}
 COLUMNS = {
     "caption": ("Bleu_4", "METEOR", "CIDEr", "grounding"),
     "vqa": ("accuracy", "accuracy_yes_no", "accuracy_number", "accuracy_other", "grounding"),
@@ -105,6 +107,9 @@ def training_jobs(args: argparse.Namespace, task: str, log_dir: Path) -> list[Jo
 def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
     """Run the jobs, `parallel` at a time, each into its log; returns the names of those that failed."""
     waiting, running, failed = list(jobs), [], []
+    env = dict(os.environ)
+    if parallel > 1:  # N runs of 2 threads each on 2 cores spend their time waiting for each other
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
     while waiting or running:
         while waiting and len(running) < parallel:
             job = waiting.pop(0)
@@ -114,7 +119,7 @@ def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
                 flush=True,
             )
             with job.log.open("w") as log:
-                process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT)
+                process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
             running.append((job, process, time.monotonic()))
         time.sleep(1)
         for entry in list(running):
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"detector-{args.data}"
         job = Job(
             name,
-            train_command("experiment=detector_shapes", f"data={args.data}_vg", f"name={name}"),
+            train_command(f"experiment={DETECTOR_RECIPES[args.data]}", f"name={name}"),
             log_dir / "pixels" / f"{name}.log",
         )
         failed += run_jobs([job], 1)
