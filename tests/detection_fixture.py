@@ -1,7 +1,8 @@
 """A tiny detection dataset in the prepared format (detection_<split>.json + PNG images), drawn with PIL.
 
 Squares and circles, red or blue, some "large"; every third object has no attribute. Written in the exact layout that
-`vqacap prepare vg` produces, so the DataModule and the trainer read it as they read real data.
+`vqacap prepare vg` produces, so the DataModule and the trainer read it as they read real data. Also boxes that stress
+non-maximum suppression.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 CLASSES = ["__background__", "square", "circle"]
@@ -62,3 +64,20 @@ def write_detection_dataset(
         }
         (root / f"detection_{split}.json").write_text(json.dumps(data))
     return root
+
+
+def awkward_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) pixel boxes in random order: fractional and whole-pixel corners, degenerate ones (x2 < x1), and for n >= 7
+    an exact duplicate, a nested box, a pair at IoU exactly 6 / 20 = 0.3 with the +1-pixel convention, and two
+    identical zero-area boxes (IoU 0 / 0)."""
+    xy = torch.rand(n, 2, generator=generator) * 200
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=generator) * 120 - 10], 1)
+    whole = torch.rand(n, generator=generator) < 0.5
+    boxes[whole] = boxes[whole].round()
+    if n >= 7:
+        boxes[1] = boxes[0]
+        boxes[2] = boxes[0] + torch.tensor([1.5, 1.5, -1.5, -1.5])
+        boxes[3] = torch.tensor([50.0, 50.0, 50.0, 55.0])  # 1 x 6 pixels
+        boxes[4] = torch.tensor([50.0, 50.0, 51.0, 59.0])  # 2 x 10 pixels around it
+        boxes[5] = boxes[6] = torch.tensor([10.0, 10.0, 9.0, 20.0])  # 0 pixels wide
+    return boxes[torch.randperm(n, generator=generator)]

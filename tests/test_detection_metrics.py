@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.detection_fixture import awkward_boxes
 from vqacap.metrics.detection import (
     DetectionEvaluator,
     box_iou_plus_one,
     cap_per_image,
+    class_nms_plus_one,
     match_detections,
     nms_plus_one,
     select_detections,
@@ -123,6 +125,42 @@ def test_select_detections_applies_per_class_nms_with_the_plus_one_convention():
     # One box per proposal shared by every class: b is now suppressed in class 2 as well.
     boxes, scores, labels = select_detections(t([a, b]), class_scores)
     assert labels.tolist() == [1, 2] and boxes.tolist() == [a, a]
+
+
+def kept_mask(indices, n):
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[indices] = True
+    return mask
+
+
+def test_class_nms_at_the_threshold_and_on_ties():
+    # 1 x 6 pixels inside 2 x 10: IoU 6 / 20, which float32 rounds up to just above 0.3, so it is suppressed at 0.3
+    # (as torchvision's kernel decides) and kept at 0.31.
+    # In class 2 the duplicates tie: the first index goes first.
+    boxes = t([[0, 0, 0, 5], [0, 0, 1, 9], [0, 0, 1, 9]])
+    scores = t([[0.9, 0.1], [0.8, 0.5], [0.7, 0.5]])
+    assert class_nms_plus_one(boxes, scores, 0.3).tolist() == [[True, False], [False, True], [False, False]]
+    assert class_nms_plus_one(boxes, scores, 0.31).tolist() == [[True, True], [True, True], [False, False]]
+    for c in range(2):
+        assert torch.equal(
+            class_nms_plus_one(boxes, scores, 0.3)[:, c], kept_mask(nms_plus_one(boxes, scores[:, c], 0.3), 3)
+        )
+
+
+@pytest.mark.parametrize("num_boxes", [0, 1, 5, 300])
+def test_class_nms_keeps_what_one_nms_per_class_keeps(num_boxes):
+    for seed in range(10):
+        gen = torch.Generator().manual_seed(seed)
+        boxes = awkward_boxes(num_boxes, gen)
+        scores = torch.rand(num_boxes, 6, generator=gen)
+        if seed % 2:
+            scores = (scores * 4).round() / 4  # exact ties within every class
+        for threshold in (0.3, 0.7):
+            kept = class_nms_plus_one(boxes, scores, threshold)
+            assert kept.shape == (num_boxes, 6)
+            for c in range(6):
+                expected = kept_mask(nms_plus_one(boxes, scores[:, c], threshold), num_boxes)
+                assert torch.equal(kept[:, c], expected), (seed, threshold, c)
 
 
 def test_attribute_ap_is_scored_on_the_ground_truth_boxes():

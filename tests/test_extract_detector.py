@@ -14,12 +14,14 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from tests.detection_fixture import awkward_boxes
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.shapes import generate
 from vqacap.data.store import RegionStore, partial_path
 from vqacap.data.vqa import VQADataModule
 from vqacap.extract import DETECTOR_FIELDS, extract_with_detector, select_proposals
+from vqacap.metrics.detection import nms_plus_one
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
 
 CLASSES = ["__background__", "circle", "square", "triangle"]
@@ -160,6 +162,37 @@ def test_region_choice_equals_generate_tsv_on_random_proposals(limits):
     probs = torch.softmax(torch.randn(80, 7, generator=gen) * 2, 1)
     expected = generate_tsv_choice(proposals, probs, 0.2, *limits)
     assert select_proposals(proposals, probs, 0.2, *limits).tolist() == expected
+
+
+def class_loop_choice(proposals, class_probs, conf_thresh, min_boxes, max_boxes, nms_threshold=0.3):
+    """generate_tsv's loop as it reads: one nms_plus_one per class (select_proposals does all classes at once)."""
+    max_conf = torch.zeros(len(proposals), dtype=class_probs.dtype)
+    for c in range(1, class_probs.shape[1]):
+        scores = class_probs[:, c]
+        keep = nms_plus_one(proposals, scores, nms_threshold)
+        max_conf[keep] = torch.maximum(max_conf[keep], scores[keep])
+    keep = torch.nonzero(max_conf >= conf_thresh).squeeze(1)
+    if min_boxes <= len(keep) <= max_boxes:
+        return keep.tolist()
+    best = torch.sort(max_conf, descending=True, stable=True).indices
+    return (best[:min_boxes] if len(keep) < min_boxes else best[:max_boxes]).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_classes", [2, 6, 1601])
+@pytest.mark.parametrize("num_proposals", [1, 5, 300])
+def test_region_choice_equals_one_nms_per_class(num_proposals, num_classes, dtype):
+    for seed in range(2) if num_classes > 100 else range(12):
+        gen = torch.Generator().manual_seed(seed)
+        proposals = awkward_boxes(num_proposals, gen)
+        probs = torch.softmax(torch.randn(num_proposals, num_classes, generator=gen) * (1 + seed % 4), 1)
+        if seed % 2:
+            probs = (probs * 8).round() / 8  # exact ties between proposals within a class
+        probs = probs.to(dtype)
+        # (R, R) limits return every proposal ranked by its surviving score, the strictest comparison.
+        limits = (num_proposals, num_proposals) if seed % 4 < 2 else (10, 100)
+        expected = class_loop_choice(proposals, probs, 0.2, *limits)
+        assert select_proposals(proposals, probs, 0.2, *limits).tolist() == expected, seed
 
 
 # ----------------------------------------------------------------------------------------------------------------------

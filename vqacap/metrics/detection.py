@@ -65,8 +65,42 @@ def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) ->
     The +1 convention on (x1, y1, x2, y2) is the plain convention on (x1, y1, x2 + 1, y2 + 1), so torchvision's kernel
     computes it. Returns the kept indices, highest score first.
     """
-    shifted = boxes.float() + boxes.new_tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float32)
-    return nms(shifted, scores.float(), threshold)
+    return nms(_plus_one(boxes), scores.float(), threshold)
+
+
+def _plus_one(boxes: torch.Tensor) -> torch.Tensor:
+    return boxes.float() + boxes.new_tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float32)
+
+
+def class_nms_plus_one(boxes: torch.Tensor, class_scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`nms_plus_one` of the same boxes (R, 4) under each column of class_scores (R, C) at once: kept mask (R, C).
+
+    kept[:, c] marks exactly the indices nms_plus_one(boxes, class_scores[:, c], threshold) returns on the CPU: the
+    IoU is computed in float32 on the shifted boxes by torchvision's formula and compared in float64, as its CPU
+    kernel does, and each class visits its boxes by descending score, ties in index order (a stable sort, as there).
+    The result is the same on every device (torchvision's CUDA kernel compares in float32 and leaves the order of tied
+    scores unspecified, so nms_plus_one on a GPU can differ on ties and where an IoU rounds to the threshold).
+    """
+    x1, y1, x2, y2 = _plus_one(boxes).unbind(1)
+    areas = (x2 - x1) * (y2 - y1)
+    w = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
+    h = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
+    inter = w * h
+    suppresses = (inter / (areas[:, None] + areas[None] - inter)).double() > threshold  # (R, R)
+    # Row R suppresses nothing: a class whose box of the current rank is already removed points there.
+    suppresses = torch.cat([suppresses, suppresses.new_zeros(1, len(boxes))])
+    order = torch.sort(class_scores.float().t(), dim=1, descending=True, stable=True).indices  # (C, R)
+    classes = torch.arange(order.shape[0], device=order.device)
+    removed = torch.zeros(order.shape, dtype=torch.bool, device=order.device)  # (C, R)
+    kept = torch.zeros_like(removed)
+    # Greedy NMS of all classes in step, one rank at a time: R steps of (C, R) tensor work instead of C NMS calls,
+    # as the boxes (so the IoUs) are the same for every class and only the visiting order differs.
+    for rank in range(order.shape[1]):
+        box = order[:, rank]  # (C,) each class's rank-th best box
+        alive = ~removed[classes, box]
+        kept[classes, box] = alive
+        removed |= suppresses[torch.where(alive, box, len(boxes))]
+    return kept.t()
 
 
 def cap_per_image(scores: torch.Tensor, max_per_image: int) -> torch.Tensor:
