@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import sys
@@ -16,7 +17,9 @@ def _fields(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\S+) (\S+)(?:  |$)", line))
 
 
-def test_each_epoch_is_one_line_in_train_log_and_on_a_redirected_stdout(make_cfg, tmp_path, capsys):
+def test_each_epoch_is_one_line_in_train_log_and_on_a_redirected_stdout(make_cfg, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("pytorch_lightning"), "propagate", True)  # its records reach caplog too
+    caplog.set_level(logging.INFO)
     cfg = make_cfg(
         "experiment=caption_shapes", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", *TINY_CAPTIONER
     )
@@ -25,6 +28,7 @@ def test_each_epoch_is_one_line_in_train_log_and_on_a_redirected_stdout(make_cfg
     assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2", "test"]
     printed = capsys.readouterr().out.splitlines()  # pytest's captured stdout is not a terminal
     assert all(line in printed for line in lines)
+    assert "weights_only" not in caplog.text  # Lightning's note at a save that does not say what it keeps
 
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
     steps_per_epoch = TINY_SHAPES["train"] // cfg.data.batch_size

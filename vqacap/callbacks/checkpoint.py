@@ -47,7 +47,9 @@ class LastCheckpoint(pl.Callback):
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run or self._saved_at_step == trainer.global_step:
             return
-        trainer.save_checkpoint(self.path)  # every rank takes part; global rank 0 writes
+        # Every rank takes part; global rank 0 writes. The full state (optimiser, loops, callbacks): resume is exact.
+        # Saying so also keeps Lightning from printing "`weights_only` was not set" at every save.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
