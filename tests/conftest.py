@@ -33,6 +33,16 @@ TINY_OVERRIDES = [
 TINY_CAPTIONER = ["model.net.embed_dim=32", "model.net.hidden_dim=48", "model.net.attention_dim=24"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): threads wait
+    for each other on a busy CI machine (7x slower with 2 threads on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """paths.data_dir for tests: the tiny Shapes dataset is generated here once, on first use."""
