@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -31,6 +32,20 @@ TINY_OVERRIDES = [
     "callbacks.attention_maps.num_examples=2",  # drawing maps costs ~0.5 s per validation epoch at the default 8
 ]
 TINY_CAPTIONER = ["model.net.embed_dim=32", "model.net.hidden_dim=48", "model.net.attention_dim=24"]
+# Overfit two batches, one logged loss per step (add the experiment and its number of epochs).
+OVERFIT = [
+    "debug=overfit",
+    "trainer.overfit_batches=2",
+    "trainer.log_every_n_steps=1",
+    "model.optimizer.lr=0.01",
+    "test=false",
+]
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    """The values of `key` in a run's CSV log (`logger=csv`), in the order logged; rows without it are skipped."""
+    with (Path(run_dir) / "csv" / "metrics.csv").open() as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
 
 
 @pytest.fixture(scope="module")
