@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from vqacap.train import CONFIG_DIR
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+VQACAP = [sys.executable, "-m", "vqacap.cli"]  # the `vqacap` console command, for a subprocess
 
 # A Shapes dataset small enough for seconds-long runs, and models to match.
 TINY_SHAPES = {"train": 60, "val": 12, "test": 12}
