@@ -45,6 +45,20 @@ OVERFIT = [
 ]
 
 
+def tiny_detector(pool_size: int, rpn_post_nms_top_n_test: int) -> list[str]:
+    """Overrides that shrink detector_shapes to 64-pixel images and a handful of RoIs."""
+    return [
+        "model.detector.width=8",
+        "model.detector.min_size=64",
+        "model.detector.max_size=64",
+        "model.detector.anchor_sizes=[16,32]",
+        "model.detector.rpn_channels=16",
+        f"model.detector.pool_size={pool_size}",
+        "model.detector.box_batch_size_per_image=16",
+        f"model.detector.rpn_post_nms_top_n_test={rpn_post_nms_top_n_test}",
+    ]
+
+
 def logged(run_dir: Path, key: str) -> list[float]:
     """The values of `key` in a run's CSV log (`logger=csv`), in the order logged; rows without it are skipped."""
     with (Path(run_dir) / "csv" / "metrics.csv").open() as f:
