@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+VQACAP = [sys.executable, "-m", "vqacap.cli"]  # the `vqacap` console command, for a subprocess
+
 # A Shapes dataset small enough for seconds-long runs, and models to match.
 TINY_SHAPES = {"train": 60, "val": 12, "test": 12}
 TINY_FEATURE_DIM = 64
@@ -31,6 +35,44 @@ TINY_OVERRIDES = [
     "callbacks.attention_maps.num_examples=2",  # drawing maps costs ~0.5 s per validation epoch at the default 8
 ]
 TINY_CAPTIONER = ["model.net.embed_dim=32", "model.net.hidden_dim=48", "model.net.attention_dim=24"]
+# Overfit two batches, one logged loss per step (add the experiment and its number of epochs).
+OVERFIT = [
+    "debug=overfit",
+    "trainer.overfit_batches=2",
+    "trainer.log_every_n_steps=1",
+    "model.optimizer.lr=0.01",
+    "test=false",
+]
+
+
+def tiny_detector(pool_size: int, rpn_post_nms_top_n_test: int) -> list[str]:
+    """Overrides that shrink detector_shapes to 64-pixel images and a handful of RoIs."""
+    return [
+        "model.detector.width=8",
+        "model.detector.min_size=64",
+        "model.detector.max_size=64",
+        "model.detector.anchor_sizes=[16,32]",
+        "model.detector.rpn_channels=16",
+        f"model.detector.pool_size={pool_size}",
+        "model.detector.box_batch_size_per_image=16",
+        f"model.detector.rpn_post_nms_top_n_test={rpn_post_nms_top_n_test}",
+    ]
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    """The values of `key` in a run's CSV log (`logger=csv`), in the order logged; rows without it are skipped."""
+    with (Path(run_dir) / "csv" / "metrics.csv").open() as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): threads wait
+    for each other on a busy CI machine (7x slower with 2 threads on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,7 @@ TINY_ARGS = ["--repeats", "1", "--shapes-train-batch", "2", "--shapes-extract-ba
              "--r101-extract-batch", "2", "--r101-size", "48", "80", "--peak-sizes", "64"]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+from tests.conftest import VQACAP
 from vqacap import cli
 
 
@@ -45,9 +46,7 @@ def test_a_new_command_is_one_registry_line(monkeypatch):
 def test_console_entry_point_runs_as_a_module(tmp_path):
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "vqacap.cli",
+            *VQACAP,
             "prepare",
             "features",
             "--tsv",
@@ -127,16 +126,15 @@ def test_a_users_mistake_is_one_line_and_the_traceback_is_opt_in(tmp_path):
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
     command = [
-        sys.executable,
-        "-m",
-        "vqacap.cli",
+        *VQACAP,
         "prepare",
         "features",
         "--no-progress",
         "--tsv",
         str(empty),
+        "--out",
+        str(tmp_path / "s.h5"),
     ]
-    command += ["--out", str(tmp_path / "s.h5")]
     quiet = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert quiet.returncode != 0
     assert len(quiet.stderr.strip().splitlines()) == 1 and quiet.stderr.startswith("error: ")

@@ -3,7 +3,6 @@ through a real Trainer. Recipes written for a GPU are composed with `trainer=cpu
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_CAPTIONER
+from tests.conftest import TINY_CAPTIONER, logged
 from tests.test_prepare_vqa2 import official, run_prepare  # noqa: F401 (fixture)
 from vqacap.train import CONFIG_DIR, run
 
@@ -98,8 +97,7 @@ def _run_for_real(make_cfg, tmp_path, debug: str, experiment: str, files: dict) 
     epochs = [line for line in (out / "train.log").read_text().splitlines() if line.startswith("epoch ")]
     assert epochs and all("train/loss" in line for line in epochs), "a training loop ran no batch"
     if cfg.get("logger"):
-        rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
-        assert any(r.get(cfg.model.monitor) for r in rows), "no validation epoch was logged"
+        assert logged(out, cfg.model.monitor), "no validation epoch was logged"
 
 
 # One real run per debug config in the default suite; every other pair (real-data recipes on the CPU included) is slow.

@@ -7,21 +7,12 @@ import json
 import pytest
 import torch
 
+from tests.conftest import tiny_detector
 from tests.detection_fixture import write_detection_dataset
 from vqacap.lightning.detector import load_detector
 from vqacap.train import run
 
-# detector_shapes, shrunk to 64-pixel images and a handful of RoIs
-TINY_DETECTOR = [
-    "model.detector.width=8",
-    "model.detector.min_size=64",
-    "model.detector.max_size=64",
-    "model.detector.anchor_sizes=[16,32]",
-    "model.detector.rpn_channels=16",
-    "model.detector.pool_size=6",
-    "model.detector.box_batch_size_per_image=16",
-    "model.detector.rpn_post_nms_top_n_test=20",
-]
+TINY_DETECTOR = tiny_detector(pool_size=6, rpn_post_nms_top_n_test=20)
 
 
 @pytest.fixture(scope="module")

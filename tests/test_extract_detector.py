@@ -6,7 +6,6 @@ import dataclasses
 import resource
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from tests.conftest import VQACAP
 from tests.detection_fixture import awkward_boxes
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
@@ -33,12 +33,7 @@ TINY = DetectorOptions(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +301,7 @@ def test_bad_checkpoint_and_grid_without_detector_are_one_line_errors(shapes, tm
 def test_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(shapes, checkpoint, tmp_path):
     out = tmp_path / "full.h5"
     images = {split: str(shapes / "images" / split) for split in ("train", "val")}
-    command = [sys.executable, "-m", "vqacap.cli", "extract", "--detector", str(checkpoint), "--no-progress"]
+    command = [*VQACAP, "extract", "--detector", str(checkpoint), "--no-progress"]
     command += ["--fixed", "36", "--out", str(out)]
     done = subprocess.run([*command, "--images", images["val"]], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from torchmetrics.utilities import dim_zero_cat
 
-from tests.conftest import TINY_CAPTIONER
+from tests.conftest import TINY_CAPTIONER, logged
 from vqacap.data.vocab import EOS_ID, tokenize
 from vqacap.metrics.grounding import GroundingAccuracy, box_iou, caption_targets, named_objects
 from vqacap.models.decoding import Decoded
@@ -139,8 +137,7 @@ def test_vqa_run_logs_grounding_in_validation_and_test(make_cfg):
     cfg = make_cfg("experiment=vqa_shapes", *TINY_VQA, "callbacks.attention_maps=null")
     metrics = run(cfg)
     assert 0 <= metrics["test/grounding"] <= 1
-    rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
-    assert [float(r["val/grounding"]) for r in rows if r.get("val/grounding")]
+    assert logged(cfg.paths.output_dir, "val/grounding")
 
 
 def test_data_without_scenes_or_target_boxes_logs_no_grounding(make_cfg, data_root, tmp_path):

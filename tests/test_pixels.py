@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_CAPTIONER, compose_train
+from tests.conftest import TINY_CAPTIONER, compose_train, tiny_detector
 from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
 from vqacap.data.captions import CaptionDataModule
@@ -24,16 +24,7 @@ from vqacap.lightning.common import region_inputs
 from vqacap.lightning.detector import load_detector
 from vqacap.train import run
 
-TINY_DETECTOR = [
-    "model.detector.width=8",
-    "model.detector.min_size=64",
-    "model.detector.max_size=64",
-    "model.detector.anchor_sizes=[16,32]",
-    "model.detector.rpn_channels=16",
-    "model.detector.pool_size=4",
-    "model.detector.box_batch_size_per_image=16",
-    "model.detector.rpn_post_nms_top_n_test=30",
-]
+TINY_DETECTOR = tiny_detector(pool_size=4, rpn_post_nms_top_n_test=30)
 SIZES = "data.generator.sizes={train:24,val:6,test:6}"
 FEW_STEPS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "logger=csv"]
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]

@@ -9,7 +9,6 @@ import pickle
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import VQACAP
 from vqacap.cli import main
 from vqacap.data.store import RegionStore, RegionStoreWriter, partial_path
 from vqacap.prepare.features import Source, convert, h5_source, npz_source, tsv_source
@@ -135,6 +135,11 @@ def spatial_features(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.stack([boxes[:, 0] / w, boxes[:, 1] / h, boxes[:, 2] / w, boxes[:, 3] / h, bw / w, bh / h], 1)
 
 
+def convert_h5(h5: Path, ids: Path, out: Path, *extra: str) -> int:
+    """`vqacap prepare features --h5` (an HDF5 file and its id pickle); its exit code."""
+    return main(["prepare", "features", "--h5", str(h5), "--ids", str(ids), "--out", str(out), *extra])
+
+
 def test_bottom_up_attention_vqa_hdf5_recovers_image_sizes(tmp_path):
     sizes = {9: (640, 480), 25: (500, 375), 30: (427, 640)}
     images = {i: make_image(i, 36, *wh) for i, wh in sizes.items()}
@@ -177,26 +182,7 @@ def test_adaptive_hdf5_with_pos_boxes_and_coco_sizes(tmp_path):
     )
 
     out = tmp_path / "store.h5"
-    assert (
-        main(
-            [
-                "prepare",
-                "features",
-                "--h5",
-                str(path),
-                "--ids",
-                str(ids),
-                "--image-sizes",
-                str(coco),
-                "--out",
-                str(out),
-                "--dtype",
-                "float32",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert convert_h5(path, ids, out, "--image-sizes", str(coco), "--dtype", "float32", "--no-progress") == 0
     store = RegionStore(out)
     assert store.num_regions.tolist() == [10, 100]
     np.testing.assert_array_equal(store.read(2)[0], images[2][0])
@@ -209,19 +195,7 @@ def test_hdf5_without_sizes_or_spatial_features_is_reported(tmp_path, capsys):
         f["image_bb"] = make_image(1, 36)[1][None]
     ids = tmp_path / "val36_imgid2idx.pkl"
     ids.write_bytes(pickle.dumps({1: 0}))
-    code = main(
-        [
-            "prepare",
-            "features",
-            "--h5",
-            str(path),
-            "--ids",
-            str(ids),
-            "--out",
-            str(tmp_path / "s.h5"),
-            "--no-progress",
-        ]
-    )
+    code = convert_h5(path, ids, tmp_path / "s.h5", "--no-progress")
     assert code == 1
     assert "image size unknown" in capsys.readouterr().out
 
@@ -229,21 +203,7 @@ def test_hdf5_without_sizes_or_spatial_features_is_reported(tmp_path, capsys):
 def test_id_pickle_that_runs_code_is_refused(tmp_path, capsys):
     ids = tmp_path / "evil.pkl"
     ids.write_bytes(pickle.dumps({1: print}))
-    assert (
-        main(
-            [
-                "prepare",
-                "features",
-                "--h5",
-                str(tmp_path / "x.h5"),
-                "--ids",
-                str(ids),
-                "--out",
-                str(tmp_path / "s.h5"),
-            ]
-        )
-        == 2
-    )
+    assert convert_h5(tmp_path / "x.h5", ids, tmp_path / "s.h5") == 2
     assert "refusing to load builtins.print" in capsys.readouterr().err
 
 
@@ -363,17 +323,7 @@ def write_tsv(path: Path, images: dict) -> Path:
 
 
 def start_conversion(tsv: Path, out: Path, preexec_fn=None) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "vqacap.cli",
-        "prepare",
-        "features",
-        "--tsv",
-        str(tsv),
-        "--out",
-        str(out),
-    ]
+    command = [*VQACAP, "prepare", "features", "--tsv", str(tsv), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [*command, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import VQACAP
 from vqacap.cli import main
 from vqacap.data.detection import load_detection_split
 from vqacap.prepare.common import PrepareError
@@ -392,7 +393,7 @@ def test_a_run_killed_mid_stream_leaves_nothing_that_looks_complete_and_the_reru
     os.mkfifo(fifo)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     # The rerun is forced by a changed input (the objects file is now another path).
-    cmd = [sys.executable, "-m", "vqacap.cli", *args_of({**files, "objects": fifo}, out)]
+    cmd = [*VQACAP, *args_of({**files, "objects": fifo}, out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while True:  # open the pipe's writing end once the run has opened its reading end

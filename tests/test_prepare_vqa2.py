@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,24 +97,16 @@ def official(tmp_path):
     return {key: tmp_path / name for key, (name, _) in files.items()}
 
 
+def prepare_vqa2(questions: list[Path], annotations: list[Path], out: Path, *extra: str) -> int:
+    """`vqacap prepare vqa2` on these files; its exit code."""
+    files = ["--questions", *map(str, questions), "--annotations", *map(str, annotations)]
+    return main(["prepare", "vqa2", *files, "--out", str(out), *extra])
+
+
 def run_prepare(official, out, *extra) -> int:
-    questions = [str(official[s]) for s in ("test2015", "train2014", "test-dev2015", "val2014")]  # any order
-    return main(
-        [
-            "prepare",
-            "vqa2",
-            "--questions",
-            *questions,
-            "--annotations",
-            str(official["val_ann"]),
-            str(official["train_ann"]),
-            "--out",
-            str(out),
-            "--min-answer-count",
-            "2",
-            *extra,
-        ]
-    )
+    questions = [official[s] for s in ("test2015", "train2014", "test-dev2015", "val2014")]  # any order
+    annotations = [official["val_ann"], official["train_ann"]]
+    return prepare_vqa2(questions, annotations, out, "--min-answer-count", "2", *extra)
 
 
 def test_every_split_is_written_in_the_official_format(official, tmp_path):
@@ -194,18 +187,7 @@ def test_glove_subset_holds_the_question_words(official, tmp_path):
 
 
 def test_questions_given_as_annotations_name_the_file(official, tmp_path, capsys):
-    code = main(
-        [
-            "prepare",
-            "vqa2",
-            "--questions",
-            str(official["train2014"]),
-            "--annotations",
-            str(official["val2014"]),
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    code = prepare_vqa2([official["train2014"]], [official["val2014"]], tmp_path / "o")
     assert code == 2
     assert capsys.readouterr().err.strip() == (
         f"error: {official['val2014']}: is a VQA questions file, given where a annotations file is expected"
@@ -232,19 +214,7 @@ def test_missing_fields_and_unanswered_questions_name_the_question(official, tmp
 def test_test_annotations_are_refused(official, tmp_path, capsys):
     fake = tmp_path / "v2_mscoco_test2015_annotations.json"
     fake.write_text(json.dumps(annotations_json("test2015", [])))
-    code = main(
-        [
-            "prepare",
-            "vqa2",
-            "--questions",
-            str(official["train2014"]),
-            "--annotations",
-            str(official["train_ann"]),
-            str(fake),
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    code = prepare_vqa2([official["train2014"]], [official["train_ann"], fake], tmp_path / "o")
     assert code == 2
     assert "test has no public annotations" in capsys.readouterr().err
 

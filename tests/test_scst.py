@@ -3,8 +3,6 @@ log-probabilities, a few REINFORCE steps that raise the reward, and both modes t
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
 
@@ -124,7 +122,7 @@ def test_a_few_self_critical_steps_raise_the_reward(kind):
 
 @pytest.mark.parametrize("mode", ["sample", "beam"])
 def test_both_modes_train_through_the_recipe(make_cfg, tmp_path, mode):
-    from tests.conftest import TINY_CAPTIONER
+    from tests.conftest import TINY_CAPTIONER, logged
     from vqacap.train import run
 
     cfg = make_cfg(
@@ -140,9 +138,8 @@ def test_both_modes_train_through_the_recipe(make_cfg, tmp_path, mode):
     )
     metrics = run(cfg)
     assert {"test/CIDEr", "test/bad_endings"} <= metrics.keys()
-    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
-    rewards = [float(r["train/reward"]) for r in rows if r.get("train/reward")]
-    baselines = [float(r["train/baseline"]) for r in rows if r.get("train/baseline")]
+    rewards = logged(tmp_path / "run", "train/reward")
+    baselines = logged(tmp_path / "run", "train/baseline")
     assert len(rewards) == 2 and all(r >= 0 for r in rewards)
     if mode == "beam":  # the baseline is the mean reward of the beams, so the logged means agree
         assert baselines == pytest.approx(rewards, rel=1e-5)

@@ -1,6 +1,5 @@
 """The real Hydra configs, composed as `python -m vqacap.train` composes them, run through real Lightning Trainers."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def test_blind_experiment_zeroes_the_regions_only(make_cfg):
 
 
 def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_path):
-    from tests.conftest import TINY_CAPTIONER
+    from tests.conftest import TINY_CAPTIONER, logged
 
     cfg = make_cfg(
         "experiment=caption_shapes", "trainer.max_epochs=2", "model.decoding.beam_size=3", *TINY_CAPTIONER
@@ -49,28 +48,22 @@ def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_
         assert metrics[f"test/{name}"] == pytest.approx(rescored[name], abs=1e-5)  # logged as float32
     ends = [r["caption"].split()[-1] in BAD_ENDINGS for r in results]
     assert metrics["test/bad_endings"] == pytest.approx(sum(ends) / len(ends))
-    rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
-    assert any(r.get("val/CIDEr") for r in rows)
+    assert logged(out, "val/CIDEr")
 
 
 def test_overfitting_a_few_batches_drives_the_loss_down(make_cfg, tmp_path):
-    from tests.conftest import TINY_CAPTIONER
+    from tests.conftest import OVERFIT, TINY_CAPTIONER, logged
 
     cfg = make_cfg(
         "experiment=caption_shapes",
-        "debug=overfit",
-        "trainer.overfit_batches=2",
+        *OVERFIT,
         "trainer.max_epochs=40",
-        "trainer.log_every_n_steps=1",
-        "model.optimizer.lr=0.01",
         "model.scheduler=null",
         "model.net.dropout=0",
-        "test=false",
         *TINY_CAPTIONER,
     )
     run(cfg)
-    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
-    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    losses = logged(tmp_path / "run", "train/loss")
     assert len(losses) >= 60
     assert losses[-1] < 0.15 * losses[0], (losses[0], losses[-1])
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
+from conftest import OVERFIT, TINY_OVERRIDES, logged
 
 from vqacap.metrics.vqa import evaluate_vqa
 from vqacap.train import run
@@ -50,16 +49,11 @@ def test_overfitting_a_few_batches_drives_the_loss_down(make_cfg, tmp_path):
     cfg = make_cfg(
         "experiment=vqa_shapes",
         *TINY_VQA,
-        "debug=overfit",
-        "trainer.overfit_batches=2",
+        *OVERFIT,
         "trainer.max_epochs=12",
-        "trainer.log_every_n_steps=1",
-        "model.optimizer.lr=0.01",
-        "test=false",
     )
     run(cfg)
-    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
-    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    losses = logged(tmp_path / "run", "train/loss")
     assert len(losses) >= 20
     # One loss per batch and step: the last epoch's two batches against the first epoch's (about 0.36 here).
     assert sum(losses[-2:]) < 0.5 * sum(losses[:2]), losses

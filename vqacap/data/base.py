@@ -104,6 +104,18 @@ class ResumableSampler(DistributedSampler):
         return itertools.islice(super().__iter__(), start, None)
 
 
+def loader_options(
+    num_workers: int, pin_memory: bool, persistent_workers: bool, multiprocessing_context: str | None = None
+) -> dict[str, Any]:
+    """DataLoader options shared by a DataModule's loaders; those about worker processes only when there are some."""
+    return {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": persistent_workers and num_workers > 0,
+        "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
+    }
+
+
 # -- the DataModule --------------------------------------------------------------------------------------------------
 class RegionDataModule(pl.LightningDataModule):
     """Loaders of region-feature datasets; see the module docstring for what a subclass provides.
@@ -136,12 +148,9 @@ class RegionDataModule(pl.LightningDataModule):
         self.store_path = self.data_dir / store
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.loader_options = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers and num_workers > 0,
-            "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
-        }
+        self.loader_options = loader_options(
+            num_workers, pin_memory, persistent_workers, multiprocessing_context
+        )
         self.zero_regions = zero_regions
         self.pad_regions_to = pad_regions_to
         self.test_split = test_split

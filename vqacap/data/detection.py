@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
+from vqacap.data.base import loader_options
 from vqacap.data.captions import spread
 
 SPLITS = ("train", "val", "test")
@@ -212,11 +213,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.batch_size = batch_size  # images per training batch (IMS_PER_BATCH: 1 per GPU in the paper)
         self.eval_batch_size = eval_batch_size
         self.flip = flip
-        self.loader_options = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers and num_workers > 0,
-        }
+        self.loader_options = loader_options(num_workers, pin_memory, persistent_workers)
         self.generator = generator
         self.prepare = prepare
         self._splits: dict[str, DetectionSplit] = {}

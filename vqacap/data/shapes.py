@@ -123,6 +123,19 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _question(
+    question: str, answer: str, answer_type: str, question_type: str, target: ShapesObject | None = None
+) -> dict:
+    """A question record; `target` is the object a single-object question is about."""
+    return {
+        "question": question,
+        "answer": answer,
+        "answer_type": answer_type,
+        "question_type": question_type,
+        "target": target,
+    }
+
+
 def _relation(a: ShapesObject, b: ShapesObject) -> str:
     """Where a lies relative to b, along the axis where they differ most."""
     (ax, ay), (bx, by) = a.centre, b.centre
@@ -240,77 +253,35 @@ class ShapesGenerator:
             else:
                 shape, colour = self._pick(self.shapes), self._pick(list(self.colours))
             matches = [o for o in objects if o.shape == shape and o.colour == colour]
-            qs.append(
-                {
-                    "question": f"Is there {_article(colour)} {colour} {shape}?",
-                    "answer": "yes" if matches else "no",
-                    "answer_type": "yes/no",
-                    "question_type": "is there a",
-                    "target": matches[0] if len(matches) == 1 else None,
-                }
-            )
+            answer = "yes" if matches else "no"
+            target = matches[0] if len(matches) == 1 else None
+            question = f"Is there {_article(colour)} {colour} {shape}?"
+            qs.append(_question(question, answer, "yes/no", "is there a", target))
         # number
         shape = self._pick(self.shapes)
-        qs.append(
-            {
-                "question": f"How many {_plural(shape)} are there?",
-                "answer": str(sum(o.shape == shape for o in objects)),
-                "answer_type": "number",
-                "question_type": "how many",
-                "target": None,
-            }
-        )
+        count = str(sum(o.shape == shape for o in objects))
+        qs.append(_question(f"How many {_plural(shape)} are there?", count, "number", "how many"))
         colour = self._pick(list(self.colours))
-        qs.append(
-            {
-                "question": f"How many {colour} shapes are there?",
-                "answer": str(sum(o.colour == colour for o in objects)),
-                "answer_type": "number",
-                "question_type": "how many",
-                "target": None,
-            }
-        )
+        count = str(sum(o.colour == colour for o in objects))
+        qs.append(_question(f"How many {colour} shapes are there?", count, "number", "how many"))
         # other: attributes of a uniquely described object
         shapes_once = [o for o in objects if sum(p.shape == o.shape for p in objects) == 1]
         if shapes_once:
             o = shapes_once[int(rng.integers(len(shapes_once)))]
-            qs.append(
-                {
-                    "question": f"What color is the {o.shape}?",
-                    "answer": o.colour,
-                    "answer_type": "other",
-                    "question_type": "what color is the",
-                    "target": o,
-                }
-            )
+            qs.append(_question(f"What color is the {o.shape}?", o.colour, "other", "what color is the", o))
         colours_once = [o for o in objects if sum(p.colour == o.colour for p in objects) == 1]
         if colours_once:
             o = colours_once[int(rng.integers(len(colours_once)))]
             kind = self.attribute_question_kind()
-            qs.append(
-                {
-                    "question": f"What {kind} is the {o.colour} object?",
-                    "answer": getattr(o, kind),
-                    "answer_type": "other",
-                    "question_type": f"what {kind} is the",
-                    "target": o,
-                }
-            )
+            question = f"What {kind} is the {o.colour} object?"
+            qs.append(_question(question, getattr(o, kind), "other", f"what {kind} is the", o))
         # other, two words: the object of the one size only one object has (no draw from the main RNG).
         for size in self.sizes:
             sized = [o for o in objects if o.size == size]
             if len(sized) == 1:
                 answer = f"{sized[0].colour} {sized[0].shape}"
-                qs.append(
-                    {
-                        "question": f"What is the {size} object?",
-                        "answer": answer,
-                        "answer_type": "other",
-                        "question_type": "what is the",
-                        "target": sized[0],
-                        "humans": self.combination_answers(answer),
-                    }
-                )
+                question = _question(f"What is the {size} object?", answer, "other", "what is the", sized[0])
+                qs.append({**question, "humans": self.combination_answers(answer)})
         return qs
 
     def combination_answers(self, answer: str) -> list[str]:

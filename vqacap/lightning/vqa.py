@@ -56,7 +56,13 @@ class VQAModule(RegionTaskModule):
         # The GloVe matrix initialises the weights, which the checkpoint holds anyway.
         self.save_hyperparameters(logger=False, ignore=["word_embeddings"])
         self.answers = list(answers)
-        self.net = self.build_net(net, len(words), feature_dim, use_spatial, word_embeddings)
+        self.net = net(
+            vocab_size=len(words),
+            feature_dim=feature_dim,
+            spatial=use_spatial,
+            word_embeddings=word_embeddings,
+            **self.answer_output(),
+        )
         self.use_spatial = use_spatial
         self.results_dir = results_dir
         self.test_split = test_split
@@ -66,22 +72,9 @@ class VQAModule(RegionTaskModule):
         self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
         self._results: list[dict] = []
 
-    def build_net(
-        self,
-        net: Callable,
-        vocab_size: int,
-        feature_dim: int,
-        use_spatial: bool,
-        word_embeddings: torch.Tensor | None,
-    ) -> torch.nn.Module:
-        """The model: here a classifier over `self.answers` (a subclass builds another kind)."""
-        return net(
-            vocab_size=vocab_size,
-            num_answers=len(self.answers),
-            feature_dim=feature_dim,
-            spatial=use_spatial,
-            word_embeddings=word_embeddings,
-        )
+    def answer_output(self) -> dict:
+        """The model's answer-side arguments: here a classifier over `self.answers` (a subclass builds another kind)."""
+        return {"num_answers": len(self.answers)}
 
     def forward(self, batch: VQABatch) -> VQAOutput:
         regions = batch.regions

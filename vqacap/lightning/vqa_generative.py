@@ -20,7 +20,6 @@ question type, grounding, attention maps.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,39 +59,9 @@ def answer_attention(decoded: Decoded) -> torch.Tensor:
 class GenerativeVQAModule(VQAModule):
     """`decoding` (DecodingOptions fields) answers the test split; `val_beam_size` the validation split."""
 
-    def __init__(
-        self,
-        net: Callable,
-        words: list[str],
-        answers: list[str],
-        answer_types: list[str],
-        question_types: list[str],
-        feature_dim: int,
-        optimizer: Callable,
-        scheduler: Callable | None = None,
-        use_spatial: bool = False,
-        word_embeddings: torch.Tensor | None = None,
-        decoding: dict | None = None,
-        val_beam_size: int = 1,
-        monitor: str = "val/accuracy",
-        results_dir: str | None = None,
-        test_split: str = "test",
-    ) -> None:
-        super().__init__(
-            net,
-            words,
-            answers,
-            answer_types,
-            question_types,
-            feature_dim,
-            optimizer,
-            scheduler,
-            use_spatial,
-            word_embeddings,
-            monitor,
-            results_dir,
-            test_split,
-        )
+    def __init__(self, *args, decoding: dict | None = None, val_beam_size: int = 1, **kwargs) -> None:
+        """VQAModule's arguments, and how to decode the answers."""
+        super().__init__(*args, **kwargs)
         decoding = {"max_length": self.answer_vocab.max_length, **(decoding or {})}
         self.decoding = DecodingOptions(**decoding)
         self.val_decoding = dataclasses.replace(self.decoding, beam_size=val_beam_size)
@@ -100,15 +69,10 @@ class GenerativeVQAModule(VQAModule):
             "answer_tokens", answer_tokens(self.answer_vocab, self.answers), persistent=False
         )
 
-    def build_net(self, net, vocab_size, feature_dim, use_spatial, word_embeddings) -> torch.nn.Module:
+    def answer_output(self) -> dict:
+        """A decoder over the words of `self.answers`."""
         self.answer_vocab = answer_vocabulary(self.answers)
-        return net(
-            vocab_size=vocab_size,
-            answer_vocab_size=len(self.answer_vocab),
-            feature_dim=feature_dim,
-            spatial=use_spatial,
-            word_embeddings=word_embeddings,
-        )
+        return {"answer_vocab_size": len(self.answer_vocab)}
 
     def forward(self, batch: VQABatch, opts: DecodingOptions | None = None) -> Decoded:
         """The best answer of each question (G = 1), decoded with `opts` (default: `decoding`)."""

@@ -82,28 +82,31 @@ class VQAOutput:
 
 
 class TopDownVQA(nn.Module):
-    """What both models share: the question encoder and the forward pass. Subclasses build the layers
-    `attention`, `f_q`, `f_v`, `f_o`, `dropout` and `w_o`.
+    """What both models share: the question encoder, the options and the forward pass. Subclasses build the layers
+    `attention`, `f_q`, `f_v`, `f_o` and `w_o` in `build_layers`, and name their classifier dropout.
 
     vocab_size: question words, id 0 = <pad>. word_embeddings: optional (vocab_size, embedding_dim) initialisation
-    (GloVe). feature_dim: region feature size D, without box geometry; `spatial=True` adds its 6 dims.
+    (GloVe). feature_dim: region feature size D, without box geometry; `spatial=True` adds its 6 dims. dropout: before
+    W_o; None: the model's own, `default_dropout`.
     """
 
+    default_dropout: float
     attention: nn.Module
     f_q: nn.Module
     f_v: nn.Module
     f_o: nn.Module
-    dropout: nn.Dropout
     w_o: nn.Module
 
     def __init__(
         self,
         vocab_size: int,
-        feature_dim: int,
-        hidden_size: int,
-        embedding_dim: int,
-        spatial: bool,
-        word_embeddings: torch.Tensor | None,
+        num_answers: int,
+        feature_dim: int = 2048,
+        hidden_size: int = 1024,
+        embedding_dim: int = 300,
+        spatial: bool = False,
+        dropout: float | None = None,
+        word_embeddings: torch.Tensor | None = None,
         question_pooling: str = "last",
     ) -> None:
         super().__init__()
@@ -111,6 +114,12 @@ class TopDownVQA(nn.Module):
         self.region_dim = feature_dim + (SPATIAL_DIM if spatial else 0)
         self.embedding = word_embedding(vocab_size, embedding_dim, word_embeddings)
         self.question_encoder = nn.GRU(embedding_dim, hidden_size, batch_first=True)
+        self.build_layers(hidden_size, num_answers)
+        self.dropout = nn.Dropout(self.default_dropout if dropout is None else dropout)
+
+    def build_layers(self, hid: int, num_answers: int) -> None:
+        """Build `attention`, `f_q`, `f_v`, `f_o` and `w_o` for hidden size `hid` and `num_answers` answers."""
+        raise NotImplementedError
 
     def encode_question(self, question: torch.Tensor) -> torch.Tensor:
         """question (B, T) ids, 0 = <pad> after the words -> q (B, H), pooled as `question_pooling` says."""
@@ -134,27 +143,13 @@ class TopDownVQA(nn.Module):
 class UpDownVQA(TopDownVQA):
     """The paper's model: gated tanh layers, attention on [v_i; q], classifier H -> H -> A (dropout 0 by default)."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        num_answers: int,
-        feature_dim: int = 2048,
-        hidden_size: int = 1024,
-        embedding_dim: int = 300,
-        spatial: bool = False,
-        dropout: float = 0.0,
-        word_embeddings: torch.Tensor | None = None,
-        question_pooling: str = "last",
-    ) -> None:
-        super().__init__(
-            vocab_size, feature_dim, hidden_size, embedding_dim, spatial, word_embeddings, question_pooling
-        )
-        hid = hidden_size
+    default_dropout = 0.0
+
+    def build_layers(self, hid: int, num_answers: int) -> None:
         self.attention = ConcatAttention(self.region_dim, hid, hid)
         self.f_q = GatedTanh(hid, hid)
         self.f_v = GatedTanh(self.region_dim, hid)
         self.f_o = GatedTanh(hid, hid)
-        self.dropout = nn.Dropout(dropout)
         self.w_o = nn.Linear(hid, num_answers)
         self._glorot_init()
 
@@ -183,25 +178,11 @@ class ReferenceVQA(TopDownVQA):
     """hengyuan-hu/bottom-up-attention-vqa: weight-normed FC + ReLU layers, product attention, classifier
     H -> 2H -> A with dropout 0.5."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        num_answers: int,
-        feature_dim: int = 2048,
-        hidden_size: int = 1024,
-        embedding_dim: int = 300,
-        spatial: bool = False,
-        dropout: float = 0.5,
-        word_embeddings: torch.Tensor | None = None,
-        question_pooling: str = "last",
-    ) -> None:
-        super().__init__(
-            vocab_size, feature_dim, hidden_size, embedding_dim, spatial, word_embeddings, question_pooling
-        )
-        hid = hidden_size
+    default_dropout = 0.5
+
+    def build_layers(self, hid: int, num_answers: int) -> None:
         self.attention = ProductAttention(self.region_dim, hid, hid)
         self.f_q = wn_relu(hid, hid)
         self.f_v = wn_relu(self.region_dim, hid)
         self.f_o = wn_relu(hid, 2 * hid)
-        self.dropout = nn.Dropout(dropout)
         self.w_o = wn_linear(2 * hid, num_answers)
