@@ -17,8 +17,12 @@ def _fields(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\S+) (\S+)(?:  |$)", line))
 
 
-def test_each_epoch_is_one_line_in_train_log_and_on_a_redirected_stdout(make_cfg, tmp_path, capsys, caplog, monkeypatch):
-    monkeypatch.setattr(logging.getLogger("pytorch_lightning"), "propagate", True)  # its records reach caplog too
+def test_each_epoch_is_one_line_in_train_log_and_on_a_redirected_stdout(
+    make_cfg, tmp_path, capsys, caplog, monkeypatch
+):
+    monkeypatch.setattr(
+        logging.getLogger("pytorch_lightning"), "propagate", True
+    )  # its records reach caplog too
     caplog.set_level(logging.INFO)
     cfg = make_cfg(
         "experiment=caption_shapes", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", *TINY_CAPTIONER
