@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY_CAPTIONER, compose_train, tiny_detector
+from tests.references import import_reference
 from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
 from vqacap.data.captions import CaptionDataModule
@@ -143,6 +144,29 @@ def test_grey_rgba_and_jpeg_images_are_captioned_as_their_rgb_pixels(chain, tmp_
         captions[str(tmp_path / "grey.png")] == captions[str(tmp_path / "grey_rgb.png")]
     )  # grey read as RGB
     assert len(captions) == 5
+
+
+def test_a_photograph_is_captioned_and_answered(chain, tmp_path, capsys):
+    """A real photograph (scikit-image's astronaut, 512 x 512 RGB, stored as JPEG): the detector rescales it as any
+    image; the caption is made of the captioner's words and both maps are written."""
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(import_reference("skimage.data").astronaut()).save(photo, quality=90)
+    out = tmp_path / "maps"
+    assert vqacap(["caption", str(photo), "--detector", chain["detector"], "--captioner", chain["captioner"],
+                   "--out", str(out)]) == 0  # fmt: skip
+    path, caption, map_path = capsys.readouterr().out.strip().split("\t")
+    assert path == str(photo) and map_path == str(out / "astronaut_caption.png")
+    # a captioner of three steps may end at once: the words, if any, are its own
+    assert set(caption.split()) <= set(load_module(chain["captioner"]).vocab.words)
+    assert vqacap(["answer", str(photo), "--question", "What color is the circle?", "--detector", chain["detector"],
+                   "--vqa", chain["vqa"], "--out", str(out)]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"{photo}\t{out / 'astronaut_answer.png'}" and len(lines) == 1 + min(
+        5, len(load_module(chain["vqa"]).answers)
+    )
+    for figure_path in (map_path, out / "astronaut_answer.png"):
+        with Image.open(figure_path) as figure:
+            assert figure.mode == "RGB" and figure.width >= 160
 
 
 def test_answer_prints_the_top_answers_and_draws_the_question_map(chain, tmp_path, capsys):
