@@ -281,3 +281,18 @@ def test_the_comparison_rows_differ_only_in_their_features(task, tmp_path):
         assert cfg["data"]["data_dir"].endswith("/shapes_cluttered")
         for group in ("model", "trainer"):
             assert cfg[group] == base[group]
+
+
+def test_the_table_scores_meteor_of_a_captioning_run_once(chain, capsys):
+    """The recipes leave METEOR out; the table computes it from the run's test captions, as `vqacap evaluate` does."""
+    import_reference("pycocoevalcap.meteor.meteor")
+    from vqacap.pixels import meteor_of
+
+    run, references = chain["root"] / "captioner", chain["shapes"] / "captions_test.json"
+    assert vqacap(["evaluate", "captions", "--annotations", str(references),
+                   "--results", str(run / "test_captions.json"), "--metrics", "METEOR", "--json"]) == 0  # fmt: skip
+    expected = json.loads(capsys.readouterr().out)["METEOR"]
+    assert meteor_of(run, references) == expected
+    cached = run / "test_meteor.json"
+    assert json.loads(cached.read_text())["METEOR"] == expected
+    assert meteor_of(run, references) == expected  # read back, not recomputed

@@ -197,8 +197,25 @@ def wall_time(run: Path) -> float | None:
     return (run / "test_metrics.json").stat().st_mtime - config.stat().st_mtime
 
 
-def table(args: argparse.Namespace, log_dir: Path) -> str:
-    """Markdown tables of the finished runs: one per task, a row per feature kind."""
+def meteor_of(run: Path, references: Path) -> float | None:
+    """METEOR of a captioning run's test captions (the recipes leave it out: a Java process per evaluation), computed
+    once into <run>/test_meteor.json; None where METEOR cannot run here."""
+    from vqacap.data.formats import load_coco_results as load_results
+    from vqacap.metrics.captions import meteor
+    from vqacap.metrics.captions.evaluation import evaluate_captions, load_annotations
+
+    cached, results = run / "test_meteor.json", run / "test_captions.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())["METEOR"]
+    if meteor.unavailable() is not None or not results.is_file():
+        return None
+    score = evaluate_captions(load_annotations(references), load_results(results), ["METEOR"])["METEOR"]
+    cached.write_text(json.dumps({"METEOR": score, "references": str(references)}))
+    return score
+
+
+def table(args: argparse.Namespace, log_dir: Path, data_dir: Path) -> str:
+    """Markdown tables of the finished runs: one per task, a row per feature kind; METEOR where Java is there."""
     lines = []
     for task in args.tasks:
         columns = COLUMNS[task]
@@ -213,6 +230,8 @@ def table(args: argparse.Namespace, log_dir: Path) -> str:
                 )
                 continue
             metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
+            if task == "caption" and "test/METEOR" not in metrics:
+                metrics["test/METEOR"] = meteor_of(run, data_dir / "captions_test.json")
             values = [metrics.get(f"test/{c}") for c in columns]
             cells = [
                 "-" if v is None else f"{v:.2f}" if task == "vqa" and c != "grounding" else f"{v:.3f}"
@@ -271,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     failed += run_jobs(jobs, args.jobs)
     if "table" in args.stages:
-        print(table(args, log_dir))
+        print(table(args, log_dir, data_dir))
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
