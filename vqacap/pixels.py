@@ -3,7 +3,7 @@ extract its regions and grid features for every image, train and test the captio
 features next to the ideal-region and blind references, and print the comparison table.
 
     python -m vqacap.pixels                                     # plain Shapes
-    python -m vqacap.pixels --data shapes_cluttered --caption-epochs 2 --vqa-epochs 3 --jobs 2
+    python -m vqacap.pixels --data shapes_cluttered --caption-epochs 2 --jobs 2
     python -m vqacap.pixels --stages extract caption --features detected grid
     python -m vqacap.pixels --stages table                      # the table of the runs already finished
 
