@@ -296,3 +296,19 @@ def test_the_table_scores_meteor_of_a_captioning_run_once(chain, capsys):
     cached = run / "test_meteor.json"
     assert json.loads(cached.read_text())["METEOR"] == expected
     assert meteor_of(run, references) == expected  # read back, not recomputed
+
+
+def test_the_show_attend_tell_rows_compose_with_each_store(tmp_path):
+    """`--sat` rows use the SAT recipe, which names no region store: the store is added, and every row composes."""
+    from vqacap.pixels import parse_args, training_jobs
+
+    args = parse_args(["--sat", "--features", "ideal", "detected", "grid"])
+    stores = {}
+    for job in training_jobs(args, "caption", tmp_path):
+        overrides = job.command[3:]
+        if "experiment=caption_shapes_sat" in overrides:
+            cfg = compose_train(overrides, tmp_path / job.name, tmp_path / "data")
+            stores[job.name] = cfg.data.get("store")
+            assert cfg.model.net._target_.endswith("ShowAttendTell")
+    assert stores == {"caption_shapes_sat": None, "caption_shapes_sat_detected": "detected.h5",
+                      "caption_shapes_sat_grid": "grid.h5"}  # fmt: skip

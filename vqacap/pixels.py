@@ -97,7 +97,7 @@ def training_jobs(args: argparse.Namespace, task: str, log_dir: Path) -> list[Jo
     for _, experiment, name, store in experiments(args, task):
         overrides = [f"experiment={experiment}", f"data={args.data}_{TASK_DATA[task]}", f"name={name}"]
         if store is not None:
-            overrides.append(f"data.store={store}")  # the SAT recipe has no store of its own
+            overrides.append(f"++data.store={store}")  # added: the SAT recipe has no store of its own
         if epochs is not None:
             overrides.append(f"trainer.max_epochs={epochs}")
         jobs.append(Job(name, train_command(*overrides, *args.overrides), log_dir / "pixels" / f"{name}.log"))
