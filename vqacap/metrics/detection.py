@@ -37,7 +37,7 @@ import math
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 NMS_THRESHOLD = 0.3  # cfg.TEST.NMS
 MAX_PER_IMAGE = 400  # test_net.py --num_dets
@@ -81,12 +81,9 @@ def class_nms_plus_one(boxes: torch.Tensor, class_scores: torch.Tensor, threshol
     The result is the same on every device (torchvision's CUDA kernel compares in float32 and leaves the order of tied
     scores unspecified, so nms_plus_one on a GPU can differ on ties and where an IoU rounds to the threshold).
     """
-    x1, y1, x2, y2 = _plus_one(boxes).unbind(1)
-    areas = (x2 - x1) * (y2 - y1)
-    w = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
-    h = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
-    inter = w * h
-    suppresses = (inter / (areas[:, None] + areas[None] - inter)).double() > threshold  # (R, R)
+    shifted = _plus_one(boxes)
+    # (R, R): torchvision's box_iou is its NMS kernel's float32 formula, compared in float64 as that kernel does.
+    suppresses = box_iou(shifted, shifted).double() > threshold
     # Row R suppresses nothing: a class whose box of the current rank is already removed points there.
     suppresses = torch.cat([suppresses, suppresses.new_zeros(1, len(boxes))])
     order = torch.sort(class_scores.float().t(), dim=1, descending=True, stable=True).indices  # (C, R)
