@@ -288,11 +288,15 @@ def _sample(
         if greedy:
             picked.append(allowed[:, drawn:].argmax(-1))
         token = (picked[0] if len(picked) == 1 else torch.cat(picked, 1)).masked_fill(finished, PAD_ID)
+        token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)  # (B, G)
         if drawn:
             # A sampled token's log-probability is under the distribution it was drawn from: the allowed tokens,
-            # renormalised. A forced token (<eos> at max_length) has log-probability 0 there and no gradient.
-            logp = torch.cat([torch.log_softmax(allowed[:, :drawn], -1), logp[:, drawn:]], 1)
-        token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0)
+            # renormalised (log_softmax of `allowed`, taken at the drawn token only). A forced token (<eos> at
+            # max_length) has log-probability 0 there and no gradient.
+            sampled = allowed[:, :drawn]
+            renormalised = sampled.gather(-1, token[:, :drawn].unsqueeze(-1)).squeeze(-1) - sampled.logsumexp(-1)
+            token_logp = torch.cat([renormalised, token_logp[:, drawn:]], 1)
+        token_logp = token_logp.masked_fill(finished, 0.0)
         tokens.append(token)
         attention.append(alpha)
         log_probs.append(token_logp)
