@@ -55,6 +55,7 @@ from vqacap.images import ImageError, open_rgb
 from vqacap.metrics.detection import class_nms_plus_one
 from vqacap.prepare.common import image_id_from_name
 from vqacap.prepare.features import CHUNK_REGIONS
+from vqacap.published import add_detector_file_arguments
 
 FEATURE_DIM = 2048  # ResNet-50 C5 channels
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -371,13 +372,21 @@ def _clamp(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def load_bottom_up(checkpoint: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
-    """The bottom-up detector of a vqacap.lightning.detector checkpoint, in eval mode."""
-    from vqacap.lightning.detector import load_detector as load_checkpoint  # Lightning is only needed here
+def load_bottom_up(
+    checkpoint: str | os.PathLike,
+    device: str = "cpu",
+    prototxt: str | os.PathLike | None = None,
+    classes: str | os.PathLike | None = None,
+    attributes: str | os.PathLike | None = None,
+) -> torch.nn.Module:
+    """The bottom-up detector of a file, in eval mode: a vqacap detector checkpoint, the published model's
+    .caffemodel (with its prototxt) or a converted .pth / .pkl of it (vqacap.published)."""
+    from vqacap.published import load_detector_file
+    from vqacap.published.safe_pickle import UnsafePickleError
 
     try:
-        return load_checkpoint(checkpoint, map_location=device).to(device).eval()
-    except (OSError, ValueError) as err:
+        return load_detector_file(checkpoint, prototxt, classes, attributes, device).to(device).eval()
+    except (OSError, ValueError, UnsafePickleError) as err:
         raise ExtractError(str(err)) from None
 
 
@@ -428,8 +437,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--detector",
-        metavar="CKPT",
-        help="checkpoint of the bottom-up detector trained with vqacap (generate_tsv)",
+        metavar="FILE",
+        help="bottom-up detector (regions as generate_tsv): a vqacap checkpoint, the published .caffemodel "
+        "(with --prototxt) or a converted .pth / .pkl of it",
     )
     source.add_argument("--weights", metavar="CKPT", help="local fasterrcnn_resnet50_fpn state dict")
     parser.add_argument(
@@ -464,6 +474,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_detector_file_arguments(parser)
+    parser.add_argument(
+        "--compare-tsv",
+        nargs="+",
+        metavar="TSV",
+        help="after extracting, compare the store with released bottom-up TSV files (boxes and features per image)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -483,8 +500,11 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         if args.detector is not None:
+            detector = load_bottom_up(
+                args.detector, args.device, args.prototxt, args.classes, args.attributes
+            )
             extracted, skipped, problems = extract_with_detector(
-                args.images, args.detector, args.out, grid=args.grid, **common
+                args.images, detector, args.out, grid=args.grid, **common
             )
         else:
             extracted, skipped, problems = extract(
@@ -506,4 +526,24 @@ def run(args: argparse.Namespace) -> int:
     )
     for problem in problems:
         print(f"  {problem}")
+    if args.compare_tsv:
+        from vqacap.prepare.common import PrepareError
+
+        try:
+            compare_with_released(args.out, args.compare_tsv)
+        except (PrepareError, RegionStoreError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return 0 if extracted + skipped > 0 else 1
+
+
+def compare_with_released(store: str | os.PathLike, tsv: list[str]) -> None:
+    """Print, per image in both, how the store's boxes and features match a released TSV's."""
+    from vqacap.published.compare import compare_store_with_tsv, summary
+
+    results, problems = compare_store_with_tsv(store, tsv)
+    for result in results:
+        print(result.line())
+    for problem in problems:
+        print(f"  {problem}")
+    print(summary(results))

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from vqacap.images import ImageError
+from vqacap.published import add_detector_file_arguments
 
 MAP_SUFFIX = {"captioning": "caption", "VQA": "answer"}
 
@@ -29,7 +30,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files (RGB, grey, RGBA)"
     )
     parser.add_argument(
-        "--detector", required=True, type=Path, metavar="CKPT", help="bottom-up detector checkpoint"
+        "--detector",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="bottom-up detector: a vqacap checkpoint, the published .caffemodel (with --prototxt) or a "
+        "converted .pth / .pkl of it",
     )
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="folder for the attention maps (<image>_<task>.png)"
@@ -50,6 +56,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_detector_file_arguments(parser)
 
 
 def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str):
@@ -57,7 +64,7 @@ def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str
     from vqacap.checkpoints import load_module
     from vqacap.extract import load_bottom_up
 
-    detector = load_bottom_up(args.detector, args.device)
+    detector = load_bottom_up(args.detector, args.device, args.prototxt, args.classes, args.attributes)
     if not model_path.is_file():
         raise ValueError(f"{model_path}: checkpoint not found")
     module = load_module(model_path, map_location=args.device)
