@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vqacap.published.caffe import CaffeFormatError
+from vqacap.published.caffe import CaffeFormatError, read_caffemodel
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6 (vqacap and converted .pth checkpoints)
 
@@ -54,6 +54,7 @@ def load_detector_file(
     path = Path(path)
     kind = file_kind(path)
     if kind == "caffemodel":
+        read_caffemodel(path)  # a file that is no Caffe model says so before anything asks for a prototxt
         if prototxt is None:
             raise CaffeFormatError(
                 f"{path}: a .caffemodel needs its network definition: add --prototxt test.prototxt"
@@ -91,16 +92,26 @@ def add_detector_file_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _torch_file(path: Path):
+    """torch.load with weights_only: tensors and containers, plus numpy arrays (some converted checkpoints hold
+    them), nothing else."""
+    import numpy as np
+
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    names = ("Float32DType", "Float64DType", "Int64DType")
+    arrays = [np.ndarray, np.dtype, *((getattr(dtypes, n) for n in names) if dtypes else ())]
+    multiarray = getattr(np, "_core", None) or np.core
+    arrays.append(multiarray.multiarray._reconstruct)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(arrays):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds; its text about weights_only spans lines
         message = str(err)
-        marker = "Unsupported global: GLOBAL "
-        if marker in message:
-            name = message.split(marker, 1)[1].split()[0]
-            raise CaffeFormatError(
-                f"{path}: refused: the file names {name}, which is not plain tensor data"
-            ) from None
+        for marker in ("Unsupported global: GLOBAL ", "unsupported GLOBAL "):
+            if marker in message:
+                name = message.split(marker, 1)[1].split()[0].rstrip(".,")
+                raise CaffeFormatError(
+                    f"{path}: refused: the file names {name}, which is not tensor or array data"
+                ) from None
         raise CaffeFormatError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
 
 

@@ -40,7 +40,9 @@ def compare_image(
     image_id: int, boxes: np.ndarray, features: np.ndarray, tsv_boxes: np.ndarray, tsv_features: np.ndarray
 ) -> ImageComparison:
     """Boxes (k, 4) / features (k, D) of one image against the released (n, 4) / (n, D)."""
-    iou = box_iou(torch.from_numpy(tsv_boxes).double(), torch.from_numpy(boxes).double())  # (n, k)
+    iou = box_iou(
+        torch.tensor(tsv_boxes, dtype=torch.float64), torch.tensor(boxes, dtype=torch.float64)
+    )  # (n, k)
     best, which = (
         iou.max(dim=1) if iou.numel() else (torch.zeros(len(tsv_boxes)), torch.zeros(0, dtype=torch.long))
     )
@@ -96,6 +98,6 @@ def summary(results: list[ImageComparison]) -> str:
     return (
         f"{len(results)} images in both: {matched}/{boxes} released boxes matched, "
         f"{sum(r.same_order for r in results)} images with the same boxes in the same order, "
-        f"feature cosine >= {min(r.min_cosine for r in results):.6f}, "
-        f"max |diff| {max(r.max_abs for r in results):.3g}"
+        f"feature cosine >= {np.nanmin([r.min_cosine for r in results]):.6f}, "
+        f"max |diff| {np.nanmax([r.max_abs for r in results]):.3g}"
     )
