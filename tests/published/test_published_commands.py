@@ -86,7 +86,10 @@ def test_wrong_detector_files_end_in_one_line(tmp_path, capsys):
     tsv.write_text("1\t10\t10\t1\tAAAA\tAAAA\n")
     for argv, words in (
         (["--detector", str(tsv)], "not a .caffemodel"),
-        (["--detector", str(FIXTURES / "tiny.caffemodel")], "needs its network definition: add --prototxt"),
+        (
+            ["--detector", str(FIXTURES / "tiny.caffemodel")],
+            "prototxt was assumed: give the model's own with --prototxt",
+        ),
         (
             ["--detector", str(FIXTURES / "test.prototxt"), "--prototxt", str(FIXTURES / "test.prototxt")],
             "not a",

@@ -14,7 +14,12 @@ import torch
 from vqacap.extract import bottom_up_batch
 from vqacap.published import file_kind, load_detector_file
 from vqacap.published.caffe import CaffeFormatError, read_caffemodel, read_prototxt
-from vqacap.published.detector import caffe_parameter_names, spec_from_prototxt, state_dict_from_caffe
+from vqacap.published.detector import (
+    caffe_parameter_names,
+    published_prototxt,
+    spec_from_prototxt,
+    state_dict_from_caffe,
+)
 from vqacap.published.safe_pickle import UnsafePickleError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "caffe"
@@ -23,8 +28,9 @@ CAFFEMODEL, PROTOTXT = FIXTURES / "tiny.caffemodel", FIXTURES / "test.prototxt"
 
 @pytest.fixture(scope="module")
 def resnet101_prototxt(tmp_path_factory) -> Path:
+    """The published test.prototxt as vqacap ships it, unpacked."""
     path = tmp_path_factory.mktemp("r101") / "test.prototxt"
-    path.write_bytes(gzip.decompress((FIXTURES / "resnet101_test.prototxt.gz").read_bytes()))
+    path.write_bytes(gzip.decompress(published_prototxt().read_bytes()))
     return path
 
 
@@ -166,8 +172,10 @@ def test_missing_extra_and_unknown_layers_are_named(tmp_path, caffe_weights):
     broken.write_text('layer { name: "conv1" ')
     with pytest.raises(CaffeFormatError, match="never closed"):
         load_detector_file(CAFFEMODEL, prototxt=broken)
-    with pytest.raises(CaffeFormatError, match="needs its network definition"):
-        load_detector_file(CAFFEMODEL)
+    with pytest.raises(
+        CaffeFormatError, match=r"layer conv1 .* test.prototxt was assumed: give the model's own"
+    ):
+        load_detector_file(CAFFEMODEL)  # the published ResNet-101's prototxt is the default
 
 
 def _detectron2_state(weights: dict[str, list[np.ndarray]], spec) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vqacap.published.caffe import CaffeFormatError, read_caffemodel
+from vqacap.published.caffe import CaffeFormatError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6 (vqacap and converted .pth checkpoints)
 
@@ -45,8 +45,8 @@ def load_detector_file(
 ) -> torch.nn.Module:
     """A detector with `regions` / `grid` / `classes` / `attributes` / `feature_dim`, in eval mode on `device`.
 
-    prototxt: the network definition a .caffemodel needs (test.prototxt of bottom-up-attention), or one that
-    overrides the published ResNet-101's shape for a converted PyTorch file. classes / attributes: vocabulary files
+    prototxt: the network definition of a .caffemodel (by default the published ResNet-101's test.prototxt, shipped
+    with vqacap), or one that overrides the shape read from a converted PyTorch file's tensors. classes / attributes: vocabulary files
     (one name per line); the Visual Genome names of the published model are the default for 1601 / 401 outputs."""
     from vqacap.published import converted
     from vqacap.published.detector import load_caffe_detector
@@ -54,11 +54,6 @@ def load_detector_file(
     path = Path(path)
     kind = file_kind(path)
     if kind == "caffemodel":
-        read_caffemodel(path)  # a file that is no Caffe model says so before anything asks for a prototxt
-        if prototxt is None:
-            raise CaffeFormatError(
-                f"{path}: a .caffemodel needs its network definition: add --prototxt test.prototxt"
-            )
         model = load_caffe_detector(path, prototxt, classes, attributes)
     elif kind == "pickle":
         model = converted.load_pickle(path, prototxt, classes, attributes)

@@ -10,6 +10,7 @@ See docs/published-detector.md.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from functools import cache
@@ -171,8 +172,9 @@ def read_prototxt(path: str | os.PathLike) -> dict[str, list[Any]]:
     if not path.is_file():
         raise CaffeFormatError(f"{path}: network definition (.prototxt) not found")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    except (UnicodeDecodeError, OSError, EOFError):
         raise CaffeFormatError(f"{path}: not a .prototxt (not UTF-8 text)") from None
     tokens = _tokens(path, text)
     message, position = _message(path, tokens, 0, top=True)

@@ -223,7 +223,7 @@ def genome_names(count_classes: int, count_attributes: int | None) -> tuple[list
     """Visual Genome's 1600 object and 400 attribute names of the published model (bottom-up-attention's
     data/genome/1600-400-20 vocabularies, first synonym of each line), with background / no-attribute first; generic
     names for other sizes."""
-    folder = resources.files("vqacap.published") / "genome"
+    folder = resources.files("vqacap.published") / "data"
     objects = [
         line.split(",")[0].strip().lower() for line in (folder / "objects_vocab.txt").read_text().splitlines()
     ]
@@ -263,15 +263,29 @@ def read_names(path: str | os.PathLike, count: int, kind: str, first: str) -> li
     return names
 
 
+def published_prototxt() -> Path:
+    """The published ResNet-101 test.prototxt shipped with vqacap (vqacap/published/data)."""
+    return Path(str(resources.files("vqacap.published") / "data" / "resnet101_test.prototxt.gz"))
+
+
 def load_caffe_detector(
     caffemodel: str | os.PathLike,
-    prototxt: str | os.PathLike,
+    prototxt: str | os.PathLike | None = None,
     classes: str | os.PathLike | None = None,
     attributes: str | os.PathLike | None = None,
 ) -> CaffeBottomUpDetector:
-    """The detector of a test.prototxt with the weights of a .caffemodel, in eval mode."""
-    spec = spec_from_prototxt(prototxt)
-    state = state_dict_from_caffe(read_caffemodel(caffemodel), spec, caffemodel)
+    """The detector of a test.prototxt (the published ResNet-101's when None) with the weights of a .caffemodel, in
+    eval mode."""
+    weights = read_caffemodel(caffemodel)
+    spec = spec_from_prototxt(prototxt or published_prototxt())
+    try:
+        state = state_dict_from_caffe(weights, spec, caffemodel)
+    except CaffeFormatError as err:
+        if prototxt is None:
+            raise CaffeFormatError(
+                f"{err} (the published ResNet-101 test.prototxt was assumed: give the model's own with --prototxt)"
+            ) from None
+        raise
     class_names, attribute_names = genome_names(spec.num_classes, spec.num_attributes)
     if classes is not None:
         class_names = read_names(classes, spec.num_classes, "class", "__background__")
