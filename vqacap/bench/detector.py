@@ -11,6 +11,9 @@ One row per (size, path), on the machine at hand (fp32):
                      14 x 14 over 64 sampled RoIs, 1600 classes, 400 attributes, SGD) on 600 x 1000 images, random
                      initialisation instead of ImageNet weights
     r101    extract  the same model, 300 proposals per 600 x 1000 image
+    published extract  the published model as Caffe computes it (vqacap.models.caffe_detector with the shipped
+                     ResNet-101 test.prototxt: BGR blob and resize, proposal layer, ROIPooling, 1601 classes, 401
+                     attributes) on one 600 x 1000 image at a time, with generate_tsv's region choice
 
 Inputs are random images with random ground-truth objects (the training path needs targets); the speed of a Faster
 R-CNN does not depend on what the pixels show, except through the number of proposals, which the RPN caps.
@@ -42,7 +45,7 @@ from vqacap.models.detector import BottomUpDetector, DetectorOptions
 from vqacap.train import CONFIG_DIR
 
 # % of the matmul peak asked for on the project's 2-core CPU machine, fp32: (model, path).
-TARGETS = {("r101", "train"): 40, ("r101", "extract"): 50}
+TARGETS = {("r101", "train"): 40, ("r101", "extract"): 50, ("published", "extract"): 50}
 VG_CLASSES, VG_ATTRIBUTES = 1600, 400
 RECIPES = {"shapes": "detector_shapes", "r101": "detector_vg_r101"}
 SHAPES_IMAGE_SIZE = 128  # the Shapes generator's default
@@ -125,9 +128,29 @@ def detector_paths(
     ]
 
 
+def published_path(image_size: tuple[int, int], batch: int, dev: torch.device) -> Path:
+    """Extraction with the Caffe-exact published detector (random weights, the shipped prototxt's shape)."""
+    from vqacap.models.caffe_detector import CaffeBottomUpDetector
+    from vqacap.published.detector import genome_names, published_prototxt, spec_from_prototxt
+
+    torch.manual_seed(0)
+    spec = spec_from_prototxt(published_prototxt())
+    model = CaffeBottomUpDetector(spec, *genome_names(spec.num_classes, spec.num_attributes))
+    for name, buffer in model.named_buffers():
+        if name.endswith(".weight"):  # frozen affine scales below 1 keep 100 random layers finite
+            buffer.fill_(0.3)
+    model = model.to(dev).eval()
+    gen = torch.Generator().manual_seed(0)
+    h, w = image_size
+    images = [(torch.randint(0, 256, (3, h, w), generator=gen).float() / 255).to(dev) for _ in range(batch)]
+    return Path("published", "extract", batch, "image", lambda: bottom_up_batch(model, images), flops=-1)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per path (after one untimed)")
-    parser.add_argument("--sizes", nargs="+", default=["shapes", "r101"], choices=["shapes", "r101"])
+    parser.add_argument(
+        "--sizes", nargs="+", default=["shapes", "r101", "published"], choices=["shapes", "r101", "published"]
+    )
     parser.add_argument("--shapes-train-batch", type=int, default=8, help="images per Shapes training step")
     parser.add_argument(
         "--shapes-extract-batch", type=int, default=16, help="images per Shapes extraction pass"
@@ -160,6 +183,8 @@ def paths(args: argparse.Namespace, dev: torch.device) -> list[Path]:
             "r101", *recipe(RECIPES["r101"]), classes, attributes, tuple(args.r101_size), 20,
             args.r101_train_batch, args.r101_extract_batch, dev,
         )  # fmt: skip
+    if "published" in args.sizes:
+        chosen.append(published_path(tuple(args.r101_size), 1, dev))
     return chosen
 
 
