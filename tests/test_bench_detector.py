@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ TINY_R101 = DetectorOptions(
     pool_size=4, box_batch_size_per_image=16, class_embedding_dim=8, attribute_hidden_dim=8,
 )  # fmt: skip
 TINY_ARGS = ["--repeats", "1", "--shapes-train-batch", "2", "--shapes-extract-batch", "3", "--r101-train-batch", "1",
-             "--r101-extract-batch", "2", "--r101-size", "48", "80", "--peak-sizes", "64"]  # fmt: skip
+             "--r101-extract-batch", "2", "--r101-size", "48", "80", "--peak-sizes", "64",
+             "--published-prototxt", str(Path(__file__).parent / "fixtures" / "caffe" / "test.prototxt")]  # fmt: skip
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,6 +49,7 @@ def test_detector_reports_training_and_extraction_at_both_sizes(rows):
         ("shapes", "extract", 3),
         ("r101", "train", 1),
         ("r101", "extract", 2),
+        ("published", "extract", 1),
     ]
     assert [(r["model"], r["path"], r["batch"]) for r in rows] == expected
     for row in rows:
@@ -57,7 +60,7 @@ def test_detector_reports_training_and_extraction_at_both_sizes(rows):
         json.dumps(row)
     targets = {(r["model"], r["path"]): r["target %"] for r in rows}
     assert targets == {("shapes", "train"): None, ("shapes", "extract"): None, ("r101", "train"): 40,
-                       ("r101", "extract"): 50}  # fmt: skip
+                       ("r101", "extract"): 50, ("published", "extract"): 50}  # fmt: skip
 
 
 def test_flops_include_the_convolutions():

@@ -128,13 +128,16 @@ def detector_paths(
     ]
 
 
-def published_path(image_size: tuple[int, int], batch: int, dev: torch.device) -> Path:
-    """Extraction with the Caffe-exact published detector (random weights, the shipped prototxt's shape)."""
+def published_path(
+    image_size: tuple[int, int], batch: int, dev: torch.device, prototxt: str | None = None
+) -> Path:
+    """Extraction with the Caffe-exact published detector (random weights, the shape of the shipped ResNet-101
+    prototxt or of `prototxt`)."""
     from vqacap.models.caffe_detector import CaffeBottomUpDetector
     from vqacap.published.detector import genome_names, published_prototxt, spec_from_prototxt
 
     torch.manual_seed(0)
-    spec = spec_from_prototxt(published_prototxt())
+    spec = spec_from_prototxt(prototxt or published_prototxt())
     model = CaffeBottomUpDetector(spec, *genome_names(spec.num_classes, spec.num_attributes))
     for name, buffer in model.named_buffers():
         if name.endswith(".weight"):  # frozen affine scales below 1 keep 100 random layers finite
@@ -162,6 +165,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--r101-size", type=int, nargs=2, default=[600, 1000], metavar=("H", "W"))
     parser.add_argument("--peak-sizes", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument(
+        "--published-prototxt",
+        metavar="FILE",
+        help="published row: another network than the shipped ResNet-101",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print where the time of the Shapes paths goes"
     )
 
@@ -184,7 +192,7 @@ def paths(args: argparse.Namespace, dev: torch.device) -> list[Path]:
             args.r101_train_batch, args.r101_extract_batch, dev,
         )  # fmt: skip
     if "published" in args.sizes:
-        chosen.append(published_path(tuple(args.r101_size), 1, dev))
+        chosen.append(published_path(tuple(args.r101_size), 1, dev, args.published_prototxt))
     return chosen
 
 
