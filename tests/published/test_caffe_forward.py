@@ -109,3 +109,15 @@ def test_extraction_writes_what_generate_tsv_writes(detector, caffe):
     assert features.dtype == torch.float32
     labels = caffe["cls_prob"][caffe["keep_boxes"], 1:].argmax(axis=1) + 1
     assert fields["object_labels"].tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("name", ["astronaut_317x211", "coffee_97x131"])
+def test_the_blob_equals_opencvs_resize_at_scales_that_are_not_round(detector, name):
+    """OpenCV 4.11's cv2.resize(fx=s, fy=s, INTER_LINEAR) on the float32 image minus the means, at s = 600 / 211 and
+    600 / 97: within 3.1e-5 (two float32 steps at 64-128)."""
+    cv2 = np.load(FIXTURES / "cv2_resize.npz")
+    data, s = caffe_blob(torch.from_numpy(cv2[f"{name}/image_bgr"]), detector.spec)
+    assert s == float(cv2[f"{name}/scale"])
+    assert list(data.shape[2:]) == cv2[f"{name}/blob_shape"][:2].tolist()
+    rows = data[0][:, cv2[f"{name}/rows"], :].permute(1, 2, 0).numpy()
+    assert np.abs(rows - cv2[f"{name}/blob_rows"]).max() <= 3.1e-5
