@@ -134,3 +134,25 @@ def test_a_captioner_trained_on_published_features_captions_an_image_with_the_ca
     with torch.no_grad():
         decoded = module(data.examples("test", [int(image.stem)]).to(module.device), module.decoding)
     assert caption == module.vocab.decode(decoded.tokens[0, 0].tolist())
+
+
+def test_grid_features_of_the_published_detector(tmp_path):
+    """`--grid N` with the published detector: res5 over the whole res4 map, N x N cells per image."""
+    images = tmp_path / "images"
+    images.mkdir()
+    bgr = np.load(FIXTURES / "tiny_rocket.npz")["image_bgr"]
+    Image.fromarray(bgr[:, :, ::-1]).save(images / "000007.png")
+    store = tmp_path / "grid.h5"
+    assert (
+        vqacap(
+            ["extract", "--images", str(images), *CAFFE, "--grid", "3", "--out", str(store), "--no-progress"]
+        )
+        == 0
+    )
+    regions = RegionStore(store)
+    features, boxes = regions.read(7)
+    assert features.shape == (9, 64) and np.isfinite(features).all()
+    assert boxes[0].tolist() == pytest.approx([0, 0, 400 / 3, 50]) and boxes[-1].tolist() == pytest.approx(
+        [800 / 3, 100, 400, 150]
+    )
+    regions.close()
