@@ -1,14 +1,19 @@
 """Decoding (greedy, sampling, beam search, the SCST sampling pass) against the `Captioner` protocol, run with every
 captioner the project has: the top-down model and the Show-Attend-Tell-style baseline."""
 
+import itertools
+import math
+
 import pytest
 import torch
 
-from vqacap.data.vocab import EOS_ID, PAD_ID, UNK_ID
+from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import (
+    ALLOWED_MULTIPLE,
     Captioner,
     DecodingOptions,
+    allowed_multiple_ids,
     beam_search,
     decode,
     draw,
@@ -227,3 +232,117 @@ def test_sampling_draws_tokens_with_their_probabilities():
     frequencies = torch.bincount(tokens[:, 0], minlength=5) / 20_000.0
     assert frequencies[1] == 0 and frequencies[4] == 0
     torch.testing.assert_close(frequencies, probs[0], atol=0.015, rtol=0)
+
+
+# -- Up-Down's repeat rules (prevent_repeats, single_use) --------------------------------------------------------
+A, RED, CIRCLE, SQUARE = 4, 5, 6, 7  # "a" may repeat (allowed_multiple); the others may not
+BIGRAMS = {  # p(next | previous token) of a toy captioner whose best caption repeats words
+    BOS_ID: {RED: 0.6, A: 0.3, CIRCLE: 0.1},
+    RED: {RED: 0.8, CIRCLE: 0.1, A: 0.05, EOS_ID: 0.05},
+    CIRCLE: {RED: 0.5, A: 0.3, EOS_ID: 0.1, SQUARE: 0.1},
+    A: {A: 0.4, SQUARE: 0.3, RED: 0.2, EOS_ID: 0.1},
+    SQUARE: {EOS_ID: 0.6, SQUARE: 0.3, A: 0.1},
+}
+
+
+class BigramCaptioner(torch.nn.Module):
+    """A `Captioner` whose next-token distribution depends on the previous token only (BIGRAMS), images ignored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        table = torch.full((8, 8), 1e-9)
+        for previous, nexts in BIGRAMS.items():
+            for token, p in nexts.items():
+                table[previous, token] = p
+        self.register_buffer("log_table", table.log())
+
+    def start(self, regions, mask):
+        return None, (torch.zeros(regions.size(0), 1, 1),)
+
+    def step(self, context, state, tokens, eval_rows=0):
+        logits = self.log_table[tokens]  # (B, G, V)
+        return logits, torch.ones(*tokens.shape, 1), state
+
+
+def _rules(prevent_repeats: bool, single_use: bool, **kwargs) -> DecodingOptions:
+    """Captions of exactly 4 words: a bigram model's best caption repeats a word only when it must be long."""
+    return DecodingOptions(
+        max_length=4,
+        min_length=4,
+        prevent_repeats=prevent_repeats,
+        single_use=single_use,
+        allowed_multiple=(A,),
+        **kwargs,
+    )
+
+
+def _follows_the_rules(words: list[int]) -> bool:
+    no_immediate = all(a != b for a, b in zip(words, words[1:]))
+    once = [w for w in words if w != A]
+    return no_immediate and len(once) == len(set(once))
+
+
+@pytest.mark.parametrize(
+    "prevent_repeats, single_use, expected",
+    [
+        (False, False, [RED, RED, RED, RED, EOS_ID]),  # the unconstrained best caption repeats "red"
+        (True, False, [RED, CIRCLE, RED, CIRCLE, EOS_ID]),  # no word twice in a row
+        (False, True, [RED, CIRCLE, A, A, EOS_ID]),  # no second "red", "a" as often as it likes
+        (True, True, [RED, CIRCLE, A, SQUARE, EOS_ID]),  # the paper's rule: both
+    ],
+)
+def test_greedy_and_beam_follow_up_downs_repeat_rules(prevent_repeats, single_use, expected):
+    regions, mask = torch.zeros(2, 1, 1), torch.ones(2, 1, dtype=torch.bool)
+    opts = _rules(prevent_repeats, single_use, beam_size=1)
+    greedy = sample(BigramCaptioner(), regions, mask, opts, greedy=True).tokens[:, 0]
+    assert greedy.tolist() == [expected] * 2
+    # A beam wider than every step finds the best caption that follows the rules, as exhaustive search does.
+    beams = beam_search(BigramCaptioner(), regions, mask, _rules(prevent_repeats, single_use, beam_size=300))
+    best = _exhaustive_best(prevent_repeats, single_use)
+    assert beams.tokens[:, 0].tolist() == [best] * 2
+    if prevent_repeats and single_use:
+        assert _follows_the_rules(best[:-1])
+    if not (prevent_repeats or single_use):
+        assert best == [RED, RED, RED, RED, EOS_ID]
+
+
+def _exhaustive_best(prevent_repeats: bool, single_use: bool) -> list[int]:
+    """The most probable caption of 4 words (then <eos>) under BIGRAMS that the rules allow."""
+    table = BigramCaptioner().log_table
+    best, best_logp = None, -math.inf
+    for k in [4]:
+        for words in itertools.product((A, RED, CIRCLE, SQUARE), repeat=k):
+            if prevent_repeats and any(a == b for a, b in zip(words, words[1:])):
+                continue
+            once = [w for w in words if w != A]
+            if single_use and len(once) != len(set(once)):
+                continue
+            caption = [*words, EOS_ID]
+            logp = sum(table[prev, w].item() for prev, w in zip([BOS_ID, *words], caption))
+            if logp > best_logp:
+                best, best_logp = caption, logp
+    return best
+
+
+def test_sampling_never_breaks_the_rules_and_renormalises_over_the_allowed_words():
+    regions, mask = torch.zeros(1, 1, 1), torch.ones(1, 1, dtype=torch.bool)
+    torch.manual_seed(0)
+    free = sample(BigramCaptioner(), regions, mask, _rules(False, False), num_samples=200, greedy=False)
+    ruled = sample(BigramCaptioner(), regions, mask, _rules(True, True), num_samples=200, greedy=False)
+    words = lambda row: [t for t in row if t not in (EOS_ID, PAD_ID)]  # noqa: E731
+    assert not all(_follows_the_rules(words(r)) for r in free.tokens[0].tolist())
+    assert all(_follows_the_rules(words(r)) for r in ruled.tokens[0].tolist())
+    # After "red", "red" is forbidden (and <eos>, before 4 words): "circle" has 0.1 of the 0.15 left ("a": 0.05).
+    for row, logps in zip(ruled.tokens[0].tolist(), ruled.log_probs[0]):
+        if row[:2] == [RED, CIRCLE]:
+            assert logps[1].item() == pytest.approx(math.log(0.1 / 0.15), abs=1e-6)
+            break
+    else:
+        raise AssertionError("no sample began 'red circle'")
+
+
+def test_allowed_multiple_is_up_downs_list_of_19_words():
+    assert len(ALLOWED_MULTIPLE) == 19 and len(set(ALLOWED_MULTIPLE)) == 19
+    assert {"a", "an", "the", "of", "on", "in", "with", "and", "is", "to", ",", "by"} <= set(ALLOWED_MULTIPLE)
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "red", "the", "a", "circle", "of"]
+    assert sorted(allowed_multiple_ids(words)) == [5, 6, 8]

@@ -3,10 +3,13 @@ log-probabilities, a few REINFORCE steps that raise the reward, and both modes t
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from vqacap.lightning.captioning import CaptioningModule
 from vqacap.lightning.self_critical import SelfCriticalOptions, baseline, self_critical_loss
 from vqacap.metrics.captions import CiderDReward
 from vqacap.models.captioner import UpDownCaptioner
@@ -146,10 +149,6 @@ def test_both_modes_train_through_the_recipe(make_cfg, tmp_path, mode):
 
 
 def test_the_module_trains_on_its_own_options_and_cuts_references_at_the_datas_max_length():
-    from functools import partial
-
-    from vqacap.lightning.captioning import CaptioningModule
-
     words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "red", "big", "square", "left", "of", "circle"]
     references = {"train": {1: ["a red big square left of a circle"], 2: ["a circle"]}}
     module = CaptioningModule(
@@ -168,3 +167,23 @@ def test_the_module_trains_on_its_own_options_and_cuts_references_at_the_datas_m
     candidates = torch.tensor([[4, 5, 6, 7, EOS_ID], [4, 5, 6, 7, 8], [4, 10, EOS_ID, PAD_ID, PAD_ID]])
     image_ids = torch.tensor([1, 1, 2])
     torch.testing.assert_close(module.reward(image_ids, candidates), cut(image_ids, candidates))
+
+
+def test_coco_recipes_decode_with_up_downs_repeat_rules(make_cfg):
+    for experiment in ("caption_coco_xe", "caption_coco_scst"):
+        decoding = make_cfg(f"experiment={experiment}", tiny=False).model.decoding
+        assert decoding.prevent_repeats and decoding.single_use, experiment
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "red", "the", "circle"]
+    module = CaptioningModule(
+        net=partial(UpDownCaptioner, embed_dim=8, hidden_dim=16, attention_dim=8),
+        words=words,
+        feature_dim=D,
+        optimizer=partial(torch.optim.Adam),
+        decoding={"prevent_repeats": True, "single_use": True},
+        scst={"mode": "beam", "num_samples": 2},
+    )
+    assert module.decoding.allowed_multiple == module.val_decoding.allowed_multiple == (4, 6)  # "a", "the"
+    beam = module.scst_decoding  # SCSTLayer's beams follow the rules too (scst_net.prototxt)
+    assert beam.prevent_repeats and beam.single_use and beam.allowed_multiple == (4, 6)
+    sampled = SelfCriticalOptions(mode="sample").decoding(12, (4, 6))  # Rennie et al. sample freely
+    assert not (sampled.prevent_repeats or sampled.single_use)

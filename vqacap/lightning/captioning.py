@@ -28,7 +28,15 @@ from vqacap.lightning.self_critical import (
 )
 from vqacap.metrics.captions import CaptionMetrics, CiderDReward
 from vqacap.metrics.grounding import GroundingAccuracy, caption_targets
-from vqacap.models.decoding import Decoded, DecodingOptions, beam_search, decode, sample, sample_with_greedy
+from vqacap.models.decoding import (
+    Decoded,
+    DecodingOptions,
+    allowed_multiple_ids,
+    beam_search,
+    decode,
+    sample,
+    sample_with_greedy,
+)
 
 
 class CaptioningModule(RegionTaskModule):
@@ -59,8 +67,9 @@ class CaptioningModule(RegionTaskModule):
         self.vocab = Vocabulary(words[4:])  # words = the full id -> word list, specials first
         self.net = net(vocab_size=len(words), feature_dim=feature_dim + (6 if use_spatial else 0))
         self.use_spatial = use_spatial
-        self.decoding = DecodingOptions(**(decoding or {}))
-        self.val_decoding = DecodingOptions(**{**(decoding or {}), "beam_size": val_beam_size})
+        decoding = {**(decoding or {}), "allowed_multiple": allowed_multiple_ids(words)}
+        self.decoding = DecodingOptions(**decoding)
+        self.val_decoding = DecodingOptions(**{**decoding, "beam_size": val_beam_size})
         self.metric_names = tuple(metrics)
         self.results_dir = results_dir
         self.scst = (
@@ -107,7 +116,7 @@ class CaptioningModule(RegionTaskModule):
 
     @property
     def scst_decoding(self) -> DecodingOptions:
-        return self.scst.decoding(max_length=self.decoding.max_length)
+        return self.scst.decoding(self.decoding.max_length, self.decoding.allowed_multiple)
 
     def _self_critical_step(self, batch: CaptionBatch) -> torch.Tensor:
         """Self-critical training; `model.scst.mode` picks Rennie et al.'s (sample) or Anderson et al.'s (beam)."""

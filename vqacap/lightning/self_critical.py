@@ -46,12 +46,19 @@ class SelfCriticalOptions:
     block_trigrams: bool = False
     suppress_unk: bool = False
     count_eos: bool = True  # the reward counts <eos> as a word (CiderDReward)
+    # Up-Down's repeat rules (vqacap.models.decoding.DecodingOptions) on the captions trained on; None: the mode's
+    # reference, on in beam mode (scst_net.prototxt's BeamSearch), off in sample mode (Rennie et al. sample freely).
+    prevent_repeats: bool | None = None
+    single_use: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"model.scst.mode: expected one of {MODES}, got {self.mode!r}")
         if self.baseline is None:
             object.__setattr__(self, "baseline", BASELINES[self.mode][0])
+        for rule in ("prevent_repeats", "single_use"):
+            if getattr(self, rule) is None:
+                object.__setattr__(self, rule, self.mode == "beam")
         if self.baseline not in BASELINES[self.mode]:
             raise ValueError(
                 f"model.scst.baseline: mode {self.mode!r} takes one of {BASELINES[self.mode]}, got {self.baseline!r}"
@@ -67,8 +74,9 @@ class SelfCriticalOptions:
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"model.scst.max_length: expected at least 1, got {self.max_length}")
 
-    def decoding(self, max_length: int) -> DecodingOptions:
-        """The decoding options of the captions trained on (`max_length` where the options leave it unset)."""
+    def decoding(self, max_length: int, allowed_multiple: tuple[int, ...] = ()) -> DecodingOptions:
+        """The decoding options of the captions trained on (`max_length` where the options leave it unset;
+        `allowed_multiple`: the ids `single_use` lets repeat)."""
         return DecodingOptions(
             beam_size=self.num_samples if self.mode == "beam" else 1,
             max_length=self.max_length or max_length,
@@ -76,6 +84,9 @@ class SelfCriticalOptions:
             block_trigrams=self.block_trigrams,
             suppress_unk=self.suppress_unk,
             temperature=self.temperature,
+            prevent_repeats=self.prevent_repeats,
+            single_use=self.single_use,
+            allowed_multiple=allowed_multiple,
         )
 
 

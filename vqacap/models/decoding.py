@@ -96,10 +96,25 @@ def teacher_forcing(
 
 NEG_INF = float("-inf")
 
+# The words Up-Down's beam search lets a caption use more than once (`allowed_multiple` of the BeamSearch layers in
+# Up-Down-Captioner's decoder.prototxt and scst_net.prototxt: ids 2 5 4 15 3 6 8 7 9 13 277 11 30 16 19 27 25 119 48
+# of its data/coco_splits/train_vocab.txt, in that order). Every other word may appear once (`single_use`).
+ALLOWED_MULTIPLE = (
+    "a", "the", "of", ",", "on", "in", "and", "with", "is", "an", '"', "to", "some", "at", "are", "it", "that", "'",
+    "by",
+)  # fmt: skip
+
+
+def allowed_multiple_ids(words: list[str]) -> tuple[int, ...]:
+    """The ids of ALLOWED_MULTIPLE in the id -> word list `words` (words a vocabulary lacks are left out)."""
+    index = {w: i for i, w in enumerate(words)}
+    return tuple(index[w] for w in ALLOWED_MULTIPLE if w in index)
+
 
 @dataclass
 class DecodingOptions:
-    """Paper defaults: beam 5, no length penalty, no blocking, no minimum length, <unk> allowed."""
+    """Beam 5, no length penalty, no blocking, no minimum length, <unk> allowed; Up-Down's repeat rules
+    (`prevent_repeats`, `single_use`) are off here and on in the recipes that follow the paper (the COCO ones)."""
 
     beam_size: int = 5
     max_length: int = 16  # words, <eos> excluded
@@ -108,6 +123,11 @@ class DecodingOptions:
     block_trigrams: bool = False  # forbid repeating a trigram within a caption
     suppress_unk: bool = False
     temperature: float = 1.0  # sampling temperature
+    # Up-Down's BeamSearch (`_forbid_repeats`): no word twice in a row; no second use of a word outside
+    # `allowed_multiple`, the ids of the words that may repeat (allowed_multiple_ids(words)).
+    prevent_repeats: bool = False
+    single_use: bool = False
+    allowed_multiple: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Checked here, where the config is read, not at the first decoding step after an epoch of training.
@@ -163,6 +183,23 @@ def _constrain(logp: torch.Tensor, t: int, opts: DecodingOptions) -> torch.Tenso
         logp[...] = NEG_INF
         logp[..., EOS_ID] = eos
     return logp
+
+
+def _forbid_repeats(logp: torch.Tensor, history: torch.Tensor, opts: DecodingOptions) -> torch.Tensor:
+    """Up-Down's constraint (peteanderson80/caffe base_beam_search_layer.cu, `UpdateScore`): with `prevent_repeats`
+    no word may follow itself; with `single_use` no word already in the caption may come again unless it is in
+    `opts.allowed_multiple`. history (B, G, t) -> logp (B, G, V). <eos> is never forbidden: a caption can always end."""
+    if history.size(-1) == 0 or not (opts.prevent_repeats or opts.single_use):
+        return logp
+    forbidden = torch.zeros_like(logp, dtype=torch.bool)
+    if opts.prevent_repeats:
+        forbidden.scatter_(-1, history[..., -1:], True)
+    if opts.single_use:
+        used = torch.zeros_like(forbidden).scatter_(-1, history, True)
+        used[..., list(opts.allowed_multiple)] = False
+        forbidden |= used
+    forbidden[..., EOS_ID] = False
+    return logp.masked_fill(forbidden, NEG_INF)
 
 
 def _block_trigrams(logp: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -280,8 +317,11 @@ def _sample(
             logits = logits / divisor
         logp = torch.log_softmax(logits, dim=-1)
         allowed = _constrain(logp, t, opts)
-        if opts.block_trigrams:
-            allowed = _block_trigrams(allowed, torch.stack(tokens, -1)) if tokens else allowed
+        if tokens:
+            history = torch.stack(tokens, -1)  # (B, G, t)
+            allowed = _forbid_repeats(allowed, history, opts)
+            if opts.block_trigrams:
+                allowed = _block_trigrams(allowed, history)
         picked = []
         if drawn:
             picked.append(draw(torch.softmax(allowed[:, :drawn].detach(), -1)))
@@ -294,7 +334,8 @@ def _sample(
             # renormalised (log_softmax of `allowed`, taken at the drawn token only). A forced token (<eos> at
             # max_length) has log-probability 0 there and no gradient.
             sampled = allowed[:, :drawn]
-            renormalised = sampled.gather(-1, token[:, :drawn].unsqueeze(-1)).squeeze(-1) - sampled.logsumexp(-1)
+            drawn_logp = sampled.gather(-1, token[:, :drawn].unsqueeze(-1)).squeeze(-1)
+            renormalised = drawn_logp - sampled.logsumexp(-1)
             token_logp = torch.cat([renormalised, token_logp[:, drawn:]], 1)
         token_logp = token_logp.masked_fill(finished, 0.0)
         tokens.append(token)
@@ -355,7 +396,7 @@ def beam_search(
     for t in range(width):
         logits, alpha, state = model.step(context, state, token)
         logp = torch.log_softmax(logits, dim=-1)  # (B, G, V)
-        allowed = _constrain(logp, t, opts)
+        allowed = _forbid_repeats(_constrain(logp, t, opts), history[..., :t], opts)
         if opts.block_trigrams:
             allowed = _block_trigrams(allowed, history[..., :t])
         vocab = allowed.size(-1)
