@@ -152,7 +152,7 @@ def test_hyperparameters_naming_a_function_instead_of_a_class_are_refused(runs, 
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError) as err:
         load_module(path)
-    _one_line(err, str(path), "'net' names os.system, not a Module class")
+    _one_line(err, str(path), "'net' names 'os.system', which vqacap does not build from a file")
 
 
 def test_init_from_loads_the_weights_it_checks(runs, tmp_path, data_root):

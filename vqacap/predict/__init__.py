@@ -57,10 +57,11 @@ def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str
     from vqacap.checkpoints import load_module
     from vqacap.extract import load_bottom_up
 
-    detector = load_bottom_up(args.detector, args.device)
     if not model_path.is_file():
         raise ValueError(f"{model_path}: checkpoint not found")
+    # First: the classes it names are checked before anything is imported (vqacap.targets).
     module = load_module(model_path, map_location=args.device)
+    detector = load_bottom_up(args.detector, args.device)
     if module.task != task:
         raise ValueError(f"{model_path}: a {module.task} checkpoint, but {flag} needs a {task} one")
     if int(module.hparams.feature_dim) != detector.feature_dim:
