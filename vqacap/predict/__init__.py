@@ -72,6 +72,26 @@ def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str
     return detector, module
 
 
+def check_sizes(images: list[Path], detector, grid: int | None) -> None:
+    """`ImageError` for the first image whose size the detector cannot take (read from its header, before any
+    forward pass: a 10000 x 10 image stopped the command with torchvision's traceback), ExtractError for a grid
+    finer than any feature map."""
+    from PIL import Image
+
+    from vqacap.extract import check_grid
+
+    check_grid(detector, grid)
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, ValueError, SyntaxError):
+            continue  # an unreadable file is named when it is read
+        problem = detector.size_problem(height, width, grid)
+        if problem is not None:
+            raise ImageError(f"{path}: {problem}")
+
+
 def predict(args: argparse.Namespace, module, data) -> list[dict]:
     """The module's `predict_step` records of every image, in the order given."""
     import pytorch_lightning as pl
@@ -142,6 +162,7 @@ def run_task(args: argparse.Namespace, model_path: Path, task: str, flag: str, q
         if missing:
             raise ValueError(f"{missing[0]}: image file not found")
         detector, module = load_models(args, model_path, task, flag)
+        check_sizes(args.images, detector, args.grid if args.fixed is None else None)
         if task == "captioning" and getattr(args, "beam", None):
             module.decoding = replace(module.decoding, beam_size=args.beam)
         data = PixelDataModule(
