@@ -60,21 +60,32 @@ def find_checkpoint(spec: str, log_dir: str | os.PathLike, task_name: str = "tra
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
-_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Trying to call ([\w.]+)")
+# torch's wordings for a refused global: "Unsupported global: GLOBAL x.y was not an allowed global", "Trying to load
+# unsupported GLOBAL x.y whose module x is blocked", "Trying to call x.y".
+_UNSUPPORTED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|Trying to call) ([\w.]+)")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """The checkpoint at `path`, unpickled with `weights_only=True`; `CheckpointError` naming the file otherwise."""
+    checkpoint = safe_load(path, map_location)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`, every failure one `CheckpointError` line naming the file (and the
+    refused type, for a pickled object): torch's own text is many lines advising `weights_only=False`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = _UNSUPPORTED.search(str(err))
         if found:
             raise CheckpointError(
-                f"{path}: refused: it holds the type {found.group(1) or found.group(2)}, which no vqacap checkpoint "
+                f"{path}: refused: it holds the type {found.group(1)}, which no vqacap checkpoint "
                 "holds (checkpoints are loaded without running code)"
             ) from None
         key = re.search(r"invalid load key, '.*?'", str(err))
@@ -87,9 +98,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint, truncated or another kind of file ({_first_line(err)})"
         ) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
 
 
 def _first_line(err: BaseException) -> str:
@@ -191,6 +199,8 @@ def load_module(path: str | os.PathLike, map_location: Any = "cpu"):
     checkpoint = load_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters")
     task = task_of(hparams or {})
+    if task is None and {"classes", "attributes", "detector"} <= set(hparams or {}):
+        raise CheckpointError(f"{path}: a detector checkpoint, where a captioner or VQA model is needed")
     if task is None:
         raise CheckpointError(f"{path}: no vqacap hyper-parameters (not a checkpoint of a vqacap run)")
     module_class = VQAModule if task == "VQA" else CaptioningModule

@@ -92,10 +92,12 @@ def load_detector(
         raise ExtractError(
             f"{path}: detector weights not found (a local fasterrcnn_resnet50_fpn state dict is needed)"
         )
+    from vqacap.checkpoints import CheckpointError, safe_load  # Lightning is only needed here
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
-        raise ExtractError(f"{path}: cannot load a state dict ({type(err).__name__}: {err})") from None
+        state = safe_load(path)
+    except CheckpointError as err:  # one line for a pickled object, a truncated or another kind of file
+        raise ExtractError(str(err)) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # torchvision reference training checkpoints
     cls_score = "roi_heads.box_predictor.cls_score.weight"
