@@ -152,7 +152,7 @@ def test_hyperparameters_naming_a_function_instead_of_a_class_are_refused(runs, 
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError) as err:
         load_module(path)
-    _one_line(err, str(path), "'net' names os.system, not a Module class")
+    _one_line(err, str(path), "'net' names 'os.system', which vqacap does not build from a file")
 
 
 def test_init_from_loads_the_weights_it_checks(runs, tmp_path, data_root):
@@ -164,3 +164,89 @@ def test_init_from_loads_the_weights_it_checks(runs, tmp_path, data_root):
     load_weights(module, runs["captioning"])
     saved = load_checkpoint(runs["captioning"])["state_dict"]
     assert all(torch.equal(v, saved[k]) for k, v in module.state_dict().items())
+
+
+class SystemPayload:
+    """Unpickling this calls os.system (a module torch blocks by name): it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _detector_checkpoint(path: Path, **extra) -> Path:
+    hparams = {
+        "detector": {},
+        "classes": ["__background__", "a"],
+        "attributes": ["__no_attribute__", "b"],
+        **extra,
+    }
+    torch.save({"hyper_parameters": hparams, "state_dict": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("payload", [Payload, SystemPayload])
+@pytest.mark.parametrize("flag", ["--detector", "--weights"])
+def test_a_pickled_detector_or_weights_file_is_refused_in_one_line_naming_the_global(
+    tmp_path, capsys, payload, flag
+):
+    """torch's multi-line text advising weights_only=False was printed, and "Trying to load unsupported GLOBAL"
+    read as "truncated or another kind of file"."""
+    from vqacap.cli import main as vqacap
+
+    marker = tmp_path / "payload-ran"
+    path = _detector_checkpoint(tmp_path / "evil.ckpt", note=payload(marker))
+    (tmp_path / "images").mkdir()
+    assert (
+        vqacap(
+            [
+                "extract",
+                flag,
+                str(path),
+                "--images",
+                str(tmp_path / "images"),
+                "--out",
+                str(tmp_path / "s.h5"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    name = "io.open" if payload is Payload else "system"
+    assert len(err.splitlines()) == 1 and f"{path}: refused: it holds the type " in err and name in err, err
+    assert "weights_only" not in err and not marker.exists()
+
+
+def test_a_tsv_given_as_the_detector_and_a_detector_given_as_a_model_are_named(
+    runs, tmp_path, data_root, capsys
+):
+    from vqacap.cli import main as vqacap
+
+    tsv = tmp_path / "features.tsv"
+    tsv.write_text("image_id\timage_w\timage_h\tnum_boxes\tboxes\tfeatures\n1\t10\t10\t1\tAAAA\tAAAA\n")
+    (tmp_path / "images").mkdir()
+    assert (
+        vqacap(["extract", "--detector", str(tsv), "--images", str(tmp_path / "images"), "--out", "s.h5"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tsv}: not a readable PyTorch checkpoint") and "\n" not in err, err
+
+    detector = _detector_checkpoint(tmp_path / "detector.ckpt")
+    argv = [
+        "visualize",
+        "--checkpoint",
+        str(detector),
+        "--data-dir",
+        str(data_root / "shapes"),
+        "--out",
+        "maps",
+    ]
+    assert vqacap(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vqacap visualize: {detector}: a detector checkpoint, where a captioner or VQA model is needed"
+    )

@@ -51,6 +51,9 @@ def test_load_detection_split_reads_boxes_classes_and_padded_attributes(detectio
         (lambda d: d["images"][0]["objects"][0].update(box=[5, 5, 90, 9]), "outside the 64x64 image"),
         (lambda d: d["images"][0]["objects"][0].update(attributes=[0]), r"image 1, object 0: \"attributes\""),
         (lambda d: d.update(classes=["dog", "cat"]), "__background__"),
+        # Positive in float64, zero wide in float32: torchvision's training asserted on it.
+        (lambda d: d["images"][0]["objects"][0].update(box=[5, 5, 5 + 1e-9, 9]), "image 1, object 0: box"),
+        (lambda d: d["images"][0]["objects"][0].update(box=[5, "x", 9, 9]), "is not four numbers"),
     ],
 )
 def test_bad_annotations_fail_with_one_line_naming_file_and_record(detection_dir, change, message):

@@ -263,22 +263,23 @@ def test_extraction_resumes_and_batches_give_the_same_regions(store, shapes, det
 
 
 def test_fixed_36_and_grid_stores(shapes, checkpoint, detector, tmp_path):
+    # The tiny detector's res5 map is 2 x 2 (64 pixels at stride 32): the finest grid it has.
     fixed, grid = tmp_path / "fixed.h5", tmp_path / "grid.h5"
     val = str(shapes / "images" / "val")
     base = ["extract", "--detector", str(checkpoint), "--images", val, "--no-progress"]
     assert main([*base, "--out", str(fixed), "--fixed", "36"]) == 0
     assert RegionStore(fixed).num_regions.tolist() == [36, 36, 36]
-    assert main([*base, "--out", str(grid), "--grid", "3", "--dtype", "float32"]) == 0
+    assert main([*base, "--out", str(grid), "--grid", "2", "--dtype", "float32"]) == 0
     store = RegionStore(grid)
-    assert store.num_regions.tolist() == [9, 9, 9] and store.region_fields == ()
+    assert store.num_regions.tolist() == [4, 4, 4] and store.region_fields == ()
     image_id = int(store.image_ids[0])
     features, boxes = store.read(image_id)
     with torch.no_grad():
-        g = detector.grid([load(shapes / "images" / "val" / f"{image_id:06d}.png")], 3)[0]
+        g = detector.grid([load(shapes / "images" / "val" / f"{image_id:06d}.png")], 2)[0]
     np.testing.assert_allclose(features, g.features.numpy(), rtol=1e-4, atol=1e-5)
     side = float(store.image_w[0])
-    assert boxes[0].tolist() == pytest.approx([0, 0, side / 3, side / 3])
-    assert boxes[-1].tolist() == pytest.approx([2 * side / 3, 2 * side / 3, side, side])
+    assert boxes[0].tolist() == pytest.approx([0, 0, side / 2, side / 2])
+    assert boxes[-1].tolist() == pytest.approx([side / 2, side / 2, side, side])
     # A grid store has no label fields: extending it with regions is refused, naming the file.
     assert main([*base, "--out", str(grid)]) == 2
 
@@ -319,3 +320,80 @@ def test_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(shapes, checkpoi
         f"error: {partial_path(out)}: write failed (File too large); {out} is unchanged"
     ]
     assert out.read_bytes() == committed
+
+
+@pytest.mark.parametrize("grid", [None, 2])
+def test_an_image_of_extreme_aspect_ratio_is_reported_and_the_others_kept(
+    shapes, checkpoint, tmp_path, capsys, grid
+):
+    """A 10000 x 10 image stopped extract (and every rerun) with torchvision's traceback."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for image_id in (1, 2):
+        (images / f"{image_id}.png").write_bytes(
+            (shapes / "images" / "train" / f"{image_id:06d}.png").read_bytes()
+        )
+    Image.new("RGB", (10000, 10), (200, 30, 30)).save(images / "3.png")
+    out = tmp_path / "store.h5"
+    argv = [
+        "extract",
+        "--detector",
+        str(checkpoint),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    argv += ["--batch-size", "4"] + (["--grid", str(grid)] if grid else [])
+    for rerun in (False, True):
+        assert main(argv) == 0
+        report = capsys.readouterr().out.splitlines()
+        assert (
+            report[0]
+            == f"{out}: extracted {0 if rerun else 2}, skipped {2 if rerun else 0} already in the store, problems 1"
+        )
+        assert report[1].startswith(
+            f"  {images / '3.png'}: 10000x10 pixels is 64x0 at the detector's input size"
+        )
+        assert sorted(RegionStore(out).image_ids) == [1, 2]
+
+
+def test_a_grid_finer_than_the_feature_map_is_refused(shapes, checkpoint, tmp_path, capsys):
+    """--grid 1000 on an 8 x 8 map wrote 1,000,000 cells per image (549 MB for 2 images) without a word."""
+    out = tmp_path / "grid.h5"
+    argv = [
+        "extract",
+        "--detector",
+        str(checkpoint),
+        "--images",
+        *folders(shapes),
+        "--out",
+        str(out),
+        "--grid",
+    ]
+    assert main([*argv, "1000", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --grid 1000: the detector's feature map has at most 2 x 2 cells (shorter side 64 pixels); "
+        "give --grid 2 or less"
+    )
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_a_forward_pass_that_fails_on_one_image_skips_that_image_only(shapes, detector, tmp_path):
+    from vqacap.data.store import RegionStoreWriter
+    from vqacap.extract import extract_images, grid_batch
+
+    files = sorted((shapes / "images" / "train").glob("*.png"))[:3]
+
+    def regions(batch):  # fails on any batch holding the second image, as a model failing on one input does
+        if any(float(t.sum()) == float(load(files[1]).sum()) for t in batch):
+            raise RuntimeError("Input and output sizes should be greater than 0\nmore torch text")
+        return grid_batch(detector, batch, 2)
+
+    with RegionStoreWriter(tmp_path / "s.h5", detector.feature_dim) as writer:
+        extracted, skipped, problems = extract_images(files, writer, regions, 3, "cpu", False)
+    assert (extracted, skipped) == (2, 0)
+    assert problems == [
+        f"{files[1]}: the model failed on it (RuntimeError: Input and output sizes should be greater than 0)"
+    ]

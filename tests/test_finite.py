@@ -95,3 +95,41 @@ def test_a_non_finite_gradient_stops_the_run_before_the_optimiser_step():
         "training stopped at step 0 (epoch 0): non-finite gradient of w (diverged: "
     )
     assert module.w.item() == 1.0  # the NaN step was never taken
+
+
+def test_a_finite_divergence_stops_the_run_with_one_line(make_cfg, tmp_path):
+    """Adam at lr=1e10 keeps the loss finite (about 1e11) and the run used to end with exit 0."""
+    cfg = make_cfg(
+        "experiment=caption_shapes",
+        "model.optimizer.lr=1e10",
+        "callbacks.attention_maps=null",
+        "trainer.max_epochs=3",
+        *TINY_CAPTIONER,
+    )
+    with pytest.raises(NonFiniteError, match=r"^training stopped at step [1-9]\d* \(epoch \d\): ") as err:
+        run(cfg)
+    message = str(err.value)
+    assert "the training loss's running mean" in message and "over 1000 times its early value" in message
+    assert "\n" not in message and not (tmp_path / "run" / "test_metrics.json").exists()
+
+
+def test_the_divergence_rule_stops_growth_by_orders_of_magnitude_only():
+    """The rule on loss histories: a falling cross-entropy, a noisy self-critical loss around zero, and a spike pass;
+    a loss growing 10 times per step stops within a few steps of passing 1000 times its early value."""
+    trainer = type("T", (), {"global_step": 0, "current_epoch": 0})()
+
+    def steps_run(losses) -> int:
+        callback = StopOnNonFinite()
+        for n, loss in enumerate(losses):
+            try:
+                callback.on_before_backward(trainer, None, torch.tensor(loss))
+            except NonFiniteError:
+                return n
+        return len(losses)
+
+    falling = [9.0 * 0.99**n + 2 for n in range(500)]
+    self_critical = [0.3 * ((-1) ** n) * (1 + n % 7) for n in range(500)]
+    spike = [3.0] * 50 + [3e3] + [3.0] * 50
+    assert steps_run(falling) == 500 and steps_run(self_critical) == 500 and steps_run(spike) == 101
+    growing = [5.0] * 20 + [5.0 * 10**n for n in range(1, 12)]
+    assert 20 + 3 <= steps_run(growing) <= 20 + 6

@@ -239,9 +239,9 @@ def test_grid_choice_gives_the_grid_stores_regions(chain, tmp_path):
     store = tmp_path / "grid.h5"
     folder = chain["shapes"] / "images" / "test"
     assert vqacap(["extract", "--detector", chain["detector"], "--images", str(folder), "--out", str(store), "--grid",
-                   "3", "--dtype", "float32", "--no-progress"]) == 0  # fmt: skip
+                   "2", "--dtype", "float32", "--no-progress"]) == 0  # fmt: skip
     detector = load_detector(chain["detector"])
-    data = PixelDataModule([folder / "000031.png"], detector, RegionChoice(grid=3))
+    data = PixelDataModule([folder / "000031.png"], detector, RegionChoice(grid=2))
     batch = next(iter(data.predict_dataloader()))
     stored = RegionStore(store).read_batch([31])
     assert torch.allclose(batch.regions.features, stored.features, atol=1e-5)
@@ -312,3 +312,31 @@ def test_the_show_attend_tell_rows_compose_with_each_store(tmp_path):
             assert cfg.model.net._target_.endswith("ShowAttendTell")
     assert stores == {"caption_shapes_sat": None, "caption_shapes_sat_detected": "detected.h5",
                       "caption_shapes_sat_grid": "grid.h5"}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["caption", "answer"])
+def test_an_image_of_extreme_aspect_ratio_or_a_grid_too_fine_is_refused_up_front(
+    chain, tmp_path, capsys, command
+):
+    """A 10000 x 10 image stopped caption and answer with torchvision's traceback."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (10000, 10), (200, 30, 30)).save(strip)
+    image = chain["shapes"] / "images" / "test" / "000031.png"
+    model = (
+        ["--captioner", chain["captioner"]]
+        if command == "caption"
+        else ["--vqa", chain["vqa"], "--question", "what"]
+    )
+    base = [command, str(image), *model, "--detector", chain["detector"]]
+    assert vqacap([*base[:2], str(strip), *base[2:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vqacap {command}: {strip}: 10000x10 pixels is ") and len(err.splitlines()) == 1, (
+        err
+    )
+    assert "less than one 16-pixel cell of its feature map" in err
+    assert vqacap([*base, "--grid", "1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"vqacap {command}: --grid 1000: the detector's feature map has at most ")
+        and "\n" not in err
+    )

@@ -417,3 +417,26 @@ def test_a_run_killed_mid_stream_leaves_nothing_that_looks_complete_and_the_reru
     assert main(args_of(files, out)) == 0
     assert json.loads((out / "detection_train.json").read_text())["images"] == EXPECTED_TRAIN
     assert json.loads((out / "COMPLETE.json").read_text())["counts"]["objects"] == 7
+
+
+def test_boxes_that_are_not_finite_or_empty_in_float32_are_reported_and_skipped(tmp_path, capsys):
+    """NaN and inf coordinates used to become full-width boxes (min/max swallow NaN); w = 1e-9 passed, then stopped
+    detector training with torchvision's assertion."""
+    files, out = write_vg(tmp_path), tmp_path / "detection"
+    objects = json.loads(files["objects"].read_text())
+    bad = {91: {"x": float("nan")}, 92: {"w": float("inf")}, 93: {"y": float("-inf")}, 94: {"w": 1e-9}}
+    for object_id, change in bad.items():
+        record = {"object_id": object_id, "x": 10, "y": 5, "w": 20, "h": 30, "names": ["man"], "synsets": []}
+        objects[0]["objects"].append({**record, **change})
+    files["objects"].write_text(json.dumps(objects))  # NaN and Infinity, as Python's json writes them
+    files.pop("attributes")
+    assert main(args_of(files, out)) == 0
+    report = capsys.readouterr().out
+    assert (
+        "skipped 3 boxes with a coordinate that is not a finite number (e.g. image 1 object 91, image 1 object "
+        in report
+    )
+    assert "skipped 1 boxes of zero width or height in float32 (e.g. image 1 object 94)" in report
+    boxes = [o["box"] for o in json.loads((out / "detection_train.json").read_text())["images"][0]["objects"]]
+    assert boxes == [o["box"] for o in EXPECTED_TRAIN[0]["objects"]]
+    load_detection_split(out / "detection_train.json")  # what training reads

@@ -247,3 +247,69 @@ def test_an_out_folder_that_cannot_be_created_is_one_line(official, tmp_path, ca
     assert (
         capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'file' / 'o'}: cannot write here (")
     )
+
+
+BLANK = [
+    (
+        92,
+        9,
+        " \u200b ",
+        "what color is the",
+        "other",
+        ["dog"] * 10,
+    ),  # a question of spaces and a zero-width space
+    (
+        93,
+        9,
+        "What is this?",
+        "what color is the",
+        "other",
+        [""] * 6 + ["."] * 4,
+    ),  # no answer, once normalised
+    (
+        94,
+        9,
+        "What is it?",
+        "what color is the",
+        "other",
+        ["red"] * 7 + [" "] * 3,
+    ),  # kept: three blank human answers
+]
+
+
+def test_blank_questions_and_answers_are_skipped_with_counts(official, tmp_path, capsys):
+    """A generative model trained on empty answers learns to answer "", which the official metric rewards where the
+    references are empty."""
+    official["train2014"].write_text(json.dumps(questions_json("train2014", TRAIN + BLANK)))
+    official["train_ann"].write_text(json.dumps(annotations_json("train2014", TRAIN + BLANK)))
+    out = tmp_path / "vqa2"
+    assert run_prepare(official, out) == 0
+    assert (
+        f"{official['train2014']}: skipped 1 questions with blank questions; skipped 1 questions with blank answers; "
+        "3 blank human answers kept (the official accuracy scores them)"
+    ) in capsys.readouterr().out.splitlines()
+    kept = [q["question_id"] for q in json.loads((out / "vqa_train_questions.json").read_text())["questions"]]
+    annotated = json.loads((out / "vqa_train_annotations.json").read_text())["annotations"]
+    assert kept == [90, 91, 250, 251, 94] and [a["question_id"] for a in annotated] == kept
+    assert "" not in AnswerVocabulary.load(out / "answer_vocab.json").answers
+
+
+def test_the_datamodule_skips_blank_questions_and_answers_with_counts(official, tmp_path, caplog):
+    out = tmp_path / "vqa2"
+    assert run_prepare(official, out) == 0
+    for name, make in (
+        ("questions", questions_json),
+        ("annotations", annotations_json),
+    ):  # as another tool wrote them
+        (out / f"vqa_train_{name}.json").write_text(json.dumps(make("train2014", TRAIN + BLANK)))
+    with RegionStoreWriter(out / "regions.h5", feature_dim=8) as writer:
+        for image_id in (9, 25, 30, 42):
+            writer.add(image_id, np.ones((4, 8), np.float32), np.array([[0, 0, 10, 10]] * 4), 64, 48)
+    data = VQADataModule(str(out), batch_size=8)
+    data.prepare_data()
+    data.setup()
+    assert data.load_split("train").question_ids.tolist() == [90, 91, 250, 251, 94]
+    assert any(
+        "skipped 1 questions with blank questions; skipped 1 questions with blank answers" in r.message
+        for r in caplog.records
+    )

@@ -20,6 +20,8 @@ from vqacap.runs import RunFolderError
 from vqacap.sweep import collect, find_multirun
 from vqacap.train import CONFIG_DIR, run
 
+REPO = Path(__file__).resolve().parents[1]  # subprocesses run this checkout's vqacap, not an installed one
+
 
 def _hydra_cfg(overrides: list[str], log_dir: Path):
     GlobalHydra.instance().clear()
@@ -94,7 +96,7 @@ def test_a_multirun_over_two_experiments_is_one_sweep_folder(tmp_path, data_root
         "debug=fdr",
     ]
     command += [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_root}", *tiny]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     sweeps = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
@@ -102,3 +104,33 @@ def test_a_multirun_over_two_experiments_is_one_sweep_folder(tmp_path, data_root
     records = collect(find_multirun(sweeps[0]))
     assert [r["overrides"]["experiment"] for r in records] == ["caption_shapes", "vqa_shapes"]
     assert "test/CIDEr" in records[0]["metrics"] and "test/accuracy" in records[1]["metrics"]
+
+
+def test_a_refused_second_run_leaves_the_first_runs_hydra_files_byte_identical(tmp_path, data_root):
+    """The second run is refused before Hydra writes its .hydra/ files: the first run stays drawable."""
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("callbacks.")]
+    folder = tmp_path / "shared_run"
+    command = [
+        sys.executable,
+        "-m",
+        "vqacap.train",
+        "experiment=caption_shapes",
+        "debug=fdr",
+        *TINY_CAPTIONER,
+    ]
+    command += [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_root}", f"hydra.run.dir={folder}", *tiny]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    files = ["config.yaml", "hydra.yaml", "overrides.yaml", "../test_metrics.json", "../train.log"]
+    before = {name: (folder / ".hydra" / name).read_bytes() for name in files}
+
+    second = subprocess.run(
+        [*command, "seed=7", "model.net.hidden_dim=40"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"error: {folder}: holds another run's files (test_metrics.json); start in a new folder (leave "
+        f"hydra.run.dir unset) or resume that run with ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
+    ]
+    assert {name: (folder / ".hydra" / name).read_bytes() for name in files} == before

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from vqacap.data.detection import load_detection_split
-from vqacap.data.owned import MARKER, FolderNotOwnedError
+from vqacap.data.owned import MARKER, WRITTEN, FolderNotOwnedError
 from vqacap.data.shapes import (
     CLUTTERED_SHAPES,
     MIN_VISIBLE,
@@ -215,14 +215,49 @@ def test_the_refusal_comes_through_a_training_config_and_its_advice_works(make_c
     assert advised.data.generator is None
 
 
-def test_folders_written_before_the_marker_existed_are_still_the_generators(plain, tmp_path):
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_user_folder_that_looks_generated_is_refused_and_left_byte_identical(tmp_path):
+    """A COMPLETE.json with the generator's keys no longer passes for a generated folder."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "COMPLETE.json").write_text('{"version": 1, "sizes": {}, "seed": 0, "feature_dim": 8}')
+    (mine / "captions_train.json").write_text('{"annotations": ["my own captions"]}')
+    (mine / "caption_vocab.json").write_text('{"words": ["mine"]}')
+    (mine / "regions.h5").write_bytes(b"my features")
+    before = _bytes(mine)
+    with pytest.raises(FolderNotOwnedError, match="refusing to write into a non-empty folder"):
+        generate(mine, sizes=TINY, feature_dim=32)
+    assert _bytes(mine) == before
+
+
+@pytest.mark.parametrize("change", ["edited", "added", "unrecorded"])
+def test_regenerating_never_overwrites_a_file_the_generator_did_not_write(plain, tmp_path, change):
     old = tmp_path / "old"
     shutil.copytree(plain, old)
-    (old / MARKER).unlink()
-    (old / "caption_vocab.json").write_text("{}")  # the DataModule's, as an older run left it
-    assert generate(old, sizes=TINY, feature_dim=32, no_attribute_fraction=0.2) == old
-    assert (old / MARKER).is_file()
-    assert (old / "caption_vocab.json").read_text() == "{}"  # the data was complete: nothing was redone
+    if change == "edited":
+        (old / "captions_train.json").write_text('{"annotations": ["edited by hand"]}')
+    elif change == "added":
+        (old / "images" / "train" / "my_photo.png").write_bytes(b"a photo of mine")
+    else:  # marked by an older vqacap, which recorded nothing: the files cannot be told from the user's
+        (old / WRITTEN).unlink()
+    before = _bytes(old)
+    with pytest.raises(FolderNotOwnedError) as err:
+        generate(old, sizes={**TINY, "test": 11}, feature_dim=32)
+    assert "\n" not in str(err.value) and "not written by vqacap (or changed since)" in str(err.value)
+    assert _bytes(old) == before
+
+
+def test_regenerating_its_own_folder_sets_the_old_vocabulary_aside(plain, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(plain, old)
+    (old / "caption_vocab.json").write_text('{"words": ["built", "before"]}')  # the DataModule's
+    assert generate(old, sizes={**TINY, "test": 11}, feature_dim=32, no_attribute_fraction=0.2) == old
+    assert (old / "caption_vocab.json.stale").read_text() == '{"words": ["built", "before"]}'
+    assert not (old / "caption_vocab.json").exists()
+    assert len(json.loads((old / "captions_test.json").read_text())["images"]) == 11
     (old / "detection").mkdir(exist_ok=True)
     (old / "detection" / MARKER).write_text("Shapes generator\n")  # another writer's folder
     with pytest.raises(PrepareError, match="written by vqacap's Shapes generator, not by its prepare vg"):

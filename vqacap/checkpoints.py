@@ -5,8 +5,9 @@ hyper-parameters are stored as plain dicts too, a Hydra partial as {"_target_": 
 ...}. Every checkpoint is read with `torch.load(weights_only=True)`, which unpickles those types and refuses any other
 (a pickled object could run code as it is loaded). Entry points: Lightning's own restore (`ckpt_path`, through
 `AtomicCheckpointIO`), `init_from` (`load_weights`) and `vqacap visualize --checkpoint` (`load_module`). Rebuilding a
-module from its hyper-parameters imports only the classes named under `net`, `optimizer` and `scheduler`, and only when
-each is a subclass of what that key must be (nn.Module, Optimizer, LRScheduler); nothing is called while loading.
+module from its hyper-parameters imports only the classes named under `net`, `optimizer` and `scheduler`, each dotted
+path checked as a string against the allowed ones first (vqacap.targets: vqacap's models, torch's optimisers and
+schedulers), then the class for what that key must be; nothing is called while loading.
 
 Not here: which checkpoints a run writes and when (vqacap.callbacks.checkpoint).
 """
@@ -14,7 +15,6 @@ Not here: which checkpoints a run writes and when (vqacap.callbacks.checkpoint).
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import pickle
@@ -26,6 +26,10 @@ from typing import Any
 
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
+
+from vqacap.targets import TargetError, locate
+
+REBUILT = ("net", "optimizer", "scheduler")  # hyper-parameters that name a class
 
 
 class CheckpointError(ValueError):
@@ -56,21 +60,32 @@ def find_checkpoint(spec: str, log_dir: str | os.PathLike, task_name: str = "tra
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
-_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Trying to call ([\w.]+)")
+# torch's wordings for a refused global: "Unsupported global: GLOBAL x.y was not an allowed global", "Trying to load
+# unsupported GLOBAL x.y whose module x is blocked", "Trying to call x.y".
+_UNSUPPORTED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|Trying to call) ([\w.]+)")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """The checkpoint at `path`, unpickled with `weights_only=True`; `CheckpointError` naming the file otherwise."""
+    checkpoint = safe_load(path, map_location)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`, every failure one `CheckpointError` line naming the file (and the
+    refused type, for a pickled object): torch's own text is many lines advising `weights_only=False`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = _UNSUPPORTED.search(str(err))
         if found:
             raise CheckpointError(
-                f"{path}: refused: it holds the type {found.group(1) or found.group(2)}, which no vqacap checkpoint "
+                f"{path}: refused: it holds the type {found.group(1)}, which no vqacap checkpoint "
                 "holds (checkpoints are loaded without running code)"
             ) from None
         key = re.search(r"invalid load key, '.*?'", str(err))
@@ -83,9 +98,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint, truncated or another kind of file ({_first_line(err)})"
         ) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
 
 
 def _first_line(err: BaseException) -> str:
@@ -114,53 +126,27 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _lr_scheduler_bases() -> tuple[type, ...]:
-    from torch.optim import lr_scheduler
-
-    return (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)
-
-
-# What each constructor argument that is a class must be a subclass of.
-_CLASS_ARGUMENTS = {
-    "net": lambda: (torch.nn.Module,),
-    "optimizer": lambda: (torch.optim.Optimizer,),
-    "scheduler": _lr_scheduler_bases,
-}
-
-
 def rebuild_hyperparameters(hparams: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
     """The constructor arguments of a module from its checkpoint's plain hyper-parameters: `net`, `optimizer` and
-    `scheduler` back to partials of their classes, after checking what each class is."""
+    `scheduler` back to partials of their classes, each dotted path checked against vqacap.targets before it is
+    imported."""
     out = dict(hparams)
-    for key, bases in _CLASS_ARGUMENTS.items():
+    for key in REBUILT:
         node = out.get(key)
         if isinstance(node, Mapping) and "_target_" in node:
-            cls = _locate_class(str(node["_target_"]), bases(), path, key)
+            try:
+                cls = locate(key, node["_target_"], path, f"hyper-parameter {key!r}")
+            except TargetError as err:
+                raise CheckpointError(str(err)) from None
             out[key] = functools.partial(
                 cls, **{k: v for k, v in node.items() if k not in ("_target_", "_partial_")}
             )
     for key, value in out.items():
-        if key not in _CLASS_ARGUMENTS and isinstance(value, Mapping) and "_target_" in value:
+        if key not in REBUILT and isinstance(value, Mapping) and "_target_" in value:
             raise CheckpointError(
                 f"{path}: hyper-parameter {key!r} names {value['_target_']}, which is not rebuilt"
             )
     return out
-
-
-def _locate_class(target: str, bases: tuple[type, ...], path: str | os.PathLike, key: str) -> type:
-    module_name, _, name = target.rpartition(".")
-    try:
-        found: Any = importlib.import_module(module_name)
-        for part in name.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError, ValueError):
-        raise CheckpointError(
-            f"{path}: hyper-parameter {key!r} names {target}, which cannot be imported"
-        ) from None
-    if not (isinstance(found, type) and issubclass(found, bases)):
-        expected = " or ".join(b.__name__ for b in bases)
-        raise CheckpointError(f"{path}: hyper-parameter {key!r} names {target}, not a {expected} class")
-    return found
 
 
 # -- checking and loading into a module -------------------------------------------------------------------------------
@@ -213,6 +199,8 @@ def load_module(path: str | os.PathLike, map_location: Any = "cpu"):
     checkpoint = load_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters")
     task = task_of(hparams or {})
+    if task is None and {"classes", "attributes", "detector"} <= set(hparams or {}):
+        raise CheckpointError(f"{path}: a detector checkpoint, where a captioner or VQA model is needed")
     if task is None:
         raise CheckpointError(f"{path}: no vqacap hyper-parameters (not a checkpoint of a vqacap run)")
     module_class = VQAModule if task == "VQA" else CaptioningModule

@@ -93,10 +93,12 @@ def load_detector(
         raise ExtractError(
             f"{path}: detector weights not found (a local fasterrcnn_resnet50_fpn state dict is needed)"
         )
+    from vqacap.checkpoints import CheckpointError, safe_load  # Lightning is only needed here
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
-        raise ExtractError(f"{path}: cannot load a state dict ({type(err).__name__}: {err})") from None
+        state = safe_load(path)
+    except CheckpointError as err:  # one line for a pickled object, a truncated or another kind of file
+        raise ExtractError(str(err)) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # torchvision reference training checkpoints
     cls_score = "roi_heads.box_predictor.cls_score.weight"
@@ -262,8 +264,12 @@ def extract_images(
     batch_size: int,
     device: str,
     progress: bool,
+    check: Callable[[torch.Tensor], str | None] | None = None,
 ) -> tuple[int, int, list[str]]:
-    """Add the images not yet in the store, `batch_size` per call of `regions`. Returns (extracted, skipped, problems)."""
+    """Add the images not yet in the store, `batch_size` per call of `regions`. Returns (extracted, skipped, problems).
+
+    `check(image)` names a problem that skips an image before the forward pass (a size the model cannot take); a
+    forward pass that fails is retried image by image, so only the image it fails on is skipped and reported."""
     problems: list[str] = []
     extracted = skipped = 0
     seen: dict[int, Path] = {}
@@ -284,12 +290,16 @@ def extract_images(
         batch = []
         for image_id, path in todo[start : start + batch_size]:
             try:
-                batch.append((image_id, load_image(path)))
+                image = load_image(path)
+                problem = check(image) if check is not None else None
+                if problem is not None:
+                    raise ImageError(f"{path}: {problem}")
+                batch.append((image_id, image))
             except ImageError as err:  # skipped and reported; the rest of the batch goes on
                 problems.append(str(err))
         if not batch:
             continue
-        results = regions([t.to(device) for _, t in batch])
+        batch, results = _forward(regions, batch, device, dict(todo), problems)
         for (image_id, tensor), (features, boxes, fields) in zip(batch, results):
             height, width = tensor.shape[-2:]
             if fields is not None:
@@ -310,6 +320,28 @@ def extract_images(
                 problems.append(str(err))
         writer.flush()  # a batch on disk before the next is computed: an interrupted run loses at most one batch
     return extracted, skipped, problems
+
+
+def _forward(
+    regions, batch: list, device: str, paths: dict[int, Path], problems: list[str]
+) -> tuple[list, list]:
+    """(batch, its regions); when the batch's forward pass fails, the images that pass alone and their regions, the
+    others reported by file (a per-image failure, not the run's)."""
+    try:
+        return batch, regions([t.to(device) for _, t in batch])
+    except (RuntimeError, ValueError, AssertionError) as err:
+        if len(batch) == 1:
+            lines = str(err).strip().splitlines() or [""]
+            problems.append(
+                f"{paths[batch[0][0]]}: the model failed on it ({type(err).__name__}: {lines[0][:200]})"
+            )
+            return [], []
+    kept, results = [], []
+    for item in batch:
+        one, found = _forward(regions, [item], device, paths, problems)
+        kept += one
+        results += found
+    return kept, results
 
 
 # -- the bottom-up detector, as generate_tsv.py --------------------------------------------------------------------
@@ -411,6 +443,7 @@ def extract_with_detector(
         raise ExtractError(f"--grid must be at least 1, got {grid}")
     files = image_files(images)
     model = detector if isinstance(detector, torch.nn.Module) else load_bottom_up(detector, device)
+    check_grid(model, grid)
     if grid is not None:
         options = {}
 
@@ -427,7 +460,25 @@ def extract_with_detector(
 
     writer = RegionStoreWriter(out, model.feature_dim, dtype=dtype, chunk_regions=CHUNK_REGIONS, **options)
     with writer:
-        return extract_images(files, writer, regions, batch_size, device, progress)
+        return extract_images(
+            files,
+            writer,
+            regions,
+            batch_size,
+            device,
+            progress,
+            lambda t: model.size_problem(*t.shape[-2:], grid),
+        )
+
+
+def check_grid(model: torch.nn.Module, grid: int | None) -> None:
+    """`ExtractError` for a grid finer than any image's feature map (the pooling would repeat cells: --grid 1000
+    wrote 1,000,000 cells per image)."""
+    if grid is not None and grid > model.max_grid():
+        raise ExtractError(
+            f"--grid {grid}: the detector's feature map has at most {model.max_grid()} x {model.max_grid()} cells "
+            f"(shorter side {model.options.min_size} pixels); give --grid {model.max_grid()} or less"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

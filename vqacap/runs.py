@@ -11,17 +11,25 @@ Hydra resolves `conf/hydra/default.yaml` with the resolvers registered here (on 
   Cached (OmegaConf keys the cache on the arguments' text), so every job of the sweep resolves it to the value of the
   sweep's own config: Hydra copies that config's resolver cache into each job's.
 
-`check_run_folder` refuses to start a run in a folder that holds another run's files. Not here: what a run writes.
+`check_run_folder` refuses to start a run in a folder that holds another run's files. Hydra writes its own .hydra/
+config.yaml, hydra.yaml and overrides.yaml into the run folder before the task starts, so the check runs first as a
+Hydra callback (`RunFolderCheck`, conf/hydra/default.yaml) when the run's folder is known and nothing is written yet,
+and again in the task, for runs started without Hydra's command line. Not here: what a run writes.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from vqacap.errors import one_line
 
 # What a run writes into its folder; Hydra's own .hydra/ and train.log are written before vqacap starts.
 RUN_FILES = ("checkpoints", "csv", "wandb", "test_metrics.json")
@@ -85,6 +93,29 @@ def check_run_folder(folder: str | os.PathLike, ckpt_path: str | None) -> None:
             f"{folder}: holds another run's files ({', '.join(found)}); start in a new folder (leave hydra.run.dir "
             f"unset) or resume that run with ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
         )
+
+
+class RunFolderCheck(Callback):
+    """`check_run_folder` before Hydra writes into the folder: a refused run leaves the other run's .hydra/ as it was.
+
+    `on_run_start` comes after the folder is resolved and before `run_job` saves the configs; a multirun's job folders
+    are checked at the sweep's start (`hydra.sweep.dir` set to an earlier sweep's folder)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check([config.hydra.run.dir], config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        self._check(sorted(p for p in sweep.iterdir() if p.is_dir()) if sweep.is_dir() else [], config)
+
+    @staticmethod
+    def _check(folders: list, config: DictConfig) -> None:
+        try:
+            for folder in folders:
+                check_run_folder(folder, config.get("ckpt_path"))
+        except RunFolderError as err:
+            print(one_line(err), file=sys.stderr)
+            sys.exit(1)
 
 
 def gpu_available_for(accelerator: str | None) -> bool:

@@ -296,10 +296,26 @@ def _as_in_training(path: Path, hydra_dir: Path) -> Path:
     return Path(OmegaConf.load(hydra_yaml).hydra.runtime.cwd) / path
 
 
+def locate_data_module(data, config: Path) -> type:
+    """The DataModule class a run folder's `data` node names, if it is one of vqacap's: a config read from a run folder
+    is data (it may have come from someone else), never code to run (vqacap.targets)."""
+    from vqacap.targets import TargetError, locate, nested_targets
+
+    raw = OmegaConf.to_container(data, resolve=False)  # an interpolated target matches no allowed name
+    for where, nested in nested_targets(raw, "data"):
+        if where != "data":
+            raise TargetError(
+                f"{config}: {where} names {nested!r}; a run folder's data node builds nothing else"
+            )
+    return locate("data", raw.get("_target_"), config, "data")
+
+
+def _constructor_arguments(data) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if not k.startswith("_")}
+
+
 def load(args: argparse.Namespace):
     """(LightningModule in eval mode, DataModule) from --run or --checkpoint/--data-dir."""
-    from hydra.utils import instantiate
-
     from vqacap.checkpoints import load_module
     from vqacap.data.captions import CaptionDataModule
     from vqacap.data.vqa import VQADataModule
@@ -320,7 +336,8 @@ def load(args: argparse.Namespace):
         data = OmegaConf.load(config).data  # interpolations resolve against the run's whole config
         data.data_dir = str(args.data_dir or _as_in_training(Path(data.data_dir), config.parent))
         # The data must already be there: never (re)generate it from a visualisation command.
-        datamodule = instantiate(data, generator=None, _recursive_=False)
+        data.generator = None
+        datamodule = locate_data_module(data, config)(**_constructor_arguments(data))
     elif args.data_dir is not None:
         datamodule = (VQADataModule if is_vqa else CaptionDataModule)(data_dir=str(args.data_dir))
     else:

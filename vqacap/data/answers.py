@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -106,6 +107,17 @@ def _clean(text: str) -> str:
 def process_answer(text: str) -> str:
     """Full normalisation of one answer: clean, `process_punctuation`, `process_digit_article`. "The Dog." -> "dog"."""
     return process_digit_article(process_punctuation(_clean(text)))
+
+
+def blank(text: str) -> bool:
+    """Whether `text` has nothing to read: no letter, digit, mark or symbol (spaces, zero-width characters only)."""
+    return not any(unicodedata.category(c)[0] in "LNPS" for c in text)
+
+
+def blank_answer(text: str) -> bool:
+    """Whether an answer is empty once normalised ("", " ", ".", "a"): the official accuracy then rewards an empty
+    prediction wherever such answers are the references."""
+    return blank(process_answer(text))
 
 
 def _reference_answers(gt_answers: Sequence[str]) -> tuple[list[str], bool]:

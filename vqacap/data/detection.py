@@ -108,7 +108,10 @@ def _image(path: Path, root: Path, record: dict, num_classes: int, num_attribute
         box, label, attrs = obj.get("box"), obj.get("class"), obj.get("attributes", [])
         if not (isinstance(box, list) and len(box) == 4):
             raise DetectionFormatError(f'{where}, object {n}: "box" must be [x1, y1, x2, y2], got {box!r}')
-        x1, y1, x2, y2 = (float(v) for v in box)
+        try:  # checked as stored: a box positive in float64 can be empty in float32 (torchvision then asserts)
+            x1, y1, x2, y2 = np.asarray(box, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DetectionFormatError(f'{where}, object {n}: "box" {box!r} is not four numbers') from None
         if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
             raise DetectionFormatError(
                 f"{where}, object {n}: box {box} is empty or outside the {width}x{height} image"

@@ -25,7 +25,8 @@ pattern (solid, striped, dotted) as a third attribute, textured noisy background
 captions and questions come from the same grammar, with the pattern added.
 
 The generator writes only into a new or empty folder, or one it wrote before (vqacap.data.owned): a folder of the
-user's is refused, never emptied.
+user's is refused, never emptied. Regenerating (other settings) first checks that every file it would overwrite is one
+it wrote, unchanged; a vocabulary a DataModule built from the older data is set aside as `<name>.stale`, not deleted.
 
 It is a test bed, not a benchmark: captions and answers are fully determined by the regions, so a model that reads the
 regions scores far above one that does not.
@@ -43,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vqacap.data.owned import claim_folder, folder_lock
+from vqacap.data.owned import check_written, claim_folder, folder_lock, record_written
 from vqacap.data.store import RegionStoreWriter, partial_path
 from vqacap.prepare.vg import prepare_vg
 
@@ -530,12 +531,14 @@ def generate(
     if style != "plain":  # so that plain folders written before styles existed stay complete
         settings["style"] = style
     done = root / "COMPLETE.json"
-    claim_folder(root, WRITER, REFUSAL_ADVICE, legacy=_written_by_older_generator)
+    claim_folder(root, WRITER, REFUSAL_ADVICE)
     with folder_lock(root):
         if not (done.exists() and json.loads(done.read_text()) == settings):
+            check_written(root, _generated_files(root), REGENERATE_ADVICE)
             _generate(
                 root, settings, GENERATORS[style](seed=seed, image_size=image_size, feature_dim=feature_dim)
             )
+            record_written(root, _generated_files(root))
         write_vg(root, no_attribute_fraction)
     return root
 
@@ -544,22 +547,38 @@ REFUSAL_ADVICE = (
     "to train on data prepared in it, add data.generator=null (or use data=coco_karpathy / data=vqa2); "
     "to generate Shapes, set data.data_dir to a new or empty folder"
 )
+REGENERATE_ADVICE = "move it away, or set data.data_dir to a new or empty folder"
+GENERATED = (
+    "COMPLETE.json",
+    "captions_*.json",
+    "vqa_*.json",
+    "scenes_*.json",
+    "regions.h5*",
+    "images/**/*",
+    "vg/**/*",
+)
 
 
-def _written_by_older_generator(root: Path) -> bool:
-    """A folder that vqacap generated before the generator marked its folders: its COMPLETE.json names the settings."""
-    try:
-        settings = json.loads((root / "COMPLETE.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(settings, dict) and {"version", "sizes", "seed", "feature_dim"} <= settings.keys()
+def _generated_files(root: Path) -> list[Path]:
+    """The files of `root` that a generation writes, deletes or overwrites."""
+    return sorted({p for pattern in GENERATED for p in root.glob(pattern) if p.is_file()})
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename `path` to the first free `<name>.stale[.N]`: a file built from an older generation, kept."""
+    n, aside = 0, path.with_name(path.name + ".stale")
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.stale.{n}")
+    path.rename(aside)
+    return aside
 
 
 def _generate(root: Path, settings: dict, gen: ShapesGenerator) -> None:
     done = root / "COMPLETE.json"
     done.unlink(missing_ok=True)
-    for stale in root.glob("*vocab*.json"):  # vocabularies built from an older generation
-        stale.unlink()
+    for stale in root.glob("*vocab*.json"):  # vocabularies a DataModule built from an older generation
+        log.info("%s: built from the data generated before; set aside as %s", stale, _set_aside(stale).name)
     store_path = root / "regions.h5"
     store_path.unlink(missing_ok=True)
     partial_path(store_path).unlink(missing_ok=True)  # an interrupted generation: never resumed, regenerated
@@ -677,6 +696,7 @@ def write_vg(root: str | os.PathLike, no_attribute_fraction: float = 0.03) -> Pa
     done = vg / "COMPLETE.json"
     if done.exists() and json.loads(done.read_text()) == settings:
         return vg
+    check_written(root, sorted(p for p in vg.rglob("*") if p.is_file()), REGENERATE_ADVICE)
     (vg / "splits").mkdir(parents=True, exist_ok=True)
     done.unlink(missing_ok=True)
     gen = GENERATORS[data_settings.get("style", "plain")]
@@ -722,6 +742,7 @@ def write_vg(root: str | os.PathLike, no_attribute_fraction: float = 0.03) -> Pa
     _write_text(vg / "objects_vocab.txt", "\n".join(gen.shapes) + "\n")
     _write_text(vg / "attributes_vocab.txt", "\n".join([*gen.colours, *gen.sizes, *patterns]) + "\n")
     _dump(done, settings)
+    record_written(root, sorted(p for p in vg.rglob("*") if p.is_file()))
     return vg
 
 

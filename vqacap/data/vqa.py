@@ -20,6 +20,7 @@ store read per batch, in the DataLoader workers; loaders, store and training ord
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -29,12 +30,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vqacap.data.answers import gt_answer_indices, process_answer, soft_scores_of_indices
+from vqacap.data.answers import (
+    blank,
+    blank_answer,
+    gt_answer_indices,
+    process_answer,
+    soft_scores_of_indices,
+)
 from vqacap.data.base import SPLITS, Batch, RegionBatcher, RegionDataModule, spread
 from vqacap.data.captions import load_caption_annotations
 from vqacap.data.formats import FormatError, load_vqa_annotations, load_vqa_questions
 from vqacap.data.store import Regions, RegionStoreError
 from vqacap.data.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
 
 GLOVE_DIM = 300
 
@@ -81,7 +90,7 @@ class AnswerVocabulary:
         """Answers from the training annotations; type names from every annotated split."""
         counts = Counter(process_answer(ann["multiple_choice_answer"]) for ann in train)
         answers = sorted(
-            (a for a, c in counts.items() if c >= min_count and a), key=lambda a: (-counts[a], a)
+            (a for a, c in counts.items() if c >= min_count and not blank(a)), key=lambda a: (-counts[a], a)
         )
         every = [ann for split in annotated_splits for ann in split]
         return cls(
@@ -155,6 +164,42 @@ class VQASplit:
     @property
     def annotated(self) -> bool:
         return self.gt_answers is not None
+
+
+def without_blank(
+    questions: list[dict], annotations: list[dict] | None
+) -> tuple[list, list | None, dict[str, int]]:
+    """The questions (and their annotations) less those with nothing to learn or score from: a blank question, or a
+    `multiple_choice_answer` empty once normalised; with the count of each kind dropped, and of the blank human
+    answers of the questions kept (kept: the official accuracy scores all ten)."""
+    by_id = {a["question_id"]: a for a in annotations} if annotations is not None else {}
+    counts = {"blank questions": 0, "blank answers": 0, "blank human answers kept": 0}
+    kept = []
+    for q in questions:
+        ann = by_id.get(q["question_id"])
+        if blank(q["question"]):
+            counts["blank questions"] += 1
+        elif ann is not None and blank_answer(ann.get("multiple_choice_answer", "x")):
+            counts["blank answers"] += 1
+        else:
+            kept.append(q)
+            if ann is not None:
+                counts["blank human answers kept"] += sum(blank_answer(a["answer"]) for a in ann["answers"])
+    if annotations is None:
+        return kept, None, counts
+    ids = {q["question_id"] for q in kept}
+    return kept, [a for a in annotations if a["question_id"] in ids], counts
+
+
+def blank_report(name: str, counts: dict[str, int]) -> str | None:
+    """One line for `without_blank`'s counts, None when there is nothing to say."""
+    dropped = {k: v for k, v in counts.items() if v and k != "blank human answers kept"}
+    parts = [f"skipped {v} questions with {k}" for k, v in dropped.items()]
+    if counts.get("blank human answers kept"):
+        parts.append(
+            f"{counts['blank human answers kept']} blank human answers kept (the official accuracy scores them)"
+        )
+    return f"{name}: {'; '.join(parts)}" if parts else None
 
 
 def build_split(
@@ -361,9 +406,14 @@ class VQADataModule(RegionDataModule):
                 raise RegionStoreError(
                     f"{self.store_path}: {len(missing)} images of {path} are not in the store (first: image id {missing[0]})"
                 )
-            self.splits[split] = build_split(
-                questions, self._annotations(split), self.vocab, self.answers, str(path)
-            )
+            annotations = self._annotations(split)
+            if (
+                annotations is not None
+            ):  # an unannotated split (test-dev) is answered whole, as the server expects
+                questions, annotations, counts = without_blank(questions, annotations)
+                if report := blank_report(str(path), counts):
+                    log.warning(report)
+            self.splits[split] = build_split(questions, annotations, self.vocab, self.answers, str(path))
         return self.splits[split]
 
     def eval_set(self, split: str) -> VQASet:

@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vqacap.checkpoints import safe_load
 from vqacap.data.detection import DetectionBatch
 from vqacap.metrics.detection import DetectionEvaluator, select_detections
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
@@ -141,10 +142,7 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: detector checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many kinds for a file that is not a (safe) checkpoint
-        raise ValueError(f"{path}: cannot read a detector checkpoint ({type(err).__name__}: {err})") from None
+    ckpt = safe_load(path, map_location)  # one line for a pickled object, a TSV, a truncated file
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if not {"classes", "attributes", "detector"} <= set(hparams) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint of the bottom-up detector (vqacap.lightning.detector)")

@@ -35,6 +35,7 @@ regression, attribute), each targets[i] holding "boxes" (n, 4) float, "labels" (
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -455,6 +456,39 @@ class BottomUpDetector(FasterRCNN):
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad_(False)
+
+    # -- what an image's size allows ----------------------------------------------------------------------------------
+    RES4_STRIDE = 16
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of an image of this size after the transform's resize (torchvision's rule: shorter side to
+        min_size unless the longer side would pass max_size; sizes floored)."""
+        o = self.options
+        scale = min(o.min_size / min(height, width), o.max_size / max(height, width))
+        return math.floor(height * scale), math.floor(width * scale)
+
+    def grid_cells(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of the res5 map that `grid` pools for an image of this size."""
+        stride = self.RES4_STRIDE * (1 if self.options.res5_dilation else 2)
+        return tuple(max(1, round(side / stride)) for side in self.input_size(height, width))
+
+    def size_problem(self, height: int, width: int, grid: int | None = None) -> str | None:
+        """Why an image of this size cannot go through the detector (or give an n x n `grid`), or None: a shorter
+        side under one 16-pixel cell of the res4 map once resized (a 10000 x 10 image), or fewer map cells than the
+        grid asks for (the pooling would repeat cells)."""
+        resized = self.input_size(height, width)
+        if min(resized) < self.RES4_STRIDE:
+            return (
+                f"{width}x{height} pixels is {resized[1]}x{resized[0]} at the detector's input size (longer side at "
+                f"most {self.options.max_size}), less than one {self.RES4_STRIDE}-pixel cell of its feature map"
+            )
+        if grid is not None and grid > min(cells := self.grid_cells(height, width)):
+            return f"{width}x{height} pixels gives a {cells[1]}x{cells[0]} feature map, fewer cells than --grid {grid}"
+        return None
+
+    def max_grid(self) -> int:
+        """The largest n of an n x n grid any image allows: the cells of a shorter side at min_size."""
+        return min(self.grid_cells(self.options.min_size, self.options.min_size))
 
     # -- test-time views: proposals with their features, given boxes, grid cells ------------------------------------
     def _trunk(self, images: list[torch.Tensor]):

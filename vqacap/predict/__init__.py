@@ -64,10 +64,11 @@ def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str
     from vqacap.checkpoints import load_module
     from vqacap.extract import load_bottom_up
 
-    detector = load_bottom_up(args.detector, args.device, args.prototxt, args.classes, args.attributes)
     if not model_path.is_file():
         raise ValueError(f"{model_path}: checkpoint not found")
+    # First: the classes it names are checked before anything is imported (vqacap.targets).
     module = load_module(model_path, map_location=args.device)
+    detector = load_bottom_up(args.detector, args.device, args.prototxt, args.classes, args.attributes)
     if module.task != task:
         raise ValueError(f"{model_path}: a {module.task} checkpoint, but {flag} needs a {task} one")
     if int(module.hparams.feature_dim) != detector.feature_dim:
@@ -76,6 +77,26 @@ def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str
             f"{args.detector} writes {detector.feature_dim}-d ones (trained on another detector's store?)"
         )
     return detector, module
+
+
+def check_sizes(images: list[Path], detector, grid: int | None) -> None:
+    """`ImageError` for the first image whose size the detector cannot take (read from its header, before any
+    forward pass: a 10000 x 10 image stopped the command with torchvision's traceback), ExtractError for a grid
+    finer than any feature map."""
+    from PIL import Image
+
+    from vqacap.extract import check_grid
+
+    check_grid(detector, grid)
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, ValueError, SyntaxError):
+            continue  # an unreadable file is named when it is read
+        problem = detector.size_problem(height, width, grid)
+        if problem is not None:
+            raise ImageError(f"{path}: {problem}")
 
 
 def predict(args: argparse.Namespace, module, data) -> list[dict]:
@@ -148,6 +169,7 @@ def run_task(args: argparse.Namespace, model_path: Path, task: str, flag: str, q
         if missing:
             raise ValueError(f"{missing[0]}: image file not found")
         detector, module = load_models(args, model_path, task, flag)
+        check_sizes(args.images, detector, args.grid if args.fixed is None else None)
         if task == "captioning" and getattr(args, "beam", None):
             module.decoding = replace(module.decoding, beam_size=args.beam)
         data = PixelDataModule(

@@ -295,12 +295,24 @@ class Skips:
 
 
 # -- one image ---------------------------------------------------------------------------------------------------------
-def clean_box(x: float, y: float, w: float, h: float, width: int, height: int) -> list[float] | None:
-    """vg.py's box: x, y, x + w, y + h clipped to the image; None when nothing is left of it."""
+NOT_FINITE = "boxes with a coordinate that is not a finite number"
+OUTSIDE = "boxes outside the image"
+EMPTY_IN_FLOAT32 = "boxes of zero width or height in float32"
+
+
+def clean_box(x: float, y: float, w: float, h: float, width: int, height: int) -> list[float] | str:
+    """vg.py's box: x, y, x + w, y + h clipped to the image; else why it is skipped.
+
+    Finiteness is checked first (min and max would turn a NaN into an edge of the image), emptiness in float32, the
+    dtype the detection loader and the detector hold boxes in (w = 1e-9 is positive in float64, zero in float32)."""
+    if not all(map(math.isfinite, (x, y, w, h, x + w, y + h))):
+        return NOT_FINITE
     x1, y1 = max(0.0, x), max(0.0, y)
     x2, y2 = min(width - 1.0, x + w), min(height - 1.0, y + h)
-    if not all(map(math.isfinite, (x1, y1, x2, y2))) or x2 <= x1 or y2 <= y1:
-        return None
+    if x2 <= x1 or y2 <= y1:
+        return OUTSIDE
+    if np.float32(x2) <= np.float32(x1) or np.float32(y2) <= np.float32(y1):
+        return EMPTY_IN_FLOAT32
     return [x1, y1, x2, y2]
 
 
@@ -324,8 +336,8 @@ def clean_image(
         if class_name not in classes.index:
             continue
         clipped = clean_box(*box, width, height)
-        if clipped is None:
-            skips.add("boxes outside the image", f"image {image_id} object {object_id}")
+        if isinstance(clipped, str):
+            skips.add(clipped, f"image {image_id} object {object_id}")
             continue
         # setup_vg.py's order: the adjectives split off the name, then the object's attributes.
         found: list[int] = []

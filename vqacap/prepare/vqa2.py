@@ -31,7 +31,7 @@ from pathlib import Path
 from vqacap.data.answers import process_answer
 from vqacap.data.formats import FormatError, load_vqa_annotations, load_vqa_questions
 from vqacap.data.vocab import Vocabulary
-from vqacap.data.vqa import AnswerVocabulary, load_glove
+from vqacap.data.vqa import AnswerVocabulary, blank_report, load_glove, without_blank
 from vqacap.prepare.common import PrepareError, output_folder, read_json, write_json
 
 # data_subtype of the official files -> split name in DIR.
@@ -175,6 +175,14 @@ def prepare(
             (q_path, q_data), (a_path, a_data) = questions[split], annotations[split]
             check_pairing(q_path, q_data["questions"], a_path, a_data["annotations"])
 
+    for split in ANNOTATED:  # blank questions and answers: nothing to learn or score from
+        if split in questions:
+            (q_path, q_data), (a_path, a_data) = questions[split], annotations[split]
+            kept, kept_annotations, counts = without_blank(q_data["questions"], a_data["annotations"])
+            questions[split] = (q_path, {**q_data, "questions": kept})
+            annotations[split] = (a_path, {**a_data, "annotations": kept_annotations})
+            if report := blank_report(q_path, counts):
+                print(report)
     if "val" in questions:
         questions["trainval"] = ("train+val", _merge(questions["train"][1], questions["val"][1], "questions"))
         annotations["trainval"] = (
