@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help train test test-all sweep bench pixels lint format clean
+.PHONY: help train test test-all sweep bench pixels docs lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -39,14 +39,17 @@ pixels: $(STAMP)  ## pixels to words: detector -> extract -> caption/VQA per fea
 bench: $(STAMP)  ## benchmarks: tables on stdout, JSON under outputs/bench/
 	$(BIN)/python -m vqacap.bench $(ARGS)
 
+docs: $(STAMP)  ## build the docs site into site/ (offline; strict: a broken link or page fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 lint: $(STAMP)  ## ruff lint and format check
-	$(BIN)/ruff check vqacap tests
-	$(BIN)/ruff format --check vqacap tests
+	$(BIN)/ruff check vqacap tests docs/hooks
+	$(BIN)/ruff format --check vqacap tests docs/hooks
 
 format: $(STAMP)  ## ruff format and autofix
 	$(BIN)/ruff format vqacap tests
 	$(BIN)/ruff check --fix vqacap tests
 
 clean:  ## remove caches and generated data (keeps .venv and outputs/)
-	rm -rf data .pytest_cache .ruff_cache build *.egg-info
+	rm -rf data site .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -120,6 +121,36 @@ def test_help_texts_show_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 9)" in text and "(default: 14)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def _every_command_parser():
+    """(name, parser) of every command and sub-command that parses with argparse."""
+    for name in cli.COMMANDS:
+        parser = cli.command_parser("vqacap", cli.COMMANDS, name)
+        if parser is None:
+            continue
+        yield f"vqacap {name}", parser
+        for action in parser._actions:
+            if action.dest == "command" and isinstance(action.choices, dict):
+                for sub in action.choices:
+                    yield f"vqacap {name} {sub}", cli.command_parser(f"vqacap {name}", action.choices, sub)
+
+
+def test_help_texts_say_each_default_once_and_flags_without_one():
+    for name, parser in _every_command_parser():
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.default not in (None, False) and action.nargs != 0 and action.help:
+                value = re.escape(str(action.default))
+                assert not re.search(rf"\({value}\) \(default: {value}\)", text), (name, action.dest)
+        assert "(default: True)" not in text, name  # a flag's default reads as what the flag does
+    help_of = {n: " ".join(p.format_help().split()) for n, p in _every_command_parser()}
+    assert (
+        "--no-tokenize captions are already PTB-tokenized: score them as given --json"
+        in help_of["vqacap evaluate captions"]
+    )
+    for name in ("vqacap caption", "vqacap answer"):
+        assert "--device DEVICE torch device" in help_of[name]
 
 
 def test_a_users_mistake_is_one_line_and_the_traceback_is_opt_in(tmp_path):

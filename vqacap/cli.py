@@ -41,12 +41,14 @@ COMMANDS = {
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Each option's help ends with its default, unless it has none (None, False) or the help already says it."""
+    """Each option's help ends with its default, unless it has none (None, False), is a flag (its default is the
+    opposite of what the flag does: `--no-tokenize` defaults to tokenize=True) or the help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if (
             not action.option_strings
+            or action.nargs == 0
             or action.default in (None, False, argparse.SUPPRESS)
             or "default" in text.lower()
         ):
@@ -95,16 +97,25 @@ def add_dispatch(parser: argparse.ArgumentParser, registry: dict, metavar: str) 
 
 
 def run_dispatch(prog: str, registry: dict, args: argparse.Namespace) -> int:
-    module_name, help_text = registry[args.command]
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(registry[args.command][0])
     if not hasattr(module, "add_arguments"):  # parses its own arguments
         return module.command(list(args.args))
+    parsed = command_parser(prog, registry, args.command).parse_args(args.args)
+    return reporting(lambda: module.run(parsed))
+
+
+def command_parser(prog: str, registry: dict, name: str) -> argparse.ArgumentParser | None:
+    """The parser of command `name` of `registry` (None when the command parses its own arguments, as `train`);
+    what `run_dispatch` parses with, and what the docs' CLI reference is generated from."""
+    module_name, help_text = registry[name]
+    module = importlib.import_module(module_name)
+    if not hasattr(module, "add_arguments"):
+        return None
     parser = argparse.ArgumentParser(
-        prog=f"{prog} {args.command}", description=help_text, formatter_class=HelpFormatter
+        prog=f"{prog} {name}", description=help_text, formatter_class=HelpFormatter
     )
     module.add_arguments(parser)
-    parsed = parser.parse_args(args.args)
-    return reporting(lambda: module.run(parsed))
+    return parser
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Offline evaluation of result files, as the reference toolkits score them.
 
-vqacap evaluate captions --annotations A --results R [--metrics ...] [--no-tokenize] [--json]
-vqacap evaluate vqa --questions Q --annotations A --results R [--json]
+    vqacap evaluate captions --annotations A --results R [--metrics ...] [--no-tokenize] [--json]
+    vqacap evaluate vqa --questions Q --annotations A --results R [--json]
 
 (`python -m vqacap.evaluate ...` is the same command.) Only the scorer that runs is imported: neither Lightning nor torch.
 """

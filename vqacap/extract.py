@@ -1,39 +1,8 @@
-"""`vqacap extract`: bottom-up region features from images, with the bottom-up detector trained here (`--detector`) or
-with a local torchvision Faster R-CNN checkpoint (`--weights`).
+"""`vqacap extract`: bottom-up region features from images into a region store, with the bottom-up detector trained
+here (`--detector`: regions chosen as bottom-up-attention's generate_tsv.py chooses them, or `--grid N` cells) or with
+a local torchvision Faster R-CNN state dict (`--weights`). Batched, resumable, nothing downloaded.
 
-With `--detector CKPT` (a checkpoint of vqacap.lightning.detector), regions are chosen as bottom-up-attention's
-`tools/generate_tsv.py` chooses them:
-
-1. The regions are the RPN proposals (not the regressed boxes), with their pool5 features.
-2. For every class, NMS at IoU 0.3 over the proposals scored by that class's probability; each proposal keeps the
-   highest class score it survives with (0 if it survives none).
-3. Proposals scoring >= --conf-thresh (0.2) are kept, in proposal order; if fewer than --min-boxes, the --min-boxes best
-   instead, if more than --max-boxes, the --max-boxes best: 10-100 regions ("adaptive", the default) or `--fixed 36`.
-4. Each kept region also stores the detector's predicted object (the most probable class) and attribute (the most
-   probable attribute other than "no attribute") with their probabilities, as the optional region fields object_labels,
-   object_scores, attribute_labels, attribute_scores, and the class and attribute names (see vqacap.data.store).
-
-`--grid N` stores instead the N x N cells of the same detector's res5 map of the whole image, the grid features that
-bottom-up regions are contrasted with. Images are batched (--batch-size per forward pass).
-
-With `--weights`, a stand-in for the Visual Genome ResNet-101 detector of Anderson et al. (whose Caffe weights are not
-usable here): torchvision's `fasterrcnn_resnet50_fpn`, built with `weights=None, weights_backbone=None` and loaded from
-a state-dict file on disk (nothing is downloaded). For each image:
-
-1. Regions. Detections after per-class NMS (class score >= 0.05) with score >= --conf-thresh are kept, at most
-   --max-boxes of them, best first. If fewer than --min-boxes pass, the best-scoring detections below the threshold top
-   them up, then RPN proposals in objectness order, then cells of a regular grid over the image, so every image gets
-   at least --min-boxes regions. (A checkpoint trained on another dataset, or random weights as in the tests, may
-   detect nothing with confidence: the proposals and the grid are what such images get.) Candidates overlapping an
-   already chosen box with IoU > 0.7 are skipped.
-2. Features. The ResNet C5 map (stride 32, D = 2048 channels, the dimension of the published bottom-up features) is
-   pooled inside each box with `roi_align` to 7 x 7 and averaged to one D-vector per region, as the bottom-up model
-   averages its pool5 output.
-
-In both modes boxes are stored in original image pixels (x1, y1, x2, y2) with the image size. Images are processed in
-batches under `torch.no_grad` in eval mode; the output depends only on the images and the weights. Images already in
-the store are skipped, so an interrupted run resumes. Image ids come from the file names (the last run of digits:
-COCO_val2014_000000391895.jpg -> 391895).
+The region choice, the stored fields and the `--weights` stand-in: docs/detector.md (Extraction).
 """
 
 from __future__ import annotations

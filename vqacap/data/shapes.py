@@ -1,35 +1,8 @@
-"""Shapes: the embedded default dataset, generated offline and deterministically from a seed.
+"""Shapes: the embedded default dataset, generated offline and deterministically from a seed (plain, or the cluttered
+style of `ClutteredShapesGenerator`), written in the public formats real data uses (region store, COCO captions, VQA v2,
+Visual Genome). A test bed, not a benchmark: captions and answers are fully determined by the regions.
 
-Each scene holds 3-6 objects (shape x colour x size) on a coloured background, rendered to a PNG. An "ideal detector"
-gives one region per object (box = the object's bounding box, feature = fixed random embeddings of its shape, colour and
-size plus noise) and 2-3 background regions (feature = the background colour's embedding plus noise), so K varies per image.
-Every image gets 5 reference captions from a small grammar (attributes, counts, spatial relations) and VQA questions with 10
-answers each (yes/no, number, other). Everything is written in the public formats real data uses:
-
-    <root>/regions.h5                              region-feature store (vqacap.data.store)
-    <root>/images/<split>/<image_id>.png           rendered scenes
-    <root>/captions_<split>.json                   COCO caption-annotation format
-    <root>/vqa_<split>_questions.json              VQA v2 question format
-    <root>/vqa_<split>_annotations.json            VQA v2 annotation format (+ "target_box" for single-object questions)
-    <root>/scenes_<split>.json                     objects of each image (for grounding accuracy)
-    <root>/vg/                                     the same scenes in Visual Genome's formats (image_data.json,
-                                                   objects.json, attributes.json, objects_vocab.txt,
-                                                   attributes_vocab.txt, splits/<split>.txt): shapes are the objects,
-                                                   colour and size their attributes; a few objects (drawn from an RNG
-                                                   of their own) carry no attributes, so "no attribute" is learnt too
-    <root>/detection/                              written by `prepare_detection`: those files through `prepare vg`
-
-`style="cluttered"` (ClutteredShapesGenerator) makes scenes a detector has to work for: up to eight objects of seven
-shapes that overlap and occlude each other (each stays at least half visible), continuous sizes in three bands, a fill
-pattern (solid, striped, dotted) as a third attribute, textured noisy backgrounds and blobs that are no object. Its
-captions and questions come from the same grammar, with the pattern added.
-
-The generator writes only into a new or empty folder, or one it wrote before (vqacap.data.owned): a folder of the
-user's is refused, never emptied. Regenerating (other settings) first checks that every file it would overwrite is one
-it wrote, unchanged; a vocabulary a DataModule built from the older data is set aside as `<name>.stale`, not deleted.
-
-It is a test bed, not a benchmark: captions and answers are fully determined by the regions, so a model that reads the
-regions scores far above one that does not.
+What it generates and where: docs/data.md (Shapes).
 """
 
 from __future__ import annotations

@@ -1,36 +1,11 @@
-"""The bottom-up attention model: Faster R-CNN with a ResNet C4 trunk and an attribute head (Anderson et al. 2018, Sec. 3.1).
-
-Read top to bottom as the paper (and bottom-up-attention's `models/vg/ResNet-101/faster_rcnn_end2end_final/*.prototxt`)
-builds it, on torchvision's Faster R-CNN parts:
-
-1. Trunk: a ResNet up to res4 (stride 16), frozen batch norm, ImageNet weights from a local file when given
-   (a trunk trained from scratch, as on Shapes, uses group or batch norm instead: it has no statistics to freeze).
-2. RPN: 3x3 conv (512 channels) over res4, objectness and box deltas for 4 scales x 3 aspect ratios of anchors.
-3. RoIAlign 14 x 14 over res4, then the res5 stage and average pooling: the box head, whose output is the region
-   feature (`pool5`, D = 2048 for ResNet-101) -- what the captioner and the VQA model attend over.
-4. Predictors on pool5: class scores over background + C classes, class-specific box regression.
-5. Attribute head: pool5 concatenated with a learned 256-d embedding of the object class (the ground-truth class in
-   training, the argmax class at test time) -> 512 + ReLU -> scores over "no attribute" + A attributes; its loss is the
-   cross-entropy against the uniform distribution over the object's ground-truth attributes, weighted 0.5.
+"""The bottom-up attention model: Faster R-CNN with a ResNet C4 trunk and an attribute head (Anderson et al. 2018,
+Sec. 3.1), on torchvision's Faster R-CNN parts, top to bottom as the paper builds it: trunk, RPN, RoIAlign and the res5
+box head (whose pool5 output is the region feature), class and box predictors, attribute head.
 
 Dims: B images, R regions (sampled RoIs in training, proposals or given boxes at test time), D region feature dim,
 C classes and A attributes (the score vectors have C + 1 and A + 1 entries: index 0 is background / no attribute).
 
-API (what extraction and evaluation use):
-
-    from vqacap.lightning.detector import load_detector
-    detector = load_detector(checkpoint_path)        # a BottomUpDetector in eval mode; .classes, .attributes
-    with torch.no_grad():
-        out = detector.regions(images)               # images: list of (3, H, W) float tensors in [0, 1]
-        # one RegionOutputs per image, in the input image's pixels: boxes (R, 4) = the RPN proposals, features (R, D),
-        # class_probs (R, C + 1), class_boxes (R, C + 1, 4), attribute_probs (R, A + 1)
-        out = detector.regions(images, boxes=gt)     # the same for given boxes (e.g. ground truth), no RPN
-        cells = detector.grid(images, n)             # n x n cells of the res5 map of the whole image
-        detections = detector(images)                # list of {"boxes", "labels", "scores", "attribute_probs"}
-
-Training: `detector(images, targets)` in train mode returns the losses (RPN objectness and box, classifier, box
-regression, attribute), each targets[i] holding "boxes" (n, 4) float, "labels" (n,) long in 1..C and "attributes"
-(n, M) long: attribute indices in 1..A, padded with -1 (an all -1 row: the object has no attribute).
+The architecture step by step, the API (`regions`, `grid`, training targets) and the defaults: docs/detector.md.
 """
 
 from __future__ import annotations

@@ -43,19 +43,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fixed", type=int, metavar="K", help="exactly K regions per image, as `extract --fixed`"
     )
-    parser.add_argument("--min-boxes", type=int, default=10, help="at least this many regions per image (10)")
-    parser.add_argument(
-        "--max-boxes", type=int, default=100, help="at most this many regions per image (100)"
-    )
+    parser.add_argument("--min-boxes", type=int, default=10, help="at least this many regions per image")
+    parser.add_argument("--max-boxes", type=int, default=100, help="at most this many regions per image")
     parser.add_argument(
         "--grid", type=int, metavar="N", help="N x N grid cells instead of regions (grid-trained models)"
     )
-    parser.add_argument("--conf-thresh", type=float, default=0.2, help="class score to keep a region (0.2)")
+    parser.add_argument("--conf-thresh", type=float, default=0.2, help="class score to keep a region")
+    parser.add_argument("--top-k", type=int, default=3, help="most attended boxes drawn per word or answer")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     parser.add_argument(
-        "--top-k", type=int, default=3, help="most attended boxes drawn per word or answer (3)"
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when a GPU is available, else cpu)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_detector_file_arguments(parser)
 
 

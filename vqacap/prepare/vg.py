@@ -1,37 +1,8 @@
-"""`vqacap prepare vg`: Visual Genome files -> the per-split detection annotations the detector DataModule reads.
+"""`vqacap prepare vg`: Visual Genome files -> the per-split detection annotations (`detection_<split>.json`) the
+detector DataModule reads, cleaned as bottom-up-attention's setup_vg.py and vg.py clean them, streamed one image at a
+time.
 
-Input, as Visual Genome distributes it, with the vocabularies of bottom-up-attention (data/genome/1600-400-20):
-    image_data.json     [{"image_id" (or "id"), "url", "width", "height", ...}]
-    objects.json        [{"image_id", "objects": [{"object_id", "x", "y", "w", "h", "names": [...]}]}]
-      or scene_graphs.json, whose "objects" lists are read the same way (an object's own "attributes" list is kept)
-    attributes.json     [{"image_id", "attributes": [{"object_id", ..., "attributes": [...]}]}]; an object without
-                        attributes has no "attributes" key
-    --images DIR        the image folders (VG_100K/, VG_100K_2/); an image is found by the last two parts of its url,
-                        else by its id as the file name anywhere one level below DIR
-    --vocab DIR         objects_vocab.txt, attributes_vocab.txt: one class per line, comma-separated synonyms that map
-                        to the first
-    --split NAME=FILE   optional, repeatable: one image id per line, or bottom-up-attention's "<image> <xml>" lines
-                        (data/genome/train.txt); without split files a seeded 90/5/5 train/val/test split of the ids
-
-Output in --out: the layout documented in DETECTION_FORMAT (detection_<split>.json, the vocabularies used, and
-COMPLETE.json written last; a folder without it is rebuilt, never read as done).
-
-Cleaning, as bottom-up-attention's data/genome/setup_vg.py (names, attributes) and lib/datasets/vg.py (vocabularies,
-boxes, 16 attributes):
-    - strings are lower-cased and stripped, and lose one trailing '.';
-    - an object is named by its first name; a multi-word name whose leading words are all common adjectives
-      (COMMON_ATTRIBUTES) becomes its last word, the adjectives becoming attributes of the object;
-    - an attribute string is split on " and " ("black and white" stays whole);
-    - names and attributes are looked up in the vocabularies, synonyms included; others are dropped, and an image
-      with no object left is dropped;
-    - boxes are x, y, x + w, y + h clipped to [0, width - 1] x [0, height - 1] of the image file's size;
-    - at most 16 attributes per object.
-Where this differs from those scripts, it is for a reason: a box that is empty after clipping is skipped and reported
-(vg.py replaced it by the whole image, a box that labels the wrong pixels), and an object's attributes are counted
-once per class (vg.py kept "gray" and "grey" as two labels of the same class).
-
-Streaming: the object and attribute files (objects.json is about 400 MB) are read one image at a time; what is held is
-one small record per image and the in-vocabulary attribute classes per object.
+The input files, the cleaning rules, the two deliberate differences and the output layout: docs/data.md (Visual Genome).
 """
 
 from __future__ import annotations

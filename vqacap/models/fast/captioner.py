@@ -11,8 +11,8 @@ What changes, each only how the products are grouped:
 - Eq. (6)'s input projection of the attended feature moves inside the attention sum: W v_hat + b = sum_i a_i (W v_i +
   b), because the weights sum to one; W v_i + b is computed once per image (K rows) instead of once per caption and
   step (G x T rows).
-- Each LSTM's recurrent inputs are one product with the stacked weight: [W_ih's h2 columns | W_hh] [h2; h1] for the
-  attention LSTM, [W_ih's h1 columns | W_hh] [h1; h2] for the language LSTM.
+- Each LSTM's recurrent inputs are one product with the stacked weight: `[W_ih's h2 columns | W_hh] [h2; h1]` for
+  the attention LSTM, `[W_ih's h1 columns | W_hh] [h1; h2]` for the language LSTM.
 - Layers applied at every step get their weight gradients as one product over all steps (`StepWeights`).
 - The output layer gets zero rows up to a multiple of 16 for the pass (products with 9,487 rows ran slowly) and
   linear layers multiply through oneDNN (`vqacap.models.fast.linear`).
