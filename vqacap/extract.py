@@ -446,7 +446,7 @@ def check_grid(model: torch.nn.Module, grid: int | None) -> None:
     if grid is not None and grid > model.max_grid():
         raise ExtractError(
             f"--grid {grid}: the detector's feature map has at most {model.max_grid()} x {model.max_grid()} cells "
-            f"(shorter side {model.options.min_size} pixels); give --grid {model.max_grid()} or less"
+            f"(shorter side {model.min_side} pixels); give --grid {model.max_grid()} or less"
         )
 
 

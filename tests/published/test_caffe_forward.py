@@ -121,3 +121,17 @@ def test_the_blob_equals_opencvs_resize_at_scales_that_are_not_round(detector, n
     assert list(data.shape[2:]) == cv2[f"{name}/blob_shape"][:2].tolist()
     rows = data[0][:, cv2[f"{name}/rows"], :].permute(1, 2, 0).numpy()
     assert np.abs(rows - cv2[f"{name}/blob_rows"]).max() <= 3.1e-5
+
+
+def test_the_feature_map_size_is_known_before_the_forward_pass(detector):
+    """grid_cells gives the res4 map Caffe's layers make (checked by running the trunk); an image too thin for one
+    16-pixel cell, or a grid finer than the map, is named before anything runs."""
+    for height, width in ((200, 300), (150, 400), (97, 131), (600, 1000)):
+        data, _ = caffe_blob(torch.zeros(height, width, 3), detector.spec)
+        with torch.no_grad():
+            res4 = detector.trunk(data)
+        assert detector.grid_cells(height, width) == tuple(res4.shape[2:])
+    assert detector.size_problem(200, 300) is None
+    assert "less than one 16-pixel cell" in detector.size_problem(10, 10000)
+    assert "fewer cells than --grid 50" in detector.size_problem(200, 300, grid=50)
+    assert detector.max_grid() == 38

@@ -359,6 +359,44 @@ class CaffeBottomUpDetector(nn.Module):
         )
 
     # -- the views extraction uses, as BottomUpDetector's -----------------------------------------------------------
+    @property
+    def min_side(self) -> int:
+        """The shorter side of the blob (cfg.TEST.SCALES), unless the longer side would pass max_size."""
+        return self.spec.scale
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the blob of an image of this size."""
+        s = blob_scale(height, width, self.spec.scale, self.spec.max_size)
+        return int(round(height * s)), int(round(width * s))
+
+    def grid_cells(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of the res4 map (and of res5 over it, at stride 1) for an image of this size."""
+
+        def side(n: int) -> int:
+            n = (n + 2 * 3 - 7) // 2 + 1  # conv1: 7 x 7, stride 2, pad 3
+            n = -(-(n - 3) // 2) + 1  # pool1: 3 x 3, stride 2, ceil mode
+            for block in self.spec.trunk:
+                n = (n - 1) // block.stride + 1  # the strided 1x1 convolutions
+            return max(n, 1)
+
+        return tuple(side(n) for n in self.input_size(height, width))
+
+    def size_problem(self, height: int, width: int, grid: int | None = None) -> str | None:
+        """Why an image of this size cannot go through the detector (or give an n x n `grid`), or None."""
+        blob = self.input_size(height, width)
+        if min(blob) < self.spec.feat_stride:
+            return (
+                f"{width}x{height} pixels is {blob[1]}x{blob[0]} at the detector's input size (longer side at most "
+                f"{self.spec.max_size}), less than one {self.spec.feat_stride}-pixel cell of its feature map"
+            )
+        if grid is not None and grid > min(cells := self.grid_cells(height, width)):
+            return f"{width}x{height} pixels gives a {cells[1]}x{cells[0]} feature map, fewer cells than --grid {grid}"
+        return None
+
+    def max_grid(self) -> int:
+        """The largest n of an n x n grid any image allows: the cells of a shorter side at the blob's scale."""
+        return min(self.grid_cells(self.spec.scale, self.spec.scale))
+
     def _blob(self, image: torch.Tensor) -> tuple[torch.Tensor, float]:
         """An RGB image (3, H, W) in [0, 1] (as vqacap reads image files) -> the blob of its BGR 0..255 pixels."""
         bgr = (image.flip(0) * 255.0).round().permute(1, 2, 0)

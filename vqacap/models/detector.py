@@ -461,6 +461,11 @@ class BottomUpDetector(FasterRCNN):
             return f"{width}x{height} pixels gives a {cells[1]}x{cells[0]} feature map, fewer cells than --grid {grid}"
         return None
 
+    @property
+    def min_side(self) -> int:
+        """The shorter side images are resized to (unless the longer side would pass max_size)."""
+        return self.options.min_size
+
     def max_grid(self) -> int:
         """The largest n of an n x n grid any image allows: the cells of a shorter side at min_size."""
         return min(self.grid_cells(self.options.min_size, self.options.min_size))
