@@ -85,7 +85,7 @@ def test_wrong_detector_files_end_in_one_line(tmp_path, capsys):
     tsv = tmp_path / "features.tsv"
     tsv.write_text("1\t10\t10\t1\tAAAA\tAAAA\n")
     for argv, words in (
-        (["--detector", str(tsv)], "not a .caffemodel"),
+        (["--detector", str(tsv)], "PyTorch checkpoint or .caffemodel"),
         (
             ["--detector", str(FIXTURES / "tiny.caffemodel")],
             "prototxt was assumed: give the model's own with --prototxt",

@@ -133,9 +133,9 @@ def test_the_kind_of_file_is_recognised_from_its_bytes(tmp_path):
     "make, words",
     [
         (lambda: CAFFEMODEL.read_bytes()[: len(CAFFEMODEL.read_bytes()) // 2], "truncated"),
-        (lambda: b"1\t640\t480\t36\tAAAA\tAAAA\n", "not a .caffemodel"),
-        (lambda: b"\x89PNG\r\n\x1a\n" + bytes(100), "not a .caffemodel"),
-        (lambda: b"", "not a .caffemodel"),
+        (lambda: b"1\t640\t480\t36\tAAAA\tAAAA\n", "PyTorch checkpoint or .caffemodel"),
+        (lambda: b"\x89PNG\r\n\x1a\n" + bytes(100), "PyTorch checkpoint or .caffemodel"),
+        (lambda: b"", "PyTorch checkpoint or .caffemodel"),
     ],
 )
 def test_a_file_that_is_not_a_caffemodel_is_one_line(tmp_path, make, words):
@@ -312,7 +312,7 @@ def test_a_pickle_that_names_anything_but_arrays_is_refused_before_it_runs(tmp_p
         tmp_path / "bua.pth"
     )  # the same payload inside a torch zip: torch's weights_only refuses, in one line
     torch.save({"model": payload}, zipped)
-    with pytest.raises(CaffeFormatError) as err:
+    with pytest.raises(ValueError) as err:
         load_detector_file(zipped)
     assert "refused" in str(err.value) and "system" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()

@@ -26,7 +26,7 @@ def file_kind(path: str | os.PathLike) -> str:
     else is read as a protobuf NetParameter, which refuses what it is not)."""
     path = Path(path)
     if not path.is_file():
-        raise CaffeFormatError(f"{path}: detector file not found")
+        raise CaffeFormatError(f"{path}: detector checkpoint not found")
     with path.open("rb") as f:
         head = f.read(4)
     if head == ZIP_MAGIC:
@@ -59,7 +59,7 @@ def load_detector_file(
         model = converted.load_pickle(path, prototxt, classes, attributes)
     else:
         state = _torch_file(path)
-        if isinstance(state, dict) and "hyper_parameters" in state and "state_dict" in state:
+        if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint: vqacap's own
             from vqacap.lightning.detector import load_detector  # a vqacap checkpoint: Lightning's side
 
             if prototxt is not None:
@@ -87,27 +87,19 @@ def add_detector_file_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _torch_file(path: Path):
-    """torch.load with weights_only: tensors and containers, plus numpy arrays (some converted checkpoints hold
-    them), nothing else."""
+    """The project's safe torch.load (weights only; a refused type named in one line), also admitting numpy arrays,
+    which some converted checkpoints hold."""
     import numpy as np
+
+    from vqacap.checkpoints import safe_load
 
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
     names = ("Float32DType", "Float64DType", "Int64DType")
     arrays = [np.ndarray, np.dtype, *((getattr(dtypes, n) for n in names) if dtypes else ())]
     multiarray = getattr(np, "_core", None) or np.core
     arrays.append(multiarray.multiarray._reconstruct)
-    try:
-        with torch.serialization.safe_globals(arrays):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds; its text about weights_only spans lines
-        message = str(err)
-        for marker in ("Unsupported global: GLOBAL ", "unsupported GLOBAL "):
-            if marker in message:
-                name = message.split(marker, 1)[1].split()[0].rstrip(".,")
-                raise CaffeFormatError(
-                    f"{path}: refused: the file names {name}, which is not tensor or array data"
-                ) from None
-        raise CaffeFormatError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
+    with torch.serialization.safe_globals(arrays):
+        return safe_load(path)
 
 
 __all__ = ["add_detector_file_arguments", "file_kind", "load_detector_file"]

@@ -120,7 +120,9 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
             raise CaffeFormatError(f"{path}: a layer with weights has no name: not a Caffe model")
         weights[layer.name] = [_blob_array(path, layer.name, i, blob) for i, blob in enumerate(layer.blobs)]
     if not weights:
-        raise CaffeFormatError(f"{path}: no layer with weights: not a .caffemodel (a Caffe NetParameter)")
+        raise CaffeFormatError(
+            f"{path}: not a readable PyTorch checkpoint or .caffemodel (a Caffe NetParameter with weights)"
+        )
     return weights
 
 
@@ -132,7 +134,8 @@ def _parse(path: Path, data: bytes, packed_bytes: bool):
         net.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as err:
         raise CaffeFormatError(
-            f"{path}: not a .caffemodel, or truncated (protobuf: {str(err).splitlines()[0]})"
+            f"{path}: not a readable PyTorch checkpoint or .caffemodel, truncated or another kind of file "
+            f"(protobuf: {str(err).splitlines()[0]})"
         ) from None
     return net
 

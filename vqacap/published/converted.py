@@ -38,7 +38,10 @@ def _tensors(path: Path, state) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not any(str(k).startswith("backbone.") for k in state):
-        raise CaffeFormatError(f"{path}: not a detectron2-style bottom-up detector (no backbone.* weights)")
+        raise CaffeFormatError(
+            f"{path}: not a checkpoint of the bottom-up detector (neither vqacap's nor a converted published one: "
+            "no backbone.* weights)"
+        )
     out = {}
     for key, value in state.items():
         if isinstance(value, np.ndarray):
