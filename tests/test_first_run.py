@@ -7,7 +7,10 @@ import logging
 import sys
 import warnings
 
+from omegaconf import OmegaConf
+
 from tests.conftest import TINY_CAPTIONER
+from vqacap.data.generated import run_generator
 from vqacap.train import quiet_dependency_warnings, run
 
 
@@ -40,3 +43,20 @@ def test_lightnings_leafspec_deprecation_is_silenced_by_the_train_command():
         quiet_dependency_warnings()
         _tree_flatten({"a": 1})
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
+
+
+def test_shapes_generation_says_what_it_makes_and_where_once(tmp_path, capfd):
+    node = OmegaConf.create(
+        {
+            "_target_": "vqacap.data.shapes.generate",
+            "sizes": {"train": 6, "val": 2, "test": 2},
+            "feature_dim": 8,
+        }
+    )
+    run_generator(node, tmp_path / "shapes")
+    out, err = capfd.readouterr()
+    assert "Shapes: generating 10 scenes (6 train, 2 val, 2 test)" in out and str(tmp_path / "shapes") in out
+    assert f"Shapes: written to {tmp_path / 'shapes'}" in out
+    assert "10/10" in err  # the progress bar's last state
+    run_generator(node, tmp_path / "shapes")  # up to date: nothing to say
+    assert capfd.readouterr() == ("", "")
