@@ -4,12 +4,13 @@ what it makes; `vqacap train --help` that starts with the usage and the config g
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import warnings
 
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_CAPTIONER
+from tests.conftest import TINY_CAPTIONER, VQACAP
 from vqacap.data.generated import run_generator
 from vqacap.train import quiet_dependency_warnings, run
 
@@ -60,3 +61,13 @@ def test_shapes_generation_says_what_it_makes_and_where_once(tmp_path, capfd):
     assert "10/10" in err  # the progress bar's last state
     run_generator(node, tmp_path / "shapes")  # up to date: nothing to say
     assert capfd.readouterr() == ("", "")
+
+
+def test_train_help_is_the_usage_and_the_config_groups():
+    done = subprocess.run([*VQACAP, "train", "--help"], capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines[0].startswith("usage: vqacap train")
+    assert len(lines) < 40  # not the composed config
+    groups = {line.split(":")[0] for line in lines if ": " in line and " " not in line.split(":")[0]}
+    assert {"data", "model", "trainer", "logger", "callbacks", "experiment", "debug"} <= groups
+    assert "shapes_cluttered_vqa" in done.stdout and "bottom_up_detector" in done.stdout
