@@ -8,6 +8,7 @@ printed.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -66,7 +67,10 @@ class _ImagesWritten(threading.Thread):
         written = sum(self.before.get(path) != mtime for path, mtime in self.times().items())
         if written and self.bar is None:
             print(self.announce, flush=True)
-            self.bar = tqdm(total=self.total, desc=self.name, unit=" scenes", mininterval=1.0)
+            # On stdout with the lines around it (and Lightning's bar): stderr is for warnings and errors.
+            self.bar = tqdm(
+                total=self.total, desc=self.name, unit=" scenes", mininterval=1.0, file=sys.stdout
+            )
         if self.bar is not None and written > self.bar.n:
             self.bar.update(written - self.bar.n)
 
