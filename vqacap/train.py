@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.utilities import rank_zero_only
 
 from vqacap.checkpoints import find_checkpoint, load_weights
 from vqacap.errors import UserError, reporting
@@ -44,9 +47,24 @@ def _instantiate_all(node: DictConfig | None) -> list:
     return [instantiate(v) for v in (node or {}).values() if v is not None and "_target_" in v]
 
 
+def _callbacks(cfg: DictConfig) -> list:
+    """The configured callbacks, less the progress bar when `trainer.enable_progress_bar` is false (Lightning refuses a
+    progress bar callback beside it)."""
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the test metrics."""
     check_run_folder(cfg.paths.output_dir, cfg.get("ckpt_path"))
+    _say(f"run folder: {cfg.paths.output_dir} (train.log, checkpoints/, attention/, test_metrics.json)")
     _continue_wandb_run(cfg)
     with _wandb_data_in(Path(cfg.paths.output_dir) / "wandb"):
         return _run(cfg)
@@ -89,7 +107,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         load_weights(module, ckpt)
         print(f"initialised from {ckpt}")
     loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = _callbacks(cfg)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -100,7 +118,8 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None)
+        # verbose=False: the metrics are printed once, as the table below, not also as Lightning's box of raw floats.
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         tested = trainer.checkpoint_callback
         if cfg.get("train", True) and tested is not None and tested.best_model_score is not None:
@@ -175,9 +194,18 @@ def _table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def quiet_dependency_warnings() -> None:
+    """Silence the dependencies' warnings that a vqacap run causes and its user cannot act on."""
+    # Lightning 2.6 builds torch's LeafSpec, which newer torch deprecates, at every batch.
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_SILENT", "true")
+    quiet_dependency_warnings()
     # The user's mistakes in one line (VQACAP_DEBUG=1: with the traceback), bugs with theirs.
     metrics = reporting(lambda: run(cfg), status=None)
     if metrics is None:

@@ -26,9 +26,19 @@ API_NAV_TITLE = "API reference"
 # -- the CLI reference --------------------------------------------------------------------------------------------------
 def cli_reference() -> str:
     """Markdown for every command word, sub-command and option, from the parsers the commands parse with."""
-    os.environ["COLUMNS"] = (
-        "100"  # argparse wraps usage lines to the terminal; the page should not depend on it
-    )
+    # argparse wraps usage lines to the terminal's width; the page should not depend on it.
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        return _cli_reference()
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+
+
+def _cli_reference() -> str:
     from vqacap import cli
 
     lines = [

@@ -6,7 +6,9 @@ to stderr) or thousands of carriage-return updates. This callback writes, after 
     epoch 3/5  step 1200  train/loss 1.8421  val/CIDEr 1.9570  val/Bleu_4 0.7012  412.3 samples/s  elapsed 0:03:21
 
 into `log_file` (the run folder's `train.log`), and prints it too when stdout is not a terminal. The test metrics get one
-line of the same form. Not here: the metrics themselves (the LightningModule logs them) or the bar (Lightning's).
+line of the same form in the file only: the train command prints them as a table. `EpochProgressBar` is Lightning's
+bar with the epochs numbered as these lines number them. Not here: the metrics themselves (the LightningModule logs
+them).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 
@@ -66,20 +69,38 @@ class EpochProgress(pl.Callback):
         self.write("  ".join(fields))
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.write("  ".join(["test", *_metrics(trainer, "test/"), f"elapsed {self._elapsed()}"]))
+        # Into train.log only: the test metrics reach the screen once, as the train command's table.
+        self.write("  ".join(["test", *_metrics(trainer, "test/"), f"elapsed {self._elapsed()}"]), echo=False)
 
     def _elapsed(self) -> str:
         return str(datetime.timedelta(seconds=round(time.perf_counter() - self._start)))
 
     @rank_zero_only
-    def write(self, line: str) -> None:
+    def write(self, line: str, echo: bool = True) -> None:
+        """Append `line` to the log file; with `echo`, print it too (see `print_lines`)."""
         printing = self.print_lines if self.print_lines is not None else not sys.stdout.isatty()
-        if printing:
+        if echo and printing:
             print(line, flush=True)
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with self.log_file.open("a") as f:
                 f.write(line + "\n")
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's progress bar on a terminal, its epochs numbered as the epoch lines number them ("Epoch 1/5" ...
+    "Epoch 5/5"; Lightning's own bars count from 0, "Epoch 0/4"). Off a terminal it is off: its carriage-return
+    updates would fill a log file, where the epoch lines say the same once per epoch."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not sys.stdout.isatty():
+            self.disable()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{epochs}")
 
 
 def _metrics(trainer: pl.Trainer, prefix: str) -> list[str]:

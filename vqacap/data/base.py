@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vqacap.data.generated import run_generator
 from vqacap.data.store import Regions, RegionStore
 
 SPLITS = ("train", "val", "test")
@@ -180,9 +181,7 @@ class RegionDataModule(pl.LightningDataModule):
     # -- preparation (once, on one process) --------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.generator is not None:
-            from hydra.utils import instantiate
-
-            instantiate(self.generator, root=str(self.data_dir))
+            run_generator(self.generator, self.data_dir)
         self.build_vocabularies()
 
     # -- per process -------------------------------------------------------------------------------------------------

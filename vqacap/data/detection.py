@@ -26,6 +26,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from vqacap.data.base import loader_options
 from vqacap.data.captions import spread
+from vqacap.data.generated import run_generator
 
 SPLITS = ("train", "val", "test")
 FORMAT = "vqacap-detection"
@@ -225,7 +226,7 @@ class DetectionDataModule(pl.LightningDataModule):
         from hydra.utils import instantiate
 
         if self.generator is not None:
-            instantiate(self.generator, root=str(self.data_dir))
+            run_generator(self.generator, self.data_dir)
         if self.prepare is not None:
             written = Path(instantiate(self.prepare, root=str(self.data_dir)))
             if written.resolve() != self.annotation_dir.resolve():
