@@ -293,3 +293,24 @@ def test_hydra_entry_extracts_as_the_command(checkpoint, images, reference, tmp_
     done = run_processes(command)
     assert done.returncode == 0, done.stderr[-4000:]
     assert_same_store(RegionStore(out), reference)
+
+
+def test_bf16_autocast_extracts_every_image_under_its_own_fingerprint(
+    checkpoint, images, reference, tmp_path
+):
+    out = tmp_path / "bf16.h5"
+    found = extract_with_detector(
+        images,
+        checkpoint,
+        out,
+        batch_size=4,
+        dtype="float32",
+        progress=False,
+        workers=0,
+        precision="bf16-mixed",
+    )
+    assert found == (IMAGES, 0, [])
+    store = RegionStore(out)
+    assert sorted(store.image_ids.tolist()) == sorted(reference.image_ids.tolist())
+    assert all(10 <= k <= 100 for k in store.num_regions.tolist())
+    assert shards.recorded(out)[shards.FINGERPRINT] != shards.recorded(reference.path)[shards.FINGERPRINT]

@@ -148,11 +148,9 @@ class StoreWriter(BasePredictionWriter):
         for image_id, image, (features, boxes, fields) in zip(batch.image_ids, batch.images, prediction):
             height, width = image.shape[-2:]
             if fields is not None:
-                fields = {name: values.cpu().numpy() for name, values in fields.items()}
+                fields = {name: _numpy(values) for name, values in fields.items()}
             try:
-                writer.add(
-                    image_id, features.float().cpu().numpy(), boxes.cpu().numpy(), width, height, fields
-                )
+                writer.add(image_id, _numpy(features), _numpy(boxes), width, height, fields)
                 self.extracted += 1
             except StoreWriteError:
                 raise  # the disk, not the image: nothing more can be written
@@ -165,6 +163,11 @@ class StoreWriter(BasePredictionWriter):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _numpy(values: torch.Tensor):
+    """On the host, floats as float32: autocast leaves some outputs in bf16, which numpy has no type for."""
+    return (values.float() if values.is_floating_point() else values).cpu().numpy()
 
 
 @dataclass
@@ -196,9 +199,9 @@ def extract_folders(
     wanted = request(images)
     expected = detector_fingerprint(detector, choice, dtype, precision)
     settings = trainer_settings(accelerator, devices, num_nodes, precision)
-    data = ExtractionData(
-        wanted, out, expected, batch_size, workers, pin_memory=accelerator in ("gpu", "cuda", "auto")
-    )
+    # Pinned host memory: the copy of a batch to the GPU can overlap the work on the previous one.
+    pinned = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    data = ExtractionData(wanted, out, expected, batch_size, workers, pin_memory=pinned)
     writer = StoreWriter(out, {**store_layout(detector, choice), "attrs": expected}, dtype)
     trainer = pl.Trainer(callbacks=[writer], enable_progress_bar=progress, **settings)
     trainer.predict(RegionExtractor(detector.eval(), choice), datamodule=data, return_predictions=False)
