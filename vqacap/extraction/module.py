@@ -21,7 +21,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from vqacap.data.pixels import RegionChoice
@@ -29,7 +28,7 @@ from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteErr
 from vqacap.extract import DETECTOR_FIELDS, FEATURE_DIM, Extracted, bottom_up_batch, extract_batch, grid_batch
 from vqacap.extraction import shards
 from vqacap.extraction.data import ExtractionData, ImageBatch, request
-from vqacap.extraction.settings import accelerator_for, quiet_lightning, trainer_settings
+from vqacap.extraction.settings import accelerator_for, all_gathered, quiet_lightning, trainer_settings
 from vqacap.prepare.features import CHUNK_REGIONS
 
 
@@ -206,7 +205,7 @@ def extract_folders(
     trainer = pl.Trainer(callbacks=[writer], enable_progress_bar=progress, **settings)
     trainer.predict(RegionExtractor(detector.eval(), choice), datamodule=data, return_predictions=False)
     writer.close()
-    counts = _gathered((writer.extracted, writer.failed))
+    counts = all_gathered((writer.extracted, writer.failed))
     extracted = sum(n for n, _ in counts)
     position = {image_id: n for n, (image_id, _) in enumerate(wanted.images)}
     failed = sorted((found for _, failures in counts for found in failures), key=lambda f: position[f[0]])
@@ -218,15 +217,6 @@ def extract_folders(
         shards.remove(found)
     problems = [*wanted.problems, *(line for _, line in failed)]
     return ExtractionResult(extracted, data.skipped, problems, merged, trainer.global_rank)
-
-
-def _gathered(value: Any) -> list[Any]:
-    """`value` of every process (in rank order), [value] when there is one."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    found: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(found, value)
-    return found
 
 
 def run_extraction(

@@ -93,3 +93,14 @@ def is_global_zero() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def all_gathered(value: Any) -> list[Any]:
+    """`value` of every process of a distributed run, in rank order; [value] in a one-process run."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, value)
+    return found
