@@ -34,6 +34,10 @@ In both modes boxes are stored in original image pixels (x1, y1, x2, y2) with th
 batches under `torch.no_grad` in eval mode; the output depends only on the images and the weights. Images already in
 the store are skipped, so an interrupted run resumes. Image ids come from the file names (the last run of digits:
 COCO_val2014_000000391895.jpg -> 391895).
+
+Both run through Lightning's `Trainer.predict` (vqacap.extraction): `--devices N --num-nodes M` extract on N x M
+processes, each into its own shard store, merged into `--out` at the end; a rerun with any number of processes
+extracts only what no shard or store holds yet (docs/cluster-extraction.md).
 """
 
 from __future__ import annotations
