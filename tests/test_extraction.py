@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -121,23 +122,29 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def kill_second_rank_mid_run(command: list[str], out: Path) -> str:
-    """Start two processes, SIGKILL the second as soon as its shard holds its first image, and wait for Lightning to
-    end the first (it kills the survivors of a process group that lost a member). Returns the first's stderr."""
+def images_flushed(partial: Path) -> int:
+    """Images in the index of a store being written (0 while it cannot be read)."""
+    try:
+        with h5py.File(partial, "r", locking=False) as f:
+            return len(f["image_ids"])
+    except Exception:  # not there yet, or caught between two writes
+        return 0
+
+
+def kill_mid_run(command: list[str], watched: Path, rank: int) -> None:
+    """Start the command, SIGKILL process `rank` once `watched` (a store being written) holds an image, and wait for
+    the first process to end (Lightning kills the survivors of a process group that lost a member)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    partial = partial_path(shards.shard_path(out, 1))
     deadline = time.monotonic() + 240
-    while not (partial.is_file() and partial.stat().st_size > 0):
+    while images_flushed(partial_path(watched)) < 1:
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.005)
-    (second,) = children(first.pid)
-    os.kill(second, signal.SIGKILL)
-    _, stderr = first.communicate(timeout=120)
+    os.kill(first.pid if rank == 0 else children(first.pid)[rank - 1], signal.SIGKILL)
+    first.communicate(timeout=120)
     assert first.returncode != 0
-    return stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -178,7 +185,7 @@ def test_a_rank_killed_mid_run_then_a_rerun_completes_the_same_store_once(
     checkpoint, images, reference, tmp_path, rerun_devices
 ):
     out = tmp_path / "regions.h5"
-    kill_second_rank_mid_run(extract_command(checkpoint, images, out, devices=2), out)
+    kill_mid_run(extract_command(checkpoint, images, out, devices=2), shards.shard_path(out, 1), rank=1)
     assert not out.exists() and shards.shards_of(out)  # what both ranks had written, in their shards
     done = run_processes(extract_command(checkpoint, images, out, devices=rerun_devices))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -187,6 +194,18 @@ def test_a_rank_killed_mid_run_then_a_rerun_completes_the_same_store_once(
     assert extracted + skipped == IMAGES and skipped >= 1 and extracted >= 1
     assert_same_store(RegionStore(out), reference)
     assert not shards.shard_folder(out).exists()
+
+
+def test_one_process_killed_mid_run_then_a_rerun_extracts_each_image_once(
+    checkpoint, images, reference, tmp_path
+):
+    out = tmp_path / "regions.h5"
+    kill_mid_run(extract_command(checkpoint, images, out, devices=1), out, rank=0)
+    extracted, skipped, problems = extract_with_detector(
+        images, checkpoint, out, batch_size=1, dtype="float32", progress=False, workers=0
+    )
+    assert extracted + skipped == IMAGES and extracted >= 1 and skipped >= 1 and problems == []
+    assert_same_store(RegionStore(out), reference)
 
 
 def test_a_shard_of_another_detector_is_refused_in_one_line(checkpoint, images, tmp_path, capsys):

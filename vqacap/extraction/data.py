@@ -129,16 +129,16 @@ class ExtractionData(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.mine: list[tuple[int, Path]] = []
         self.skipped = 0  # requested images already extracted (store or shards)
-        self.notes: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        found = shards.shards_of(self.out)
-        for path in (self.out, *found):  # every process checks, so that all stop alike on a foreign shard
+        found = [self.out, *shards.shards_of(self.out)]
+        for path in found:  # every process checks, so that all stop alike on a foreign shard
             shards.check_same(path, self.expected)
-        if rank == 0:  # interrupted shards committed before anyone reads them, or writes its own
-            self.notes = [note for note in map(shards.settle, found) if note]
+        if rank == 0:  # what killed runs wrote is committed before anyone reads the stores, or writes its own
+            for path in found:
+                shards.settle(path)
         if trainer is not None:
             trainer.strategy.barrier("extraction: shards settled")
         done = shards.stored_ids(self.out) | shards.ids_in_shards(shards.shards_of(self.out))

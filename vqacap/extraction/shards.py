@@ -93,7 +93,7 @@ def shards_of(store: str | os.PathLike) -> list[Path]:
 
 
 def settle(path: Path) -> str:
-    """Commit the interrupted writes of a shard that no process writes any more (`RegionStoreWriter` resumes them,
+    """Commit the interrupted writes of a shard (or store) that no process writes any more (`RegionStoreWriter` resumes them,
     or discards what cannot be resumed); returns the writer's note, "" if there was nothing to settle. Refused in one
     line while a writer holds the shard."""
     partial = partial_path(path)
@@ -102,7 +102,7 @@ def settle(path: Path) -> str:
     layout = _layout(partial) or (_layout(path) if path.is_file() else None)
     if layout is None:  # nothing readable to resume: the images are extracted again
         partial.unlink()
-        return f"{partial}: unreadable interrupted shard discarded"
+        return f"{partial}: unreadable interrupted writes discarded"
     writer = RegionStoreWriter(path, **layout)
     writer.close()
     return writer.note

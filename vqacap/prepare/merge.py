@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
                 found += sorted({Path(str(p).removesuffix(".partial")) for p in path.glob("shard-*.h5*")})
             else:
                 found.append(path)
-        for path in found:
-            shards.settle(path)
+        for note in filter(None, map(shards.settle, found)):
+            print(note)
         requested = None
         if args.images:
             from vqacap.extract import ExtractError, image_files  # torch: only when folders are checked
