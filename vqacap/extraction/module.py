@@ -77,7 +77,7 @@ def detector_fingerprint(
         settings = {
             "min_size": list(detector.transform.min_size),
             "max_size": detector.transform.max_size,
-            "proposals": detector.rpn._post_nms_top_n["testing"],
+            "proposals": detector.rpn.post_nms_top_n(),  # in eval mode: the test-time count
         }
     options = {
         "detector": type(detector).__name__,
@@ -104,9 +104,8 @@ class RegionExtractor(pl.LightningModule):
     def predict_step(self, batch: ImageBatch, batch_idx: int) -> list[Extracted]:
         if not batch.images:
             return []
-        images = [
-            image.float().div_(255) for image in batch.images
-        ]  # uint8 moved to the device: cheaper than floats
+        # The batch came to the device as uint8, a quarter of the bytes of floats.
+        images = [image.float().div_(255) for image in batch.images]
         return choose_regions(self.detector, images, self.choice)
 
 
@@ -140,7 +139,7 @@ class StoreWriter(BasePredictionWriter):
         batch_indices,
         batch: ImageBatch,
         batch_idx,
-        dl_idx=0,
+        dataloader_idx=0,
     ) -> None:
         writer = self.open(trainer.global_rank, trainer.world_size)
         self.failed += batch.problems
@@ -195,6 +194,7 @@ def extract_folders(
     """Extract every image of the folders that is not yet in the store `out` (nor in a shard of an earlier run),
     on `num_nodes` x `devices` processes, then merge the shards into `out`."""
     quiet_lightning()
+    detector = detector.eval()
     wanted = request(images)
     expected = detector_fingerprint(detector, choice, dtype, precision)
     settings = trainer_settings(accelerator, devices, num_nodes, precision)
@@ -203,7 +203,7 @@ def extract_folders(
     data = ExtractionData(wanted, out, expected, batch_size, workers, pin_memory=pinned)
     writer = StoreWriter(out, {**store_layout(detector, choice), "attrs": expected}, dtype)
     trainer = pl.Trainer(callbacks=[writer], enable_progress_bar=progress, **settings)
-    trainer.predict(RegionExtractor(detector.eval(), choice), datamodule=data, return_predictions=False)
+    trainer.predict(RegionExtractor(detector, choice), datamodule=data, return_predictions=False)
     writer.close()
     counts = all_gathered((writer.extracted, writer.failed))
     extracted = sum(n for n, _ in counts)
@@ -237,17 +237,7 @@ def run_extraction(
     """`extract_folders` with `vqacap extract`'s --device: (extracted, skipped, problems)."""
     accelerator, chosen = accelerator_for(device, accelerator, devices)
     result = extract_folders(
-        images,
-        detector,
-        out,
-        choice,
-        dtype,
-        batch_size,
-        workers,
-        accelerator,
-        chosen,
-        num_nodes,
-        precision,
-        progress,
-    )
+        images, detector, out, choice, dtype=dtype, batch_size=batch_size, workers=workers, accelerator=accelerator,
+        devices=chosen, num_nodes=num_nodes, precision=precision, progress=progress,
+    )  # fmt: skip
     return result.extracted, result.skipped, result.problems

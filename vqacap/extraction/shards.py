@@ -93,9 +93,9 @@ def shards_of(store: str | os.PathLike) -> list[Path]:
 
 
 def settle(path: Path) -> str:
-    """Commit the interrupted writes of a shard (or store) that no process writes any more (`RegionStoreWriter` resumes them,
-    or discards what cannot be resumed); returns the writer's note, "" if there was nothing to settle. Refused in one
-    line while a writer holds the shard."""
+    """Commit the interrupted writes of a shard (or store) that no process writes any more (`RegionStoreWriter`
+    resumes them, or discards what cannot be resumed); returns the writer's note, "" if there was nothing to settle.
+    Refused in one line while a writer holds the file."""
     partial = partial_path(path)
     if not partial.is_file():
         return ""
