@@ -338,3 +338,18 @@ def test_a_folder_on_two_processes_gives_the_results_file_of_one(chain, tmp_path
     annotations = chain["shapes"] / "captions_test.json"
     assert vqacap(["evaluate", "captions", "--annotations", str(annotations), "--results", str(two),
                    "--metrics", "Bleu_1", "--no-tokenize"]) == 0  # fmt: skip
+
+
+def test_answer_over_a_folder_writes_vqa_results_under_the_image_ids(chain, tmp_path, capsys):
+    folder = chain["shapes"] / "images" / "val"
+    question = json.loads((chain["shapes"] / "vqa_test_questions.json").read_text())["questions"][0][
+        "question"
+    ]
+    results = tmp_path / "answers.json"
+    assert vqacap(["answer", str(folder), "--question", question, "--detector", chain["detector"],
+                   "--vqa", chain["vqa"], "--results", str(results)]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    best = [lines[n + 1].split()[1] for n, line in enumerate(lines) if not line.startswith(" ")]
+    rows = json.loads(results.read_text())
+    assert [r["question_id"] for r in rows] == [int(p.stem) for p in sorted(folder.glob("*.png"))]
+    assert [r["answer"] for r in rows] == best  # each image's top answer
