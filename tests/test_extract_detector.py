@@ -381,19 +381,21 @@ def test_a_grid_finer_than_the_feature_map_is_refused(shapes, checkpoint, tmp_pa
 
 
 def test_a_forward_pass_that_fails_on_one_image_skips_that_image_only(shapes, detector, tmp_path):
-    from vqacap.data.store import RegionStoreWriter
-    from vqacap.extract import extract_images, grid_batch
+    from vqacap.extract import grid_batch
+    from vqacap.extraction.module import forward_each
 
     files = sorted((shapes / "images" / "train").glob("*.png"))[:3]
+    images = [load(f) for f in files]
 
     def regions(batch):  # fails on any batch holding the second image, as a model failing on one input does
-        if any(float(t.sum()) == float(load(files[1]).sum()) for t in batch):
+        if any(float(t.sum()) == float(images[1].sum()) for t in batch):
             raise RuntimeError("Input and output sizes should be greater than 0\nmore torch text")
         return grid_batch(detector, batch, 2)
 
-    with RegionStoreWriter(tmp_path / "s.h5", detector.feature_dim) as writer:
-        extracted, skipped, problems = extract_images(files, writer, regions, 3, "cpu", False)
-    assert (extracted, skipped) == (2, 0)
-    assert problems == [
+    found = forward_each(regions, images, files)
+    assert [isinstance(f, str) for f in found] == [False, True, False]
+    assert found[1] == (
         f"{files[1]}: the model failed on it (RuntimeError: Input and output sizes should be greater than 0)"
-    ]
+    )
+    alone = grid_batch(detector, [images[2]], 2)[0]
+    assert torch.equal(found[2][0], alone[0]) and torch.equal(found[2][1], alone[1])

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ TINY_DETECTOR = tiny_detector(pool_size=4, rpn_post_nms_top_n_test=30)
 SIZES = "data.generator.sizes={train:24,val:6,test:6}"
 FEW_STEPS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "logger=csv"]
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +344,40 @@ def test_an_image_of_extreme_aspect_ratio_or_a_grid_too_fine_is_refused_up_front
         err.startswith(f"vqacap {command}: --grid 1000: the detector's feature map has at most ")
         and "\n" not in err
     )
+
+
+def test_a_folder_on_two_processes_gives_the_results_file_of_one(chain, tmp_path, capsys):
+    """`vqacap caption DIR --devices 2` (two CPU processes over gloo, one image per pass): every image captioned once,
+    the lines and the COCO results file of one process, which `vqacap evaluate captions` scores."""
+    folder = chain["shapes"] / "images" / "test"
+    base = ["caption", str(folder), "--detector", chain["detector"], "--captioner", chain["captioner"],
+            "--accelerator", "cpu", "--batch-size", "1"]  # fmt: skip
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert vqacap([*base, "--results", str(one)]) == 0
+    printed = capsys.readouterr().out
+    command = [sys.executable, "-m", "vqacap.cli", *base, "--devices", "2", "--results", str(two)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == printed
+    results = json.loads(two.read_text())
+    assert results == json.loads(one.read_text())
+    assert [r["image_id"] for r in results] == [int(p.stem) for p in sorted(folder.glob("*.png"))]
+    annotations = chain["shapes"] / "captions_test.json"
+    assert vqacap(["evaluate", "captions", "--annotations", str(annotations), "--results", str(two),
+                   "--metrics", "Bleu_1", "--no-tokenize"]) == 0  # fmt: skip
+
+
+def test_answer_over_a_folder_writes_vqa_results_under_the_image_ids(chain, tmp_path, capsys):
+    folder = chain["shapes"] / "images" / "val"
+    question = json.loads((chain["shapes"] / "vqa_test_questions.json").read_text())["questions"][0][
+        "question"
+    ]
+    results = tmp_path / "answers.json"
+    assert vqacap(["answer", str(folder), "--question", question, "--detector", chain["detector"],
+                   "--vqa", chain["vqa"], "--results", str(results)]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    best = [lines[n + 1].split()[1] for n, line in enumerate(lines) if not line.startswith(" ")]
+    rows = json.loads(results.read_text())
+    assert [r["question_id"] for r in rows] == [int(p.stem) for p in sorted(folder.glob("*.png"))]
+    assert [r["answer"] for r in rows] == best  # each image's top answer

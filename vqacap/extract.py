@@ -2,7 +2,10 @@
 here (`--detector`: regions chosen as bottom-up-attention's generate_tsv.py chooses them, or `--grid N` cells) or with
 a local torchvision Faster R-CNN state dict (`--weights`). Batched, resumable, nothing downloaded.
 
-The region choice, the stored fields and the `--weights` stand-in: docs/detector.md (Extraction).
+The region choice, the stored fields and the `--weights` stand-in: docs/detector.md (Extraction); the published
+Caffe model's files: docs/published-detector.md. Both run through Lightning's `Trainer.predict` (vqacap.extraction):
+`--devices N --num-nodes M` extract on N x M processes, each into its own shard store, merged into `--out` at the end;
+a rerun with any number of processes extracts only what no shard or store holds yet (docs/cluster-extraction.md).
 """
 
 from __future__ import annotations
@@ -10,20 +13,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou, nms, roi_align
 from torchvision.transforms.functional import pil_to_tensor
-from tqdm import tqdm
 
-from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError, exit_after_failed_write
-from vqacap.images import ImageError, open_rgb
+from vqacap.data.store import RegionStoreError, StoreWriteError, exit_after_failed_write
+from vqacap.extraction.settings import add_trainer_arguments, is_global_zero, trainer_options
+from vqacap.images import open_rgb
 from vqacap.metrics.detection import class_nms_plus_one
-from vqacap.prepare.common import image_id_from_name
-from vqacap.prepare.features import CHUNK_REGIONS
 from vqacap.published import add_detector_file_arguments
 
 FEATURE_DIM = 2048  # ResNet-50 C5 channels
@@ -211,106 +213,19 @@ def extract(
     device: str = "cpu",
     dtype: str = "float16",
     progress: bool = True,
+    **trainer: Any,
 ) -> tuple[int, int, list[str]]:
-    """Extract every image of the folder not yet in the store. Returns (extracted, skipped, problems)."""
+    """Extract every image of the folder not yet in the store. Returns (extracted, skipped, problems).
+
+    `trainer`: workers, accelerator, devices, num_nodes, precision of `vqacap.extraction.module.extract_folders`."""
+    from vqacap.extraction.module import FasterRCNNChoice, run_extraction
+
     if not 1 <= min_boxes <= max_boxes:
         raise ExtractError(f"need 1 <= --min-boxes <= --max-boxes, got {min_boxes} and {max_boxes}")
-    files = image_files(images)
-    model = load_detector(weights, min_size, max_size, proposals).to(device)
-
-    def regions(batch: list[torch.Tensor]) -> list[Extracted]:
-        found = extract_batch(model, batch, max_boxes=max_boxes, min_boxes=min_boxes, conf_thresh=conf_thresh)
-        return [(features, boxes, None) for features, boxes in found]
-
-    with RegionStoreWriter(out, FEATURE_DIM, dtype=dtype, chunk_regions=CHUNK_REGIONS) as writer:
-        return extract_images(files, writer, regions, batch_size, device, progress)
-
-
-def extract_images(
-    files: list[Path],
-    writer: RegionStoreWriter,
-    regions: Callable[[list[torch.Tensor]], list[Extracted]],
-    batch_size: int,
-    device: str,
-    progress: bool,
-    check: Callable[[torch.Tensor], str | None] | None = None,
-) -> tuple[int, int, list[str]]:
-    """Add the images not yet in the store, `batch_size` per call of `regions`. Returns (extracted, skipped, problems).
-
-    `check(image)` names a problem that skips an image before the forward pass (a size the model cannot take); a
-    forward pass that fails is retried image by image, so only the image it fails on is skipped and reported."""
-    problems: list[str] = []
-    extracted = skipped = 0
-    seen: dict[int, Path] = {}
-    todo = []
-    for path in files:
-        image_id = image_id_from_name(path)
-        if image_id is None:
-            problems.append(f"{path}: no image id (digits) in the file name")
-        elif image_id in seen:
-            problems.append(f"{path}: image id {image_id} already taken by {seen[image_id]}")
-        elif image_id in writer:
-            seen[image_id] = path
-            skipped += 1
-        else:
-            seen[image_id] = path
-            todo.append((image_id, path))
-    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, unit="batch"):
-        batch = []
-        for image_id, path in todo[start : start + batch_size]:
-            try:
-                image = load_image(path)
-                problem = check(image) if check is not None else None
-                if problem is not None:
-                    raise ImageError(f"{path}: {problem}")
-                batch.append((image_id, image))
-            except ImageError as err:  # skipped and reported; the rest of the batch goes on
-                problems.append(str(err))
-        if not batch:
-            continue
-        batch, results = _forward(regions, batch, device, dict(todo), problems)
-        for (image_id, tensor), (features, boxes, fields) in zip(batch, results):
-            height, width = tensor.shape[-2:]
-            if fields is not None:
-                fields = {name: values.cpu().numpy() for name, values in fields.items()}
-            try:
-                writer.add(
-                    image_id,
-                    features.float().cpu().numpy(),
-                    boxes.cpu().numpy(),
-                    width,
-                    height,
-                    fields=fields,
-                )
-                extracted += 1
-            except StoreWriteError:
-                raise  # the disk, not the image: nothing more can be written
-            except RegionStoreError as err:
-                problems.append(str(err))
-        writer.flush()  # a batch on disk before the next is computed: an interrupted run loses at most one batch
-    return extracted, skipped, problems
-
-
-def _forward(
-    regions, batch: list, device: str, paths: dict[int, Path], problems: list[str]
-) -> tuple[list, list]:
-    """(batch, its regions); when the batch's forward pass fails, the images that pass alone and their regions, the
-    others reported by file (a per-image failure, not the run's)."""
-    try:
-        return batch, regions([t.to(device) for _, t in batch])
-    except (RuntimeError, ValueError, AssertionError) as err:
-        if len(batch) == 1:
-            lines = str(err).strip().splitlines() or [""]
-            problems.append(
-                f"{paths[batch[0][0]]}: the model failed on it ({type(err).__name__}: {lines[0][:200]})"
-            )
-            return [], []
-    kept, results = [], []
-    for item in batch:
-        one, found = _forward(regions, [item], device, paths, problems)
-        kept += one
-        results += found
-    return kept, results
+    image_files(images)  # a missing folder is reported before the detector is loaded
+    model = load_detector(weights, min_size, max_size, proposals)
+    choice = FasterRCNNChoice(min_boxes, max_boxes, conf_thresh)
+    return run_extraction(images, model, out, choice, dtype, batch_size, device, progress, **trainer)
 
 
 # -- the bottom-up detector, as generate_tsv.py --------------------------------------------------------------------
@@ -403,41 +318,22 @@ def extract_with_detector(
     device: str = "cpu",
     dtype: str = "float16",
     progress: bool = True,
+    **trainer: Any,
 ) -> tuple[int, int, list[str]]:
     """Extract with the bottom-up detector (a checkpoint path or the model) every image not yet in the store.
-    Returns (extracted, skipped, problems)."""
+    Returns (extracted, skipped, problems); `trainer` as for `extract`."""
+    from vqacap.data.pixels import RegionChoice
+    from vqacap.extraction.module import run_extraction
+
     if grid is None and not 1 <= min_boxes <= max_boxes:
         raise ExtractError(f"need 1 <= --min-boxes <= --max-boxes, got {min_boxes} and {max_boxes}")
     if grid is not None and grid < 1:
         raise ExtractError(f"--grid must be at least 1, got {grid}")
-    files = image_files(images)
+    image_files(images)
     model = detector if isinstance(detector, torch.nn.Module) else load_bottom_up(detector, device)
     check_grid(model, grid)
-    if grid is not None:
-        options = {}
-
-        def regions(batch: list[torch.Tensor]) -> list[Extracted]:
-            return grid_batch(model, batch, grid)
-    else:
-        options = {
-            "region_fields": DETECTOR_FIELDS,
-            "field_names": {"object_labels": model.classes, "attribute_labels": model.attributes},
-        }
-
-        def regions(batch: list[torch.Tensor]) -> list[Extracted]:
-            return bottom_up_batch(model, batch, conf_thresh, min_boxes, max_boxes)
-
-    writer = RegionStoreWriter(out, model.feature_dim, dtype=dtype, chunk_regions=CHUNK_REGIONS, **options)
-    with writer:
-        return extract_images(
-            files,
-            writer,
-            regions,
-            batch_size,
-            device,
-            progress,
-            lambda t: model.size_problem(*t.shape[-2:], grid),
-        )
+    choice = RegionChoice(min_boxes, max_boxes, conf_thresh, grid)
+    return run_extraction(images, model, out, choice, dtype, batch_size, device, progress, **trainer)
 
 
 def check_grid(model: torch.nn.Module, grid: int | None) -> None:
@@ -501,6 +397,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TSV",
         help="after extracting, compare the store with released bottom-up TSV files (boxes and features per image)",
     )
+    add_trainer_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -517,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device,
         "dtype": args.dtype,
         "progress": not args.no_progress,
+        **trainer_options(args),
     }
     try:
         if args.detector is not None:
@@ -541,6 +439,8 @@ def run(args: argparse.Namespace) -> int:
     except (ExtractError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not is_global_zero():
+        return 0  # the first process reports for all
     print(
         f"{args.out}: extracted {extracted}, skipped {skipped} already in the store, problems {len(problems)}"
     )

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "peak": "vqacap.bench.peak",
     "models": "vqacap.bench.models",
     "detector": "vqacap.bench.detector",
+    "extract": "vqacap.bench.extract",
 }
 
 

@@ -177,5 +177,9 @@ class PixelDataModule(pl.LightningDataModule):
         )
         self.batch_size = batch_size
 
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:  # each process of a distributed run detects on its own device
+            self.collate.detector.to(self.trainer.strategy.root_device)
+
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(self.images, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate)

@@ -283,6 +283,7 @@ class RegionStoreWriter:
         buffer_regions: int = 0,
         region_fields: Mapping[str, str] | None = None,
         field_names: Mapping[str, Sequence[str]] | None = None,
+        attrs: Mapping[str, str] | None = None,
     ) -> None:
         """`feature_dim` None takes D from the existing store or, for a new one, from the first image added.
 
@@ -291,7 +292,8 @@ class RegionStoreWriter:
         instead of seven per image. 0 writes every image as it is added.
 
         `region_fields` (name -> numpy dtype) adds optional per-region datasets, which every `add` then provides;
-        `field_names` the names of their label values. A resumed store must have been created with the same fields."""
+        `field_names` the names of their label values. A resumed store must have been created with the same fields.
+        `attrs` are root attributes of a new store (e.g. what extracted it); an existing store keeps its own."""
         self.path = Path(path)
         self.partial = partial_path(self.path)
         if dtype not in ("float16", "float32"):
@@ -303,6 +305,7 @@ class RegionStoreWriter:
         self.note = ""  # what became of an interrupted conversion found at open
         self.region_fields = dict(region_fields or {})
         self.field_names = {name: list(names) for name, names in (field_names or {}).items()}
+        self.attrs = dict(attrs or {})
         self._pending: list[tuple[int, int, int, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
         self._pending_regions = 0
         self._f: h5py.File | None = None
@@ -377,6 +380,8 @@ class RegionStoreWriter:
                 f.attrs["vqacap_format"] = FORMAT_NAME
                 f.attrs["version"] = FORMAT_VERSION
                 f.attrs["feature_dim"] = self.feature_dim
+                for name, value in self.attrs.items():
+                    f.attrs[name] = value
                 d = self.feature_dim
                 f.create_dataset(
                     "features", (0, d), maxshape=(None, d), dtype=self.dtype, chunks=(self.chunk_regions, d)

@@ -11,14 +11,13 @@ other task) and unusable image files stop the command with one line naming the f
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from vqacap.extraction.settings import accelerator_for, all_gathered, quiet_lightning, trainer_settings
 from vqacap.images import ImageError
 from vqacap.published import add_detector_file_arguments
 
@@ -27,7 +26,11 @@ MAP_SUFFIX = {"captioning": "caption", "VQA": "answer"}
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files (RGB, grey, RGBA)"
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="JPEG or PNG files (RGB, grey, RGBA), or folders of them",
     )
     parser.add_argument(
         "--detector",
@@ -57,6 +60,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch device (default: cuda when a GPU is available, else cpu)",
     )
     add_detector_file_arguments(parser)
+    parser.add_argument(
+        "--results",
+        type=Path,
+        metavar="JSON",
+        help="also write the results file `vqacap evaluate` reads, image ids from the file names",
+    )
+    parser.add_argument(
+        "--devices", type=int, metavar="N", help="devices, one process each (default: --device)"
+    )
+    parser.add_argument("--num-nodes", type=int, default=1, metavar="M", help="nodes (SLURM or torchrun)")
+    parser.add_argument("--accelerator", help="cpu, gpu, ... (default: the kind of --device)")
 
 
 def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str):
@@ -103,19 +117,39 @@ def predict(args: argparse.Namespace, module, data) -> list[dict]:
     """The module's `predict_step` records of every image, in the order given."""
     import pytorch_lightning as pl
 
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # no accelerator banner around one line per image
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
-    accelerator = "gpu" if str(args.device).startswith("cuda") else "cpu"
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    return [record for batch in trainer.predict(module, datamodule=data) for record in batch]
+    quiet_lightning()
+    accelerator, devices = accelerator_for(args.device, args.accelerator, args.devices)
+    settings = trainer_settings(accelerator, devices, args.num_nodes, "32-true")
+    # The distributed sampler deals the images to the processes; each image's record is kept once.
+    trainer = pl.Trainer(**{**settings, "use_distributed_sampler": True}, enable_progress_bar=False)
+    mine = [record for batch in trainer.predict(module, datamodule=data) for record in batch]
+    records = {record["id"]: record for found in all_gathered(mine) for record in found}
+    return [records[n] for n in sorted(records)]
+
+
+def image_paths(images: list[Path]) -> list[Path]:
+    """The files given, each folder replaced by its images in name order (as `vqacap extract --images` lists them)."""
+    from vqacap.extract import image_files
+
+    return [path for given in images for path in (image_files(given) if given.is_dir() else [given])]
+
+
+def write_results(path: Path, images: list[Path], records: list[dict], task: str) -> None:
+    """COCO caption results ([{image_id, caption}]) or VQA results ([{question_id, answer}], the question asked of
+    image n having the image's id), image ids from the file names (as `vqacap extract` takes them) or, for a name
+    without digits, the image's position."""
+    import json
+
+    from vqacap.prepare.common import image_id_from_name
+
+    ids = [image_id_from_name(p) for p in images]
+    ids = [n if i is None else i for n, i in enumerate(ids)]
+    if task == "captioning":
+        rows = [{"image_id": i, "caption": r["caption"]} for i, r in zip(ids, records)]
+    else:
+        rows = [{"question_id": i, "answer": r["answer"]} for i, r in zip(ids, records)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows))
 
 
 def region_choice(args: argparse.Namespace):
@@ -162,9 +196,11 @@ def run_task(args: argparse.Namespace, model_path: Path, task: str, flag: str, q
     from vqacap.checkpoints import CheckpointError
     from vqacap.data.pixels import PixelDataModule
     from vqacap.extract import ExtractError
+    from vqacap.extraction.settings import is_global_zero
 
     prog = f"vqacap {MAP_SUFFIX[task]}"
     try:
+        args.images = image_paths(args.images)
         missing = [p for p in args.images if not p.is_file()]
         if missing:
             raise ValueError(f"{missing[0]}: image file not found")
@@ -181,6 +217,8 @@ def run_task(args: argparse.Namespace, model_path: Path, task: str, flag: str, q
             batch_size=args.batch_size,
         )
         records = predict(args, module, data)
+        if not is_global_zero():
+            return []  # the first process reports and draws for all
         paths = (
             save_maps(records, args.images, args.out, task, args.top_k) if args.out else [None] * len(records)
         )

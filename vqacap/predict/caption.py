@@ -1,12 +1,13 @@
-"""`vqacap caption IMAGE... --detector CKPT --captioner CKPT [--beam 5] [--out DIR]`: one caption per image (printed as
-`<image>\t<caption>`), and per image the attention map of each word over the detected boxes (vqacap.predict)."""
+"""`vqacap caption IMAGE|DIR... --detector CKPT --captioner CKPT [--beam 5] [--out DIR] [--results JSON]
+[--devices N]`: one caption per image (printed as `<image>\t<caption>`), and per image the attention map of each word
+over the detected boxes (vqacap.predict); `--results` writes them as COCO caption results for `vqacap evaluate`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from vqacap.predict import add_common_arguments, run_task
+from vqacap.predict import add_common_arguments, run_task, write_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     results = run_task(args, args.captioner, "captioning", "--captioner")
     if results is None:
         return 2
+    if args.results and results:  # written by the first process (the others have no results)
+        write_results(args.results, args.images, [record for record, _ in results], "captioning")
     for image, (record, path) in zip(args.images, results):
         print(f"{image}\t{record['caption']}" + (f"\t{path}" if path else ""))
     return 0

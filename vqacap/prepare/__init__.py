@@ -4,6 +4,7 @@ vqacap prepare features       bottom-up features (TSV, bottom-up-attention-vqa H
 vqacap prepare coco-captions  Karpathy split JSON -> COCO-format caption files per split + caption vocabulary
 vqacap prepare vqa2           VQA v2 questions/annotations -> per-split files + answer and question vocabularies
 vqacap prepare vg             Visual Genome objects/attributes -> per-split detection annotations (bottom-up cleaning)
+vqacap prepare merge          shard stores of a distributed extraction -> one region store
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ STEPS = {
     ),
     "vqa2": ("vqacap.prepare.vqa2", "VQA v2 questions/annotations -> per-split files and vocabularies"),
     "vg": ("vqacap.prepare.vg", "Visual Genome objects/attributes -> detection annotations per split"),
+    "merge": ("vqacap.prepare.merge", "shard stores of a distributed extraction -> one region store"),
 }
 
 
