@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> int:
     trainer = cfg.trainer
     result = extract_folders(
         list(cfg.images) if OmegaConf.is_list(cfg.images) else [cfg.images],
-        extract_command.load_bottom_up(cfg.detector),
+        extract_command.load_bottom_up(cfg.detector, "cpu", cfg.prototxt, cfg.classes, cfg.attributes),
         cfg.out,
         RegionChoice(**cfg.regions),
         dtype=cfg.dtype,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +158,22 @@ def test_grid_features_of_the_published_detector(tmp_path):
         [800 / 3, 100, 400, 150]
     )
     regions.close()
+
+
+def test_the_hydra_entry_extracts_with_the_caffemodel_as_the_command(tmp_path):
+    """`vqacap-extract detector=X.caffemodel prototxt=P` (what a SLURM launcher runs) writes generate_tsv's rows."""
+    images = tmp_path / "images"
+    images.mkdir()
+    row = dict(np.load(FIXTURES / "tiny_rocket.npz"))
+    Image.fromarray(row["image_bgr"][:, :, ::-1]).save(images / "000002.png")
+    out = tmp_path / "regions.h5"
+    command = [
+        sys.executable, "-m", "vqacap.extract_hydra", f"images=[{images}]",
+        f"detector={FIXTURES / 'tiny.caffemodel'}", f"prototxt={FIXTURES / 'test.prototxt'}", f"out={out}",
+        "dtype=float32", "num_workers=0", f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    features, boxes = RegionStore(out).read(2)
+    assert np.abs(boxes - row["tsv_boxes"]).max() <= 1e-3
+    assert np.abs(features - row["tsv_features"]).max() <= 1e-4 * np.abs(row["tsv_features"]).max()

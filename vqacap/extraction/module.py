@@ -70,7 +70,7 @@ def detector_fingerprint(
     detector: torch.nn.Module, choice: RegionChoice | FasterRCNNChoice, dtype: str, precision: str
 ) -> dict[str, str]:
     """What the regions depend on: the weights, the detector's settings, the region choice, precision and dtype."""
-    settings = getattr(detector, "options", None)
+    settings = getattr(detector, "options", None) or getattr(detector, "spec", None)  # trained / published
     if dataclasses.is_dataclass(settings):
         settings = {k: v for k, v in dataclasses.asdict(settings).items() if k != "pretrained"}
     elif hasattr(detector, "transform"):  # torchvision's Faster R-CNN: its input size and proposal count
@@ -129,6 +129,8 @@ class RegionExtractor(pl.LightningModule):
                 out[i] = f"{path}: {problem}"
             else:
                 todo.append(i)
+        if not todo:
+            return out
         # The batch came to the device as uint8, a quarter of the bytes of floats.
         images = [batch.images[i].float().div_(255) for i in todo]
         found = forward_each(
