@@ -385,7 +385,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--proposals", type=int, default=300, help="--weights: RPN proposals per image scored by the box head"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when a GPU is available, else cpu)",
+    )
     parser.add_argument(
         "--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype"
     )

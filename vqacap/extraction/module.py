@@ -231,7 +231,27 @@ def extract_folders(
 ) -> ExtractionResult:
     """Extract every image of the folders that is not yet in the store `out` (nor in a shard of an earlier run),
     on `num_nodes` x `devices` processes, then merge the shards into `out`."""
-    quiet_lightning()
+    with quiet_lightning():
+        return _extract_folders(
+            images, detector, out, choice, dtype, batch_size, workers, accelerator, devices, num_nodes, precision,
+            progress,
+        )  # fmt: skip
+
+
+def _extract_folders(
+    images,
+    detector,
+    out,
+    choice,
+    dtype,
+    batch_size,
+    workers,
+    accelerator,
+    devices,
+    num_nodes,
+    precision,
+    progress,
+) -> ExtractionResult:
     detector = detector.eval()
     wanted = request(images)
     expected = detector_fingerprint(detector, choice, dtype, precision)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 PRECISIONS = ("32-true", "tf32", "bf16-mixed", "16-mixed")
@@ -74,18 +76,29 @@ def trainer_settings(
     }
 
 
-def quiet_lightning() -> None:
-    """No accelerator banners or hints around a command's one-line report."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """No accelerator banners or hints around a command's one-line report; the logger levels and warning filters are
+    restored afterwards, so a process that goes on (a test session, a notebook) keeps its own."""
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
     quiet = (
         ".*does not have many workers.*",
         ".*LeafSpec.*",
         ".*across ranks is zero.*",
         ".*infer the batch indices.*",
     )
-    for message in quiet:
-        warnings.filterwarnings("ignore", message=message)
+    with warnings.catch_warnings():
+        for message in quiet:
+            warnings.filterwarnings("ignore", message=message)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def is_global_zero() -> bool:

@@ -117,12 +117,12 @@ def predict(args: argparse.Namespace, module, data) -> list[dict]:
     """The module's `predict_step` records of every image, in the order given."""
     import pytorch_lightning as pl
 
-    quiet_lightning()
     accelerator, devices = accelerator_for(args.device, args.accelerator, args.devices)
     settings = trainer_settings(accelerator, devices, args.num_nodes, "32-true")
-    # The distributed sampler deals the images to the processes; each image's record is kept once.
-    trainer = pl.Trainer(**{**settings, "use_distributed_sampler": True}, enable_progress_bar=False)
-    mine = [record for batch in trainer.predict(module, datamodule=data) for record in batch]
+    with quiet_lightning():
+        # The distributed sampler deals the images to the processes; each image's record is kept once.
+        trainer = pl.Trainer(**{**settings, "use_distributed_sampler": True}, enable_progress_bar=False)
+        mine = [record for batch in trainer.predict(module, datamodule=data) for record in batch]
     records = {record["id"]: record for found in all_gathered(mine) for record in found}
     return [records[n] for n in sorted(records)]
 
