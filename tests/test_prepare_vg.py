@@ -440,3 +440,25 @@ def test_boxes_that_are_not_finite_or_empty_in_float32_are_reported_and_skipped(
     boxes = [o["box"] for o in json.loads((out / "detection_train.json").read_text())["images"][0]["objects"]]
     assert boxes == [o["box"] for o in EXPECTED_TRAIN[0]["objects"]]
     load_detection_split(out / "detection_train.json")  # what training reads
+
+
+@pytest.mark.parametrize(
+    ("image_id", "message"),
+    [(10**25, f"image_id {10**25} is not an integer id in 0 .. 2^63 - 1"),
+     ("\u00b2", "image_id '\u00b2' is not an integer id in 0 .. 2^63 - 1"),
+     (None, "JSON nested too deeply to read")],
+    ids=["10^25", "superscript_two", "deep_nesting"],
+)  # fmt: skip
+def test_ids_out_of_range_and_deep_nesting_are_one_line(tmp_path, capsys, image_id, message):
+    """OverflowError, ValueError and RecursionError tracebacks before."""
+    files, out = write_vg(tmp_path), tmp_path / "detection"
+    objects = json.loads(files["objects"].read_text())
+    if image_id is None:
+        text = json.dumps(objects)[:-1] + ", " + "[" * 100_000 + "]" * 100_000 + "]"
+    else:
+        objects[0]["image_id"] = image_id
+        text = json.dumps(objects)
+    files["objects"].write_text(text)
+    assert main(args_of(files, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {files['objects']}") and message in err and err.count("\n") == 1, err

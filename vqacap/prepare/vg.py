@@ -41,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ import numpy as np
 from PIL import Image
 
 from vqacap.data.owned import FolderNotOwnedError, claim_folder
-from vqacap.prepare.common import PrepareError, image_id_from_name, write_json
+from vqacap.prepare.common import PrepareError, image_id_from_name, is_id, write_json
 
 FORMAT_NAME = "vqacap-detection"
 FORMAT_VERSION = 1
@@ -180,6 +181,8 @@ def iter_json_list(path: Path, chunk_chars: int = 1 << 20) -> Iterator:
             while True:
                 try:
                     element, end = decoder.raw_decode(buf, pos)
+                except RecursionError:
+                    raise PrepareError(f"{path}: JSON nested too deeply to read") from None
                 except json.JSONDecodeError as err:
                     if more():  # the element runs past the buffer
                         continue
@@ -214,9 +217,15 @@ def iter_images(path: Path, key: str, option: str) -> Iterator[tuple[int, list]]
 
 def _int_id(record: dict, path: Path, n: int) -> int:
     value = record.get("image_id", record.get("id"))
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
-        raise PrepareError(f"{path}: image record {n} lacks an integer image_id")
-    return int(value)
+    if isinstance(value, str) and re.fullmatch(
+        r"[0-9]+", value
+    ):  # ASCII digits only: "²" is a digit to isdigit
+        value = int(value)
+    if not is_id(value):
+        raise PrepareError(
+            f"{path}: image record {n}: image_id {value!r:.40} is not an integer id in 0 .. 2^63 - 1"
+        )
+    return value
 
 
 def load_image_data(path: Path) -> dict[int, str | None]:
