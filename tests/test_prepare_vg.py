@@ -462,3 +462,29 @@ def test_ids_out_of_range_and_deep_nesting_are_one_line(tmp_path, capsys, image_
     assert main(args_of(files, out)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {files['objects']}") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("vocab", "message"),
+    [("man\nplate\nman\n", "objects_vocab.txt:3: 'man' is a class of line 1 already"),
+     ("man\n__background__\n", "objects_vocab.txt:2: __background__ is class 0 already (the file lists the other classes)")],
+    ids=["duplicate_line", "background_line"],
+)  # fmt: skip
+def test_duplicate_and_reserved_vocabulary_lines_are_refused(tmp_path, capsys, vocab, message):
+    """Both were accepted silently: a duplicate line is a class no box can get, __background__ a second class 0."""
+    files = write_vg(tmp_path)
+    (files["vocab"] / "objects_vocab.txt").write_text(vocab)
+    assert main(args_of(files, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().endswith(message) and err.count("\n") == 1, err
+
+
+def test_an_objects_list_that_keeps_no_image_is_refused(tmp_path, capsys):
+    """An empty objects list ended with exit 0 and detection files of 0 images."""
+    files, out = write_vg(tmp_path), tmp_path / "out"
+    files["objects"].write_text("[]")
+    files.pop("attributes")
+    assert main(args_of(files, out)) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {files['objects']}: no image kept (the list holds no images)\n"
+    assert not (out / "COMPLETE.json").exists() and not list(out.glob("detection_*.json"))

@@ -122,6 +122,14 @@ class LabelVocabulary:
             aliases = [a.lower().strip() for a in line.split(",")]
             if not aliases[0]:
                 raise PrepareError(f"{path}:{n}: empty class name")
+            if reserved in aliases:
+                raise PrepareError(
+                    f"{path}:{n}: {reserved} is class 0 already (the file lists the other classes)"
+                )
+            if aliases[0] in names:
+                raise PrepareError(
+                    f"{path}:{n}: {aliases[0]!r} is a class of line {names.index(aliases[0])} already"
+                )
             names.append(aliases[0])
             for alias in aliases:
                 index[alias] = len(names) - 1
@@ -564,6 +572,10 @@ def prepare_vg(
             counts["objects"] += len(cleaned)
             counts["objects_without_attributes"] += sum(not o["attributes"] for o in cleaned)
     del attributes_of
+    if not kept:  # an empty objects list, or nothing usable in it: no detection split to write
+        records.unlink(missing_ok=True)
+        why = "; ".join(skips.lines()) or "the list holds no images"
+        raise PrepareError(f"{inputs['objects']}: no image kept ({why})")
     split_of = assign_splits(kept, split_files, val_fraction, test_fraction, skips)
     split_names = list(split_files) or list(DEFAULT_SPLITS)
     header = {
