@@ -488,3 +488,14 @@ def test_an_objects_list_that_keeps_no_image_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: {files['objects']}: no image kept (the list holds no images)\n"
     assert not (out / "COMPLETE.json").exists() and not list(out.glob("detection_*.json"))
+
+
+def test_an_image_listed_twice_in_image_data_is_refused(tmp_path, capsys):
+    """The second record silently replaced the first one's url."""
+    files = write_vg(tmp_path)
+    image_data = json.loads(files["image_data"].read_text())
+    files["image_data"].write_text(json.dumps([*image_data, {**image_data[0], "url": "elsewhere/1.jpg"}]))
+    assert main(args_of(files, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        f"error: {files['image_data']}: image 1 appears twice (image record {len(image_data)})\n"
+    )

@@ -245,8 +245,10 @@ def load_image_data(path: Path) -> dict[int, str | None]:
             raise PrepareError(f"{path}: is a Visual Genome {kind} file, given as --image-data")
         if not ({"width", "height"} <= record.keys()):
             raise PrepareError(f"{path}: image record {n} lacks width and height (expected image_data.json)")
-        url = record.get("url")
-        urls[_int_id(record, path, n)] = url if isinstance(url, str) else None
+        url, image_id = record.get("url"), _int_id(record, path, n)
+        if image_id in urls:
+            raise PrepareError(f"{path}: image {image_id} appears twice (image record {n})")
+        urls[image_id] = url if isinstance(url, str) else None
     if not urls:
         raise PrepareError(f"{path}: no images")
     return urls
