@@ -316,8 +316,24 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     code, out, err = _cli(
         capsys, "--annotations", annotations_path, "--results", results_path, "--metrics", "CIDEr"
     )
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""  # the exit status of evaluate vqa's refusals too
     assert err.count("\n") == 1 and "1 annotated images have no result (e.g. 303)" in err
+    assert err.strip().endswith("(--present-only scores those)")
+
+
+def test_present_only_scores_the_images_with_results_and_says_how_many(tmp_path, capsys):
+    """A debug=limit run's results cover part of the split: they were refused with no way forward."""
+    annotations_path, results_path = _write_coco(tmp_path, REFERENCES, RESULTS[:2])
+    common = ["--annotations", annotations_path, "--results", results_path, "--metrics", "CIDEr", "Bleu_4"]
+    code, out, _ = _cli(capsys, *common, "--present-only")
+    assert code == 0 and out.splitlines()[0] == "scored 2 of 3 annotated images (--present-only)"
+    expected = evaluate_captions(
+        {i: REFERENCES[i] for i in (101, 202)},
+        {r["image_id"]: r["caption"] for r in RESULTS[:2]},
+        ["CIDEr", "Bleu_4"],
+    )
+    code, out, _ = _cli(capsys, *common, "--present-only", "--json")
+    assert json.loads(out) == {**expected, "images": {"scored": 2, "annotated": 3}}
 
 
 def test_references_too_short_for_higher_order_ngrams_match_pycocoevalcap():

@@ -250,3 +250,38 @@ def test_a_tsv_given_as_the_detector_and_a_detector_given_as_a_model_are_named(
     assert capsys.readouterr().err.strip() == (
         f"vqacap visualize: {detector}: a detector checkpoint, where a captioner or VQA model is needed"
     )
+
+
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial_file(tmp_path):
+    """A nearly full disk gave an OSError traceback and a stale last.ckpt.partial."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY_FEATURE_DIM, TINY_SHAPES
+    from vqacap.data.shapes import generate
+
+    generate(tmp_path / "data" / "shapes", sizes=TINY_SHAPES, feature_dim=TINY_FEATURE_DIM)
+    limit = 60_000  # bytes per file: the logs fit, a checkpoint does not
+
+    def full_disk() -> None:  # in the child: writes past `limit` bytes fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "vqacap.train", "experiment=caption_shapes", *TINY_OVERRIDES, *TINY_CAPTIONER,
+               *SHORT, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=env, preexec_fn=full_disk
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = [
+        line for line in done.stderr.splitlines() if line.startswith("error: ")
+    ]  # beside Lightning's log
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith(f"error: {run_dir}/checkpoints/"), lines
+    assert "could not write the checkpoint (File too large); the previous one, if any, is kept" in lines[0]
+    assert not list(run_dir.rglob("*.partial"))

@@ -155,12 +155,14 @@ def test_not_a_karpathy_file(tmp_path, capsys, content):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda image: image.update(cocoid="abc"), "cocoid 'abc' is not an integer image id"),
+        (lambda image: image.update(cocoid="abc"), "cocoid 'abc' is not an integer id in 0 .. 2^63 - 1"),
+        (lambda image: image.update(cocoid=2**70), f"cocoid {2**70} is not an integer id in 0 .. 2^63 - 1"),
+        (lambda image: image["sentences"][1].update(sentid=0), "sentid 0 appears twice (first in image 9)"),
         (lambda image: image.update(sentences=None), "sentences is None, not a list"),
         (lambda image: image["sentences"][0].update(raw=5), "sentences[0] {'tokens'"),
         (lambda image: image.update(split="holdout"), "unknown split 'holdout'"),
     ],
-    ids=["cocoid_abc", "sentences_null", "int_caption", "unknown_split"],
+    ids=["cocoid_abc", "cocoid_2^70", "duplicate_sentid", "sentences_null", "int_caption", "unknown_split"],
 )
 def test_malformed_records_are_one_line_errors_naming_the_record(tmp_path, capsys, change, message):
     data = json.loads(karpathy_file(tmp_path).read_text())
@@ -191,3 +193,11 @@ def test_an_out_folder_that_cannot_be_created_is_one_line(tmp_path, capsys):
         main(["prepare", "coco-captions", "--karpathy", str(karpathy_file(tmp_path)), "--out", str(out)]) == 2
     )
     assert capsys.readouterr().err.strip().startswith(f"error: {out}: cannot write here (")
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "dataset_coco.json"
+    path.write_bytes(karpathy_file(tmp_path).read_text().replace("A ", "\u00e9 ").encode("latin-1"))
+    assert main(["prepare", "coco-captions", "--karpathy", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: not a UTF-8 JSON file (byte ") and err.count("\n") == 1, err

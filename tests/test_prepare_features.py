@@ -484,7 +484,7 @@ def test_bad_tsv_rows_are_reported_and_the_buffered_good_rows_kept(tmp_path):
     assert summary.converted == 5
     assert summary.corrupt == [
         f"image 3 ({path}:3): unreadable id, size or num_boxes (image size inf is not a whole number of pixels)",
-        f"image {2**63 + 5} ({path}:5): image id does not fit in int64",
+        f"image {2**63 + 5} ({path}:5): image id {2**63 + 5} is not in 0 .. 2^63 - 1",
     ]
     assert_store_holds(out, images, [1, 2, 4, 6, 7])
 
@@ -535,3 +535,15 @@ def test_bad_npz_files_are_reported_rows(tmp_path):
         == f"image 3 ({folder / '3.npz'}): image_w '[300 301]' is not a whole number of pixels"
     )
     assert RegionStore(tmp_path / "store.h5").image_ids.tolist() == [1]
+
+
+def test_an_image_id_out_of_range_is_a_corrupt_row(tmp_path):
+    path = tmp_path / "features.tsv"
+    path.write_text("\n".join([tsv_line(-1, *make_image(1, 10)), tsv_line(2, *make_image(2, 10)),
+                                tsv_line(2**64, *make_image(3, 10))]))  # fmt: skip
+    summary = convert(tsv_source([path]), tmp_path / "store.h5", progress=False)
+    assert summary.converted == 1 and summary.corrupt == [
+        f"image -1 ({path}:1): image id -1 is not in 0 .. 2^63 - 1",
+        f"image {2**64} ({path}:3): image id {2**64} is not in 0 .. 2^63 - 1",
+    ]
+    assert RegionStore(tmp_path / "store.h5").image_ids.tolist() == [2]

@@ -440,3 +440,62 @@ def test_boxes_that_are_not_finite_or_empty_in_float32_are_reported_and_skipped(
     boxes = [o["box"] for o in json.loads((out / "detection_train.json").read_text())["images"][0]["objects"]]
     assert boxes == [o["box"] for o in EXPECTED_TRAIN[0]["objects"]]
     load_detection_split(out / "detection_train.json")  # what training reads
+
+
+@pytest.mark.parametrize(
+    ("image_id", "message"),
+    [(10**25, f"image_id {10**25} is not an integer id in 0 .. 2^63 - 1"),
+     ("\u00b2", "image_id '\u00b2' is not an integer id in 0 .. 2^63 - 1"),
+     (None, "JSON nested too deeply to read")],
+    ids=["10^25", "superscript_two", "deep_nesting"],
+)  # fmt: skip
+def test_ids_out_of_range_and_deep_nesting_are_one_line(tmp_path, capsys, image_id, message):
+    """OverflowError, ValueError and RecursionError tracebacks before."""
+    files, out = write_vg(tmp_path), tmp_path / "detection"
+    objects = json.loads(files["objects"].read_text())
+    if image_id is None:
+        text = json.dumps(objects)[:-1] + ", " + "[" * 100_000 + "]" * 100_000 + "]"
+    else:
+        objects[0]["image_id"] = image_id
+        text = json.dumps(objects)
+    files["objects"].write_text(text)
+    assert main(args_of(files, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {files['objects']}") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("vocab", "message"),
+    [("man\nplate\nman\n", "objects_vocab.txt:3: 'man' is a class of line 1 already"),
+     ("man\n__background__\n", "objects_vocab.txt:2: __background__ is class 0 already (the file lists the other classes)")],
+    ids=["duplicate_line", "background_line"],
+)  # fmt: skip
+def test_duplicate_and_reserved_vocabulary_lines_are_refused(tmp_path, capsys, vocab, message):
+    """Both were accepted silently: a duplicate line is a class no box can get, __background__ a second class 0."""
+    files = write_vg(tmp_path)
+    (files["vocab"] / "objects_vocab.txt").write_text(vocab)
+    assert main(args_of(files, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().endswith(message) and err.count("\n") == 1, err
+
+
+def test_an_objects_list_that_keeps_no_image_is_refused(tmp_path, capsys):
+    """An empty objects list ended with exit 0 and detection files of 0 images."""
+    files, out = write_vg(tmp_path), tmp_path / "out"
+    files["objects"].write_text("[]")
+    files.pop("attributes")
+    assert main(args_of(files, out)) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {files['objects']}: no image kept (the list holds no images)\n"
+    assert not (out / "COMPLETE.json").exists() and not list(out.glob("detection_*.json"))
+
+
+def test_an_image_listed_twice_in_image_data_is_refused(tmp_path, capsys):
+    """The second record silently replaced the first one's url."""
+    files = write_vg(tmp_path)
+    image_data = json.loads(files["image_data"].read_text())
+    files["image_data"].write_text(json.dumps([*image_data, {**image_data[0], "url": "elsewhere/1.jpg"}]))
+    assert main(args_of(files, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        f"error: {files['image_data']}: image 1 appears twice (image record {len(image_data)})\n"
+    )

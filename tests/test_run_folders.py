@@ -134,3 +134,34 @@ def test_a_refused_second_run_leaves_the_first_runs_hydra_files_byte_identical(t
         f"hydra.run.dir unset) or resume that run with ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
     ]
     assert {name: (folder / ".hydra" / name).read_bytes() for name in files} == before
+
+
+def test_a_multirun_into_an_earlier_sweeps_folder_is_refused_before_hydra_writes(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    files = {
+        "0/.hydra/config.yaml": b"seed: 1\n",
+        "0/.hydra/overrides.yaml": b"- seed=1\n",
+        "0/test_metrics.json": b"{}",
+    }
+    for name, content in files.items():
+        (sweep / name).write_bytes(content)
+    command = [
+        sys.executable,
+        "-m",
+        "vqacap.train",
+        "-m",
+        "experiment=caption_shapes",
+        "debug=fdr",
+        "seed=1,2",
+    ]
+    command += [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {sweep / '0'}: holds another run's files (test_metrics.json); start in a new folder (leave "
+        f"hydra.run.dir unset) or resume that run with ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}"
+    ]
+    assert {name: (sweep / name).read_bytes() for name in files} == files
+    assert sorted(p.name for p in sweep.iterdir()) == ["0"]

@@ -140,3 +140,45 @@ def test_a_gpu_recipe_on_a_machine_without_one_says_to_add_trainer_cpu(make_cfg,
         "add trainer=cpu to run it on the CPU"
     )
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_trainer_option_of_the_wrong_type_stops_the_run_before_any_work(make_cfg, tmp_path, capsys):
+    """trainer.max_epochs=three ran data, model and loggers for minutes, then died in Lightning's fit loop."""
+    cfg = make_cfg("trainer.max_epochs=three", f"paths.data_dir={tmp_path / 'data'}", *TINY_CAPTIONER)
+    assert reporting(lambda: run(cfg)) == 1
+    assert _one_error_line(capsys) == "error: trainer.max_epochs='three': expected an integer or null"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.decoding.beem_size=3", "error: model.decoding.beem_size: no such option; did you mean "
+                                       "model.decoding.beam_size? (to add a new one: +model.decoding.beem_size=...)"),
+        ("experiment=vqa_shape", "error: experiment=vqa_shape: no such experiment config; did you mean vqa_shapes or "),
+    ],
+)  # fmt: skip
+def test_a_misspelt_option_or_experiment_gets_one_line_with_the_closest_names(tmp_path, override, expected):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "vqacap.train", override, f"paths.root_dir={tmp_path}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_data_dir_that_does_not_exist_is_announced_before_shapes_is_generated_there(
+    make_cfg, tmp_path, capsys
+):
+    missing = tmp_path / "nonexistent_dir"
+    run(make_cfg("debug=fdr", f"paths.data_dir={missing}", *TINY_CAPTIONER))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"{missing}/shapes: no such folder; generating the Shapes data into it (mistyped? stop and fix the path)"
+    )

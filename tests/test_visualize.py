@@ -140,3 +140,31 @@ def test_16_bit_images_are_drawn_scaled(tmp_path):
     image, found, problem = load_image(tmp_path / "depth.png", (4, 3))
     assert found and problem is None
     assert image.getextrema() == ((128, 128), (128, 128), (128, 128))  # convert("RGB") alone gives 255: white
+
+
+def test_a_map_drawn_without_its_image_says_why(tmp_path, monkeypatch):
+    """An image that is there but refused (too large) was drawn under "image file not found"."""
+    import functools
+
+    from vqacap import visualize
+    from vqacap.images import open_rgb
+
+    written = []
+    real = visualize._text_block
+    monkeypatch.setattr(
+        visualize, "_text_block", lambda lines, *rest: written.append(lines) or real(lines, *rest)
+    )
+    monkeypatch.setattr(visualize, "open_rgb", functools.partial(open_rgb, max_pixels=100))  # a smaller limit
+    big = tmp_path / "big.png"
+    Image.new("L", (60, 10)).save(big)
+    image, found, problem = visualize.load_image(big, (60, 10))
+    assert not found and problem == f"{big}: 60x10 pixels is more than the 100 an image may have"
+    item = {"question": "what is it", "answer": "red", "gt_answer": None, "boxes": BOXES,
+            "attention": torch.tensor([0.7, 0.3])}  # fmt: skip
+    vqa_figure(image, item, image_found=found, image_problem=problem)
+    assert written[-1][-1] == f"(image not used: {problem}; boxes on a blank canvas)"
+    words = {"image_id": 7, "boxes": BOXES, "words": ["a"], "attention": torch.ones(1, 2) / 2}
+    caption_figure(image, words, image_found=False, image_problem=problem)
+    assert written[-1][-1] == f"(image not used: {problem}; boxes on a blank canvas)"
+    caption_figure(image, words, image_found=False)
+    assert written[-1][-1] == "(image file not found: boxes on a blank canvas)"

@@ -41,3 +41,12 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json: not a vocabulary file"):
         Vocabulary.load(tmp_path / "bad.json")
+
+
+def test_decomposed_text_is_one_word_for_the_vocabulary_and_the_metric():
+    """ "e\u0301cole" (e + combining accent) was "e", "cole" for the vocabulary and "école" for the metric."""
+    from vqacap.metrics.captions.ptb import tokenize_captions
+
+    decomposed, composed = "Une e\u0301cole.", "Une \u00e9cole."
+    assert tokenize(decomposed) == tokenize(composed) == ["une", "\u00e9cole"]
+    assert tokenize_captions([decomposed]) == tokenize_captions([composed]) == ["une \u00e9cole"]

@@ -189,3 +189,21 @@ def test_glove_initialisation(vqa_dir):
 def test_missing_glove_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="glove.6B.300d.txt: GloVe file not found.*data.glove=null"):
         load_glove(tmp_path / "glove.6B.300d.txt", ["<pad>", "what"])
+
+
+def test_a_question_longer_than_the_model_reads_is_noted(caplog):
+    """A 10k-character question was cut to its first words without a note."""
+    from vqacap.data.pixels import encode_question
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "what", "colour", "is", "it"]
+    question = "what colour is it " * 600
+    ids = encode_question(question, words, max_length=14)
+    assert len(ids) == 14
+    assert caplog.messages == [
+        "--question: 2400 words; the model reads the first 14 ("
+        + "what colour is it " * 3
+        + "what colour ...)"
+    ]
+    caplog.clear()
+    encode_question("what colour is it", words, max_length=14)
+    assert caplog.messages == []

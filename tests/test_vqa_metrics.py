@@ -296,3 +296,20 @@ def test_metric_with_repeated_questions_equals_evaluator():
     scores = metric.compute()
     _check(scores)
     assert "what color" not in scores["perQuestionType"]
+
+
+def test_present_only_scores_the_answered_questions_and_says_how_many(tmp_path, vqa_files, capsys):
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps(RESULTS[:2]))
+    common = ["--questions", str(vqa_files["questions"]), "--annotations", str(vqa_files["annotations"])]
+    assert _run_cli([*common, "--results", str(part)]) == 2
+    assert capsys.readouterr().err.strip().endswith("(--present-only scores the questions that have one)")
+    assert _run_cli([*common, "--results", str(part), "--present-only"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["Scored 2 of 4 annotated questions (--present-only)", "Overall Accuracy is: 65.00"]
+    assert _run_cli([*common, "--results", str(part), "--present-only", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["questions"] == {"scored": 2, "annotated": 4} and scores["overall"] == 100 * (0.3 + 1.0) / 2
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps(RESULTS[:2] + [{"question_id": 99, "answer": "yes"}]))
+    assert _run_cli([*common, "--results", str(extra), "--present-only"]) == 2  # still refused: not annotated

@@ -226,8 +226,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Each file is written as `<name>.partial` next to its final name, flushed to disk and renamed over it (`os.replace`,
     atomic on POSIX file systems), so a process killed while writing leaves the previous file whole. Lightning's own
     write goes through the system temp folder and `shutil.move`, a plain copy onto the final name when that folder is
-    on another file system than the checkpoints, as on most clusters. A stale `.partial` is overwritten by the next
-    write.
+    on another file system than the checkpoints, as on most clusters. A write that fails (a full disk) removes its
+    `.partial` and ends the run in one line; a stale `.partial` of a killed process is overwritten by the next write.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
@@ -236,7 +236,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        self.write(checkpoint, partial)
+        try:
+            self.write(checkpoint, partial)
+        except (OSError, RuntimeError) as err:  # a full disk: one line, and no half-written file left behind
+            partial.unlink(missing_ok=True)
+            # torch's zip writer turns the OSError of a failed write into a RuntimeError ("unexpected pos").
+            cause = err if isinstance(err, OSError) else err.__context__
+            if not isinstance(cause, OSError):
+                raise
+            raise CheckpointError(
+                f"{path}: could not write the checkpoint ({cause.strerror or cause}); the previous one, if any, is kept"
+            ) from None
         os.replace(partial, path)
         _fsync_folder(path.parent)  # the rename itself survives a power cut
 

@@ -26,6 +26,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from vqacap.checkpoints import find_checkpoint, load_weights
+from vqacap.configs import check_overrides, check_types
 from vqacap.errors import UserError, reporting
 from vqacap.runs import check_run_folder, gpu_available_for, register_resolvers, resumed_run_folder
 
@@ -63,6 +64,7 @@ def _say(text: str) -> None:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the test metrics."""
+    check_types(cfg)  # a wrong-typed option stops here, not minutes later in Lightning's fit loop
     check_run_folder(cfg.paths.output_dir, cfg.get("ckpt_path"))
     _say(f"run folder: {cfg.paths.output_dir} (train.log, checkpoints/, attention/, test_metrics.json)")
     _continue_wandb_run(cfg)
@@ -94,6 +96,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         # Testing the freshly initialised weights would write test_metrics.json for a model that learnt nothing.
         raise RunConfigError("train=false tests a trained model: give ckpt_path=<checkpoint file>")
     _check_accelerator(cfg)
+    _announce_generated_data(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
@@ -159,6 +162,16 @@ def _continue_wandb_run(cfg: DictConfig) -> None:
             wandb.resume = "allow"
 
 
+def _announce_generated_data(cfg: DictConfig) -> None:
+    """One line when the data will be generated into a folder that does not exist yet: a mistyped data path would
+    otherwise look like success."""
+    data_dir = cfg.data.get("data_dir")
+    if cfg.data.get("generator") and data_dir and not Path(data_dir).exists():
+        print(
+            f"{data_dir}: no such folder; generating the Shapes data into it (mistyped? stop and fix the path)"
+        )
+
+
 def _check_accelerator(cfg: DictConfig) -> None:
     if not gpu_available_for(cfg.trainer.get("accelerator")):
         raise RunConfigError(
@@ -202,8 +215,21 @@ def quiet_dependency_warnings() -> None:
     )
 
 
+def main() -> None:
+    """`vqacap-train` / `python -m vqacap.train`: the command line checked first (one line with the closest valid
+    names for a misspelt option or config), then Hydra's run. Flags (-m, --cfg, --config-dir ...) go to Hydra as
+    they are."""
+    overrides = sys.argv[1:]
+    checked = any(a.startswith("-") for a in overrides) or reporting(
+        lambda: check_overrides(overrides, CONFIG_DIR) or True, status=None
+    )
+    if checked is None:
+        sys.exit(1)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_SILENT", "true")
     quiet_dependency_warnings()
     # The user's mistakes in one line (VQACAP_DEBUG=1: with the traceback), bugs with theirs.

@@ -166,8 +166,22 @@ def _stack(parts: list[Image.Image]) -> Image.Image:
     return out
 
 
+def _blank_canvas_note(image_found: bool, image_problem: str | None) -> list[str]:
+    """The header line of a map drawn without its image: why (a file that is there but unusable says so)."""
+    if image_found:
+        return []
+    if image_problem:
+        return [f"(image not used: {image_problem}; boxes on a blank canvas)"]
+    return ["(image file not found: boxes on a blank canvas)"]
+
+
 def caption_figure(
-    image: Image.Image, item: dict, top_k: int = 3, columns: int = 4, image_found: bool = True
+    image: Image.Image,
+    item: dict,
+    top_k: int = 3,
+    columns: int = 4,
+    image_found: bool = True,
+    image_problem: str | None = None,
 ) -> Image.Image:
     """The caption above a grid of panels, one per word: the word under the image lit by its attention (T, K)."""
     font = _font(13)
@@ -192,12 +206,13 @@ def caption_figure(
         grid.append(strip)
     width = max([g.width for g in grid] + [PANEL])
     header = [f"image {item['image_id']}: {' '.join(item['words']) or '(empty caption)'}"]
-    if not image_found:
-        header.append("(image file not found: boxes on a blank canvas)")
+    header += _blank_canvas_note(image_found, image_problem)
     return _stack([_text_block(header, width, font), *grid])
 
 
-def vqa_figure(image: Image.Image, item: dict, top_k: int = 3, image_found: bool = True) -> Image.Image:
+def vqa_figure(
+    image: Image.Image, item: dict, top_k: int = 3, image_found: bool = True, image_problem: str | None = None
+) -> Image.Image:
     """The question, the predicted and human answers, and the image lit by the attention (K,)."""
     lines = [
         f"Q: {item['question']}",
@@ -205,8 +220,7 @@ def vqa_figure(image: Image.Image, item: dict, top_k: int = 3, image_found: bool
     ]
     if item.get("top_answers"):
         lines.append("top: " + ", ".join(f"{answer} {score:.2f}" for answer, score in item["top_answers"]))
-    if not image_found:
-        lines.append("(image file not found: boxes on a blank canvas)")
+    lines += _blank_canvas_note(image_found, image_problem)
     panel = heat_overlay(image, item["boxes"], item["attention"], top_k, labels=item.get("labels"))
     return _stack([_text_block(lines, panel.width, _font(13)), panel])
 
@@ -227,9 +241,9 @@ def attention_maps(
         path = datamodule.image_path(split, item["image_id"], image_root)
         image, found, problem = load_image(path, item["image_size"])
         if "words" in item:
-            figure = caption_figure(image, item, top_k, image_found=found)
+            figure = caption_figure(image, item, top_k, image_found=found, image_problem=problem)
         else:
-            figure = vqa_figure(image, item, top_k, image_found=found)
+            figure = vqa_figure(image, item, top_k, image_found=found, image_problem=problem)
         maps.append(AttentionMap(item, image, found, figure, problem))
     return maps
 

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
+
+
+def normal_text(text: str) -> str:
+    """Text in Unicode's composed form (NFC): the training vocabulary and the caption metrics both read text through
+    this, so "e\u0301cole" (e + combining accent) is the word "école" in both, not "e", "cole" in one of them."""
+    return unicodedata.normalize("NFC", text)
 
 
 class FormatError(ValueError):

@@ -17,6 +17,7 @@ Dims: B images, K regions (the largest count in the batch), D the detector's fea
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.store import Regions
-from vqacap.data.vocab import Vocabulary
+from vqacap.data.vocab import Vocabulary, tokenize
 from vqacap.data.vqa import VQABatch
 from vqacap.extract import ADAPTIVE_BOXES, CONF_THRESH, bottom_up_batch, grid_batch, load_image
 
@@ -143,6 +144,13 @@ def encode_question(question: str, words: list[str], max_length: int = 14) -> to
     words is known to the model (it would answer an empty question)."""
     vocab = Vocabulary(words[4:], max_length=max_length)
     ids = vocab.encode(question, field="--question")
+    if len(tokenize(question)) > max_length:  # a question trained on reads at most max_length words
+        logging.getLogger(__name__).warning(
+            "--question: %d words; the model reads the first %d (%s ...)",
+            len(tokenize(question)),
+            max_length,
+            " ".join(tokenize(question)[:max_length]),
+        )
     if all(vocab.words[i] == "<unk>" for i in ids):
         raise ValueError(f"--question: none of the words of {question!r} is in the VQA model's vocabulary")
     return torch.tensor(ids, dtype=torch.long)

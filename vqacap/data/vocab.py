@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from vqacap.data.formats import normal_text
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -26,7 +28,7 @@ _SEPARATOR = re.compile(r"[\W_]+")
 
 def tokenize(text: str) -> list[str]:
     """'A man, riding a horse.' -> ['a', 'man', 'riding', 'a', 'horse']; 'Un café.' -> ['un', 'café']."""
-    return [w for w in _SEPARATOR.split(text.lower()) if w]
+    return [w for w in _SEPARATOR.split(normal_text(text).lower()) if w]
 
 
 class Vocabulary:

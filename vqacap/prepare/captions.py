@@ -22,7 +22,14 @@ import sys
 from pathlib import Path
 
 from vqacap.data.vocab import Vocabulary, tokenize
-from vqacap.prepare.common import PrepareError, load_image_sizes, output_folder, read_json, write_json
+from vqacap.prepare.common import (
+    PrepareError,
+    is_id,
+    load_image_sizes,
+    output_folder,
+    read_json,
+    write_json,
+)
 
 SPLIT_OF = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
@@ -50,6 +57,7 @@ def karpathy_to_coco(
         for s in ("train", "val", "test")
     }
     seen: dict[int, str] = {}
+    sentids: dict[int, str] = {}
     dropped = 0
     id_key = "cocoid" if dataset == "coco" else "imgid"
     for n, image in enumerate(karpathy["images"]):
@@ -61,8 +69,8 @@ def karpathy_to_coco(
             file_name, sentences = image["filename"], image["sentences"]
         except KeyError as err:
             raise PrepareError(f"{where} lacks {err}") from None
-        if not _is_int(image_id):
-            raise PrepareError(f"{where}: {id_key} {image_id!r:.40} is not an integer image id")
+        if not is_id(image_id):
+            raise PrepareError(f"{where}: {id_key} {image_id!r:.40} is not an integer id in 0 .. 2^63 - 1")
         if not isinstance(split, str) or split not in SPLIT_OF:
             raise PrepareError(f"{where}: unknown split {split!r:.40} (expected {', '.join(SPLIT_OF)})")
         split = SPLIT_OF[split]
@@ -83,19 +91,18 @@ def karpathy_to_coco(
         for j, sentence in enumerate(sentences):
             caption = sentence.get("raw") if isinstance(sentence, dict) else None
             sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
-            if not isinstance(caption, str) or not _is_int(sentid):
+            if not isinstance(caption, str) or not is_id(sentid):
                 raise PrepareError(
                     f"{where}: sentences[{j}] {sentence!r:.60} lacks a string 'raw' caption and an integer 'sentid'"
                 )
+            if sentid in sentids:
+                raise PrepareError(f"{where}: sentid {sentid} appears twice (first in {sentids[sentid]})")
+            sentids[sentid] = f"image {image_id}"
             if split == "train" and not tokenize(caption):
                 dropped += 1  # nothing to learn from, and Vocabulary.encode refuses it
                 continue
             splits[split]["annotations"].append({"id": sentid, "image_id": image_id, "caption": caption})
     return splits, dropped
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def prepare(

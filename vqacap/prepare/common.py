@@ -14,6 +14,14 @@ class PrepareError(ValueError):
     """Bad input to a prepare step; the message is one line naming the file (and the record) at fault."""
 
 
+MAX_ID = 2**63 - 1  # ids are stored as int64 (region stores, tensors)
+
+
+def is_id(value) -> bool:
+    """Whether `value` is an image, sentence or question id: an int (not a bool) in 0 .. 2^63 - 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+
+
 def image_id_from_name(path: str | os.PathLike) -> int | None:
     """The last run of digits before the first dot: 'COCO_val2014_000000391895.jpg.npz' -> 391895, '42.npz' -> 42."""
     stem = Path(path).name.split(".", 1)[0]
@@ -41,12 +49,16 @@ def load_image_sizes(paths: list[str | os.PathLike]) -> dict[int, tuple[int, int
 
 def read_json(path: str | os.PathLike):
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise PrepareError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise PrepareError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise PrepareError(f"{path}: not a UTF-8 JSON file (byte {err.start}: {err.reason})") from None
+    except RecursionError:
+        raise PrepareError(f"{path}: JSON nested too deeply to read") from None
 
 
 def output_folder(out: str | os.PathLike) -> Path:

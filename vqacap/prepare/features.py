@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError, exit_after_failed_write
-from vqacap.prepare.common import PrepareError, image_id_from_name, load_image_sizes
+from vqacap.prepare.common import PrepareError, image_id_from_name, is_id, load_image_sizes
 
 # Regions queued by the writer before one HDF5 write: ~16 MB of float16 features at D = 2048.
 _BUFFER_REGIONS = 4096
@@ -118,6 +118,9 @@ def convert(source: Source, out: str | os.PathLike, dtype: str = "float16", prog
                     row.load()
                 except ROW_ERRORS as err:
                     corrupt(row, _reason(err))
+                continue
+            if not is_id(row.image_id):  # -1, or past int64: no image of a COCO or VG split has it
+                corrupt(row, f"image id {row.image_id} is not in 0 .. 2^63 - 1")
                 continue
             if row.image_id in first_seen:
                 corrupt(row, f"duplicate image id (first at {first_seen[row.image_id]})")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from vqacap.data.owned import FolderNotOwnedError, claim_folder
-from vqacap.prepare.common import PrepareError, image_id_from_name, write_json
+from vqacap.prepare.common import PrepareError, image_id_from_name, is_id, write_json
 
 FORMAT_NAME = "vqacap-detection"
 FORMAT_VERSION = 1
@@ -92,6 +93,14 @@ class LabelVocabulary:
             aliases = [a.lower().strip() for a in line.split(",")]
             if not aliases[0]:
                 raise PrepareError(f"{path}:{n}: empty class name")
+            if reserved in aliases:
+                raise PrepareError(
+                    f"{path}:{n}: {reserved} is class 0 already (the file lists the other classes)"
+                )
+            if aliases[0] in names:
+                raise PrepareError(
+                    f"{path}:{n}: {aliases[0]!r} is a class of line {names.index(aliases[0])} already"
+                )
             names.append(aliases[0])
             for alias in aliases:
                 index[alias] = len(names) - 1
@@ -151,6 +160,8 @@ def iter_json_list(path: Path, chunk_chars: int = 1 << 20) -> Iterator:
             while True:
                 try:
                     element, end = decoder.raw_decode(buf, pos)
+                except RecursionError:
+                    raise PrepareError(f"{path}: JSON nested too deeply to read") from None
                 except json.JSONDecodeError as err:
                     if more():  # the element runs past the buffer
                         continue
@@ -185,9 +196,15 @@ def iter_images(path: Path, key: str, option: str) -> Iterator[tuple[int, list]]
 
 def _int_id(record: dict, path: Path, n: int) -> int:
     value = record.get("image_id", record.get("id"))
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
-        raise PrepareError(f"{path}: image record {n} lacks an integer image_id")
-    return int(value)
+    if isinstance(value, str) and re.fullmatch(
+        r"[0-9]+", value
+    ):  # ASCII digits only: "²" is a digit to isdigit
+        value = int(value)
+    if not is_id(value):
+        raise PrepareError(
+            f"{path}: image record {n}: image_id {value!r:.40} is not an integer id in 0 .. 2^63 - 1"
+        )
+    return value
 
 
 def load_image_data(path: Path) -> dict[int, str | None]:
@@ -199,8 +216,10 @@ def load_image_data(path: Path) -> dict[int, str | None]:
             raise PrepareError(f"{path}: is a Visual Genome {kind} file, given as --image-data")
         if not ({"width", "height"} <= record.keys()):
             raise PrepareError(f"{path}: image record {n} lacks width and height (expected image_data.json)")
-        url = record.get("url")
-        urls[_int_id(record, path, n)] = url if isinstance(url, str) else None
+        url, image_id = record.get("url"), _int_id(record, path, n)
+        if image_id in urls:
+            raise PrepareError(f"{path}: image {image_id} appears twice (image record {n})")
+        urls[image_id] = url if isinstance(url, str) else None
     if not urls:
         raise PrepareError(f"{path}: no images")
     return urls
@@ -526,6 +545,10 @@ def prepare_vg(
             counts["objects"] += len(cleaned)
             counts["objects_without_attributes"] += sum(not o["attributes"] for o in cleaned)
     del attributes_of
+    if not kept:  # an empty objects list, or nothing usable in it: no detection split to write
+        records.unlink(missing_ok=True)
+        why = "; ".join(skips.lines()) or "the list holds no images"
+        raise PrepareError(f"{inputs['objects']}: no image kept ({why})")
     split_of = assign_splits(kept, split_files, val_fraction, test_fraction, skips)
     split_names = list(split_files) or list(DEFAULT_SPLITS)
     header = {

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from vqacap.data.formats import load_coco_results as load_results
+from vqacap.metrics import REFUSED
 from vqacap.metrics.captions.evaluation import METRICS, evaluate_captions, load_annotations
 
 
@@ -36,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="captions are already PTB-tokenized: score them as given",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(
+        "--present-only",
+        action="store_true",
+        help="score only the annotated images the results caption (their count is printed; a debug=limit run's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,13 +49,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         references = load_annotations(args.annotations)
         results = load_results(args.results)
+        annotated = len(references)
+        if args.present_only:
+            references = {i: refs for i, refs in references.items() if i in results}
         scores = evaluate_captions(references, results, metrics=args.metrics, tokenize=args.tokenize)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        advice = (
+            ""
+            if args.present_only or "have no result" not in str(error) or "not in the" in str(error)
+            else " (--present-only scores those)"
+        )
+        print(f"error: {error}{advice}", file=sys.stderr)
+        return REFUSED
     if args.json:
-        print(json.dumps(scores))
-    else:
-        for name, value in scores.items():
-            print(f"{name}: {value:.3f}")
+        print(
+            json.dumps(
+                {**scores, "images": {"scored": len(references), "annotated": annotated}}
+                if args.present_only
+                else scores
+            )
+        )
+        return 0
+    if args.present_only:
+        print(f"scored {len(references)} of {annotated} annotated images (--present-only)")
+    for name, value in scores.items():
+        print(f"{name}: {value:.3f}")
     return 0

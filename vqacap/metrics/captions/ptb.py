@@ -22,6 +22,8 @@ from functools import cache
 
 import numpy as np
 
+from vqacap.data.formats import normal_text
+
 PUNCTUATIONS = frozenset(
     ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 )
@@ -554,7 +556,7 @@ def tokenize_captions(captions: Iterable[str]) -> list[str]:
     The captions are lexed together, one per line, exactly as pycocoevalcap feeds them to Java (so a caption's last token
     may depend on the next caption's first characters). The result has one string per caption.
     """
-    captions = [c.replace("\n", " ") for c in captions]
+    captions = [normal_text(c).replace("\n", " ") for c in captions]  # as the training vocabulary reads them
     if not captions:
         return []
     lines = ptb_lines("\n".join(captions))

@@ -7,6 +7,7 @@ import json
 import sys
 
 from vqacap.data.formats import FormatError
+from vqacap.metrics import REFUSED
 from vqacap.metrics.vqa.evaluation import evaluate_vqa, format_report
 
 
@@ -21,13 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--results", required=True, help="results JSON: [{'question_id': int, 'answer': str}, ...]"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object at full precision")
+    parser.add_argument(
+        "--present-only",
+        action="store_true",
+        help="score only the annotated questions the results answer (their count is printed)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        scores = evaluate_vqa(args.questions, args.annotations, args.results)
+        scores = evaluate_vqa(args.questions, args.annotations, args.results, present_only=args.present_only)
     except FormatError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return REFUSED
     print(json.dumps(scores) if args.json else format_report(scores))
     return 0

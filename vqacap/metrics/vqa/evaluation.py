@@ -17,12 +17,16 @@ from vqacap.data.formats import (
 )
 
 
-def evaluate_vqa(questions_json: Any, annotations_json: Any, results_json: Any) -> dict[str, Any]:
+def evaluate_vqa(
+    questions_json: Any, annotations_json: Any, results_json: Any, present_only: bool = False
+) -> dict[str, Any]:
     """Score an official VQA results file; each argument is a path to the official JSON file or its loaded content.
 
     Returns {"overall": float, "perAnswerType": {type: float}, "perQuestionType": {type: float}} in percent, at full
     precision (the official evaluator rounds to 2 decimals). As the official evaluator, refuses results that do not
     answer exactly the annotated questions; raises `FormatError` with one line naming the file at fault.
+    `present_only`: score only the annotated questions the results answer (a run on part of a split), with their count
+    in "questions" ({"scored": n, "annotated": m}); results for questions not annotated are still refused.
     """
     annotations = load_vqa_annotations(annotations_json)
     questions = load_vqa_questions(questions_json)
@@ -44,11 +48,14 @@ def evaluate_vqa(questions_json: Any, annotations_json: Any, results_json: Any) 
         )
     missing = len(annotated_set - results.keys())
     extra = len(results.keys() - annotated_set)
-    if missing or extra:
+    if (missing and not present_only) or extra or not results:
+        advice = "" if extra or not results else " (--present-only scores the questions that have one)"
         raise FormatError(
             f"{res_name} does not correspond to {ann_name}: {missing} of {len(annotated)} annotated questions have no "
-            f"result, {extra} of {len(results)} results answer questions not in the annotations"
+            f"result, {extra} of {len(results)} results answer questions not in the annotations{advice}"
         )
+    count = {"scored": len(annotated) - missing, "annotated": len(annotated)}
+    annotations = [ann for ann in annotations if ann["question_id"] in results]
 
     overall: list[float] = []
     per_answer_type: dict[str, list[float]] = {}
@@ -62,16 +69,23 @@ def evaluate_vqa(questions_json: Any, annotations_json: Any, results_json: Any) 
     def percent(values: list[float]) -> float:
         return 100 * float(sum(values)) / len(values)
 
-    return {
+    scores = {
         "overall": percent(overall),
         "perAnswerType": {k: percent(v) for k, v in per_answer_type.items()},
         "perQuestionType": {k: percent(v) for k, v in per_question_type.items()},
     }
+    return {**scores, "questions": count} if present_only else scores
 
 
 def format_report(scores: Mapping[str, Any]) -> str:
     """The evaluator demo's printout, accuracies rounded to 2 decimals."""
-    lines = [
+    scored = scores.get("questions")
+    lines = (
+        [f"Scored {scored['scored']} of {scored['annotated']} annotated questions (--present-only)"]
+        if scored
+        else []
+    )
+    lines += [
         f"Overall Accuracy is: {scores['overall']:.2f}",
         "",
         "Per Answer Type Accuracy is the following:",
