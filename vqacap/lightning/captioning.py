@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from vqacap.data.captions import CaptionBatch
-from vqacap.data.vocab import PAD_ID, Vocabulary
+from vqacap.data.vocab import PAD_ID, Vocabulary, tokenize
 from vqacap.lightning.common import (
     RegionTaskModule,
     configure_optimizers,
@@ -85,9 +85,11 @@ class CaptioningModule(RegionTaskModule):
         }
         self.reward: CiderDReward | None = None
         if self.scst and "train" in references:
-            # Document frequencies over all training references, precomputed once (Rennie et al. 2017).
-            train = references["train"]
-            self.reward = self._cider_d_reward(train)
+            # Document frequencies precomputed once, over the training images or every split's (SCSTLayer's).
+            scored = references["train"]
+            if self.scst.document_frequencies == "all":
+                scored = {i: refs for split in references.values() for i, refs in split.items()}
+            self.reward = self._cider_d_reward(scored)
         self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
         self._results: list[dict] = []
 
@@ -109,9 +111,18 @@ class CaptioningModule(RegionTaskModule):
         return loss
 
     def _cider_d_reward(self, references: dict[int, list[str]]) -> CiderDReward:
-        """The reward over the training references, cut to the trained captions' length as the data cuts them."""
-        vocab = Vocabulary(self.vocab.words[4:], max_length=self.scst_decoding.max_length)
-        encoded = {i: [vocab.encode(c) for c in captions] for i, captions in references.items()}
+        """The reward over `references`: cut to the trained captions' length as the data cuts them, or full
+        (`full_references`), where a word outside the vocabulary is a word of its own, as in SCSTLayer's string
+        matching (an id past the vocabulary that no caption emits), not <unk>."""
+        if not self.scst.full_references:
+            vocab = Vocabulary(self.vocab.words[4:], max_length=self.scst_decoding.max_length)
+            encoded = {i: [vocab.encode(c) for c in captions] for i, captions in references.items()}
+            return CiderDReward(encoded, count_eos=self.scst.count_eos)
+        index = dict(self.vocab.index)
+        encoded = {
+            i: [[index.setdefault(w, len(index)) for w in tokenize(c)] for c in captions]
+            for i, captions in references.items()
+        }
         return CiderDReward(encoded, count_eos=self.scst.count_eos)
 
     @property
@@ -127,8 +138,10 @@ class CaptioningModule(RegionTaskModule):
             training = self.net.training
             self.net.eval()
             tokens = beam_search(self.net, x, regions.mask, opts).tokens  # (B, g, T)
-            self.net.train(training)
+            # SCSTLayer's gradient pass has no dropout either (Up-Down's nets have none), unless beam_dropout.
+            self.net.train(training and self.scst.beam_dropout)
             log_probs = teacher_forced_log_probs(self.net, x, regions.mask, tokens)  # (B, g, T)
+            self.net.train(training)
         elif self.scst.baseline == "greedy":  # the greedy caption is one more hypothesis of the sampling pass
             samples, greedy = sample_with_greedy(self.net, x, regions.mask, opts, g)  # (B, g, T), (B, 1, T)
             tokens, log_probs = samples.tokens, samples.log_probs
