@@ -11,7 +11,9 @@ Input, as Visual Genome distributes it, with the vocabularies of bottom-up-atten
     --vocab DIR         objects_vocab.txt, attributes_vocab.txt: one class per line, comma-separated synonyms that map
                         to the first
     --split NAME=FILE   optional, repeatable: one image id per line, or bottom-up-attention's "<image> <xml>" lines
-                        (data/genome/train.txt); without split files a seeded 90/5/5 train/val/test split of the ids
+                        (data/genome/train.txt); without split files a seeded 90/5/5 train/val/test split of the ids,
+                        refused when image_data.json names COCO images (coco_id) unless --random-split: VG and COCO
+                        share ~51k images, and a random split can put COCO Karpathy val/test images into training
 
 Output in --out: the layout documented in DETECTION_FORMAT (detection_<split>.json, the vocabularies used, and
 COMPLETE.json written last; a folder without it is rebuilt, never read as done).
@@ -26,9 +28,11 @@ boxes, 16 attributes):
       with no object left is dropped;
     - boxes are x, y, x + w, y + h clipped to [0, width - 1] x [0, height - 1] of the image file's size;
     - at most 16 attributes per object.
-Where this differs from those scripts, it is for a reason: a box that is empty after clipping is skipped and reported
-(vg.py replaced it by the whole image, a box that labels the wrong pixels), and an object's attributes are counted
-once per class (vg.py kept "gray" and "grey" as two labels of the same class).
+Where this differs from those scripts, it is for a reason: a box inverted after clipping (x2 < x1 or y2 < y1) is
+skipped and reported (vg.py replaced it by the whole image, a box that labels the wrong pixels); a box of zero width
+or height (x2 == x1 or y2 == y1) is skipped and reported apart (vg.py kept it, a 1-pixel box in its +1-pixel
+convention; torchvision's detector, whose boxes have no +1, refuses boxes without area); and an object's attributes
+are counted once per class (vg.py kept "gray" and "grey" as two labels of the same class).
 
 Streaming: the object and attribute files (objects.json is about 400 MB) are read one image at a time; what is held is
 one small record per image and the in-vocabulary attribute classes per object.
@@ -219,9 +223,10 @@ def _int_id(record: dict, path: Path, n: int) -> int:
     return int(value)
 
 
-def load_image_data(path: Path) -> dict[int, str | None]:
-    """image id -> url, from image_data.json."""
+def load_image_data(path: Path) -> tuple[dict[int, str | None], int]:
+    """image id -> url, from image_data.json, and how many of the images are COCO images (a coco_id)."""
     urls: dict[int, str | None] = {}
+    coco_images = 0
     for n, record in enumerate(iter_json_list(path)):
         kind = _kind_of(record)
         if kind not in ("image_data", "unknown") or not isinstance(record, dict):
@@ -230,9 +235,10 @@ def load_image_data(path: Path) -> dict[int, str | None]:
             raise PrepareError(f"{path}: image record {n} lacks width and height (expected image_data.json)")
         url = record.get("url")
         urls[_int_id(record, path, n)] = url if isinstance(url, str) else None
+        coco_images += record.get("coco_id") is not None
     if not urls:
         raise PrepareError(f"{path}: no images")
-    return urls
+    return urls, coco_images
 
 
 # -- images --------------------------------------------------------------------------------------------------------------
@@ -295,12 +301,15 @@ class Skips:
 
 
 # -- one image ---------------------------------------------------------------------------------------------------------
-def clean_box(x: float, y: float, w: float, h: float, width: int, height: int) -> list[float] | None:
-    """vg.py's box: x, y, x + w, y + h clipped to the image; None when nothing is left of it."""
+def clean_box(x: float, y: float, w: float, h: float, width: int, height: int) -> list[float] | str:
+    """vg.py's box: x, y, x + w, y + h clipped to the image; or why it is skipped: "outside" (inverted after
+    clipping, or not finite), "empty" (zero width or height: vg.py's 1-pixel box, no area here)."""
     x1, y1 = max(0.0, x), max(0.0, y)
     x2, y2 = min(width - 1.0, x + w), min(height - 1.0, y + h)
-    if not all(map(math.isfinite, (x1, y1, x2, y2))) or x2 <= x1 or y2 <= y1:
-        return None
+    if not all(map(math.isfinite, (x1, y1, x2, y2))) or x2 < x1 or y2 < y1:
+        return "outside"
+    if x2 == x1 or y2 == y1:
+        return "empty"
     return [x1, y1, x2, y2]
 
 
@@ -324,8 +333,13 @@ def clean_image(
         if class_name not in classes.index:
             continue
         clipped = clean_box(*box, width, height)
-        if clipped is None:
+        if clipped == "outside":
             skips.add("boxes outside the image", f"image {image_id} object {object_id}")
+            continue
+        if clipped == "empty":
+            skips.add(
+                "boxes of zero width or height (vg.py: 1-pixel boxes)", f"image {image_id} object {object_id}"
+            )
             continue
         # setup_vg.py's order: the adjectives split off the name, then the object's attributes.
         found: list[int] = []
@@ -433,6 +447,19 @@ def assign_splits(
     return split_of
 
 
+def _refuse_a_random_split_of_coco_images(image_data: Path) -> None:
+    """Before anything is written: VG and COCO share ~51k images, and a random split can put COCO Karpathy val/test
+    images into detector training (bottom-up-attention's split files keep them out)."""
+    _, coco_images = load_image_data(image_data)
+    if coco_images:
+        raise PrepareError(
+            f"{image_data}: {coco_images} images are also COCO images, and a random split can put COCO Karpathy "
+            "val/test images into detector training; pass bottom-up-attention's split files (--split "
+            "train=data/genome/train.txt --split val=data/genome/val.txt --split test=data/genome/test.txt) "
+            "or --random-split"
+        )
+
+
 # -- the whole step ----------------------------------------------------------------------------------------------------
 def _stamp(path: Path) -> dict:
     stat = path.stat()
@@ -451,6 +478,7 @@ def prepare_vg(
     test_fraction: float = 0.05,
     verify_images: bool = False,
     log: Callable[[str], None] = print,
+    random_split: bool = False,
 ) -> dict:
     """Write the detection annotations into `out` unless a complete copy from the same inputs is there; returns the
     content of COMPLETE.json (inputs, settings, counts)."""
@@ -479,6 +507,8 @@ def prepare_vg(
     stamps = {name: _stamp(path) for name, path in inputs.items()}
     classes = LabelVocabulary.load(inputs["objects_vocab"], "__background__")
     attribute_vocab = LabelVocabulary.load(inputs["attributes_vocab"], "__no_attribute__")
+    if not split_files and not random_split:
+        _refuse_a_random_split_of_coco_images(inputs["image_data"])
     done = out / "COMPLETE.json"
     try:
         claim_folder(out, WRITER, "give --out a new or empty folder")
@@ -496,7 +526,7 @@ def prepare_vg(
         return previous
     done.unlink(missing_ok=True)  # from here on the folder is incomplete until COMPLETE.json is written again
 
-    urls = load_image_data(inputs["image_data"])
+    urls, _ = load_image_data(inputs["image_data"])
     attributes_of = load_attributes(inputs["attributes"], attribute_vocab) if "attributes" in inputs else {}
     finder, skips = ImageFinder(images), Skips()
     records = out / "images.jsonl.tmp"  # one cleaned image per line; split only once every id is known
@@ -649,6 +679,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify-images", action="store_true", help="decode every image (slow), not only its header"
     )
+    parser.add_argument(
+        "--random-split",
+        action="store_true",
+        help="without split files, split at random even when image_data.json names COCO images",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -664,6 +699,7 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             test_fraction=args.test_fraction,
             verify_images=args.verify_images,
+            random_split=args.random_split,
         )
     except PrepareError as err:
         print(f"error: {err}", file=sys.stderr)
