@@ -1,8 +1,14 @@
 """The captioners compute their papers' equations: one step of each, recomputed by hand from the weights."""
 
+from functools import partial
+
+import pytest
 import torch
 
 from tests.test_decoding import padded_regions
+from vqacap.data.captions import CaptionBatch
+from vqacap.data.store import Regions
+from vqacap.lightning.captioning import CaptioningModule, doubly_stochastic_penalty
 from vqacap.models.attention import AdditiveAttention
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import expand_state
@@ -98,3 +104,48 @@ def test_grouped_attention_equals_per_hypothesis_attention():
         torch.testing.assert_close(
             grouped[:, g], attention(attention.project_regions(regions), queries[:, g], mask)
         )
+
+
+def test_doubly_stochastic_penalty_by_hand():
+    """Xu et al. 2015 Sec. 4.2.1: sum over the real regions of (1 - the attention summed over the caption's steps)^2."""
+    attention = torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.3, 0.7]]])  # (B=1, T=3, K=2)
+    emitted = torch.tensor([[True, True, False]])  # the third step is after <eos>
+    both = torch.tensor([[True, True]])
+    # Coverage over the two steps: 1.4 and 0.6 -> (1 - 1.4)^2 + (1 - 0.6)^2 = 0.32; region 2 padded: 0.16.
+    first = torch.tensor([[True, False]])
+    assert doubly_stochastic_penalty(attention, emitted, both).item() == pytest.approx(0.32)
+    assert doubly_stochastic_penalty(attention, emitted, first).item() == pytest.approx(0.16)
+    two = torch.stack([attention, attention.flip(-1)], 1)  # (B=1, G=2, T, K): summed over captions
+    steps = emitted.unsqueeze(1).expand(1, 2, 3)
+    assert doubly_stochastic_penalty(two, steps, both).item() == pytest.approx(0.64)
+
+
+def test_show_attend_tell_trains_with_the_penalty_at_lambda_1(make_cfg):
+    """The loss is Xu et al.'s per-caption objective (summed -log p + lambda * penalty) over the number of tokens."""
+    assert make_cfg("experiment=caption_shapes_sat", tiny=False).model.attention_penalty == 1.0
+    assert make_cfg("experiment=caption_shapes", tiny=False).model.attention_penalty == 0.0
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "red", "circle"]
+    torch.manual_seed(0)
+    module = CaptioningModule(
+        net=partial(ShowAttendTell, embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0),
+        words=words,
+        feature_dim=D,
+        optimizer=partial(torch.optim.Adam),
+        attention_penalty=1.0,
+    )
+    module.log = lambda *args, **kwargs: None  # no trainer here
+    regions, mask = padded_regions()
+    store = Regions(features=regions, boxes=torch.zeros(3, 7, 4), mask=mask, image_size=torch.ones(3, 2))
+    tokens = torch.tensor([[[1, 4, 5, 6, 2]], [[1, 4, 6, 2, 0]], [[1, 5, 2, 0, 0]]])  # (B, G=1, T)
+    loss = module.training_step(CaptionBatch(image_ids=torch.arange(3), regions=store, tokens=tokens), 0)
+    logits, attention = module.net(regions, mask, tokens)  # (3, 1, 4, V), (3, 1, 4, K)
+    target = tokens[..., 1:]
+    nll, penalty, count = 0.0, 0.0, 0
+    for b in range(3):
+        n = int((target[b, 0] != 0).sum())
+        nll -= torch.log_softmax(logits[b, 0, :n], -1).gather(-1, target[b, 0, :n, None]).sum().item()
+        coverage = attention[b, 0, :n].sum(0)[mask[b]]
+        penalty += ((1 - coverage) ** 2).sum().item()
+        count += n
+    assert loss.item() == pytest.approx((nll + 1.0 * penalty) / count, rel=1e-5)
+    assert penalty > 0.1  # the penalty is not negligible here

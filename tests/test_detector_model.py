@@ -15,8 +15,10 @@ from vqacap.models.detector import (
     AttributeRoIHeads,
     BottomUpDetector,
     DetectorOptions,
+    RoIPool,
     attribute_loss,
     attribute_targets,
+    fast_rcnn_loss,
 )
 
 CLASSES = ["__background__", "square", "circle"]
@@ -259,3 +261,77 @@ def test_resnet101_full_width_training_step():
     losses = model([torch.rand(3, 600, 1000)], [target([[10, 20, 400, 380]], [1], [[1, 3]])])
     sum(losses.values()).backward()
     assert model.feature_dim == 2048
+
+
+# -- the prototxt's losses, learning rates and pooling ------------------------------------------------------------
+def test_box_loss_is_smooth_l1_with_sigma_1_over_the_sampled_rois():
+    """loss_bbox (SmoothL1Loss, sigma 1 by caffe.proto's default): 0.5 x^2 for |x| < 1, |x| - 0.5 otherwise, over the
+    foreground RoIs' boxes of their class, divided by the number of sampled RoIs."""
+    class_logits = torch.zeros(2, 3)
+    box_regression = torch.zeros(2, 12)
+    box_regression[0, 8:12] = torch.tensor([0.5, -2.0, 0.0, 0.1])  # RoI 0, class 2; RoI 1 is background
+    labels, targets = [torch.tensor([2, 0])], [torch.zeros(2, 4)]
+    _, box = fast_rcnn_loss(class_logits, box_regression, labels, targets)
+    assert box.item() == pytest.approx((0.5 * 0.25 + (2.0 - 0.5) + 0.0 + 0.5 * 0.01) / 2)
+    _, torchvisions = fast_rcnn_loss(class_logits, box_regression, labels, targets, beta=1 / 9)
+    assert torchvisions.item() == pytest.approx((0.5 - 1 / 18 + 2.0 - 1 / 18 + 0.0 + 0.5 * 0.01 * 9) / 2)
+    assert DetectorOptions().box_loss_beta == 1.0 and tiny_detector().roi_heads.box_loss_beta == 1.0
+
+
+def test_biases_learn_twice_as_fast():
+    from functools import partial
+
+    from vqacap.lightning.detector import DetectorModule
+
+    module = DetectorModule(CLASSES, ATTRIBUTES, partial(torch.optim.SGD, lr=0.01), detector=TINY)
+    weights, biases = module.configure_optimizers().param_groups
+    assert weights["lr"] == 0.01 and biases["lr"] == pytest.approx(0.02)
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert biases["params"] and all(names[id(p)].endswith(".bias") for p in biases["params"])
+    assert not any(names[id(p)].endswith(".bias") for p in weights["params"])
+    assert len(weights["params"]) + len(biases["params"]) == sum(p.requires_grad for p in module.parameters())
+
+
+def test_roi_pool_is_the_prototxts_max_over_quantised_bins():
+    """ROIPooling at 1/16: a RoI (16, 16, 47, 47) covers cells round(1) .. round(2.94) = 1 .. 3 of the map."""
+    pool = RoIPool(output_size=1)
+    features = {"0": torch.arange(16.0).view(1, 1, 4, 4)}
+    assert pool(features, [torch.tensor([[16.0, 16, 47, 47]])], [(64, 64)]).flatten().tolist() == [15.0]
+    assert pool(features, [torch.tensor([[0.0, 0, 20, 20]])], [(64, 64)]).flatten().tolist() == [5.0]
+    assert isinstance(tiny_detector().roi_heads.box_roi_pool, RoIPool)  # the paper's, by default
+    aligned = tiny_detector(pooler="roi_align").eval()
+    assert isinstance(aligned.roi_heads.box_roi_pool, torchvision.ops.MultiScaleRoIAlign)
+    with torch.no_grad():  # both poolers give regions
+        for model in (tiny_detector().eval(), aligned):
+            assert model.regions([torch.rand(3, 64, 64)])[0].features.shape[1] == model.feature_dim
+
+
+def test_rpn_drops_proposals_under_16_original_pixels_before_its_top_n():
+    """proposal_layer.py: sides (+1) under RPN_MIN_SIZE x im_scale go first, then the pre-NMS top n by score."""
+    proposals = torch.tensor([[[0.0, 0, 9, 9], [0, 0, 19, 19], [30, 30, 60, 60]]])  # sides 10, 20, 31
+    objectness = torch.tensor([[3.0], [2.0], [1.0]])  # the smallest scores best
+
+    def top_one(rpn, scale):
+        rpn.eval()._pre_nms_top_n["testing"] = 1
+        rpn._scales = [scale]
+        return rpn.filter_proposals(proposals, objectness, [(64, 64)], [3])[0][0].tolist()
+
+    assert top_one(tiny_detector().rpn, 1.0) == [[0.0, 0, 19, 19]]  # 10 < 16: gone before the top 1
+    assert top_one(tiny_detector().rpn, 0.5) == [[0.0, 0, 9, 9]]  # at scale 0.5 the minimum is 8
+    assert top_one(tiny_detector(rpn_min_size=0).rpn, 1.0) == [[0.0, 0, 9, 9]]  # torchvision's filter
+    images = tiny_detector().transform([torch.rand(3, 32, 48), torch.rand(3, 80, 40)])[0]
+    assert images.scales == [64 / 48, 64 / 80]  # im_scale: shorter side to 64 unless the longer passes 64
+
+
+def test_a_checkpoint_older_than_the_prototxt_options_loads_with_what_it_was_trained_with(tmp_path):
+    from dataclasses import asdict
+
+    from vqacap.lightning.detector import load_detector
+
+    model = tiny_detector(pooler="roi_align", rpn_min_size=0)
+    options = {k: v for k, v in asdict(model.options).items() if k not in ("pooler", "rpn_min_size")}
+    state = {f"net.{k}": v for k, v in model.state_dict().items()}
+    hparams = {"classes": CLASSES, "attributes": ATTRIBUTES, "detector": options}
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, tmp_path / "old.ckpt")
+    loaded = load_detector(tmp_path / "old.ckpt")
+    assert (loaded.options.pooler, loaded.options.rpn_min_size) == ("roi_align", 0.0)

@@ -101,6 +101,16 @@ def test_proposals_scoring_at_least_the_threshold_are_kept_in_proposal_order():
     )
 
 
+def test_equal_scores_pick_regions_as_generate_tsvs_reversed_argsort():
+    """np.argsort(max_conf)[::-1]: among equal scores the last proposal comes first."""
+    # All below the threshold 0.2 but proposal 3: the best min_boxes instead.
+    probs = torch.tensor([[0.9, 0.1]] * 3 + [[0.8, 0.2]] + [[0.9, 0.1]] * 2)
+    assert select_proposals(boxes_apart(6), probs, min_boxes=4, max_boxes=10).tolist() == [3, 5, 4, 2]
+    assert np.argsort(np.array([0.1, 0.1, 0.1, 0.2, 0.1, 0.1]))[::-1][:4].tolist() == [3, 5, 4, 2]
+    ties = torch.full((6, 2), 0.5)  # more than max_boxes pass
+    assert select_proposals(boxes_apart(6), ties, min_boxes=1, max_boxes=2).tolist() == [5, 4]
+
+
 def test_a_proposal_keeps_the_best_class_score_it_survives_nms_with():
     # IoU 1/3 with the +1-pixel convention (> 0.3): the second proposal is suppressed in class 1 (0.5 < 0.6),
     # survives in class 2 with 0.3 only.
@@ -142,10 +152,12 @@ def generate_tsv_choice(proposals, probs, conf_thresh, min_boxes, max_boxes):
         for i in keep:
             max_conf[i] = max(max_conf[i], probs[i, c])
     kept = np.where(max_conf >= conf_thresh)[0]
+    # generate_tsv: np.argsort(max_conf)[::-1]; numpy's default sort promises no order among equal scores (its
+    # quicksort is stable only up to 16 elements), the stable sort is what it gives for small arrays.
     if len(kept) < min_boxes:
-        kept = np.argsort(-max_conf, kind="stable")[:min_boxes]
+        kept = np.argsort(max_conf, kind="stable")[::-1][:min_boxes]
     elif len(kept) > max_boxes:
-        kept = np.argsort(-max_conf, kind="stable")[:max_boxes]
+        kept = np.argsort(max_conf, kind="stable")[::-1][:max_boxes]
     return kept.tolist()
 
 
@@ -169,7 +181,7 @@ def class_loop_choice(proposals, class_probs, conf_thresh, min_boxes, max_boxes,
     keep = torch.nonzero(max_conf >= conf_thresh).squeeze(1)
     if min_boxes <= len(keep) <= max_boxes:
         return keep.tolist()
-    best = torch.sort(max_conf, descending=True, stable=True).indices
+    best = np.argsort(max_conf.float().numpy(), kind="stable")[::-1].copy()  # generate_tsv's argsort()[::-1]
     return (best[:min_boxes] if len(keep) < min_boxes else best[:max_boxes]).tolist()
 
 

@@ -77,6 +77,43 @@ def test_teacher_forcing_outputs_and_gradients(captioners, captions):
     _assert_same_gradients(paper, quick, logits.logsumexp(-1).sum(), fast_logits.logsumexp(-1).sum())
 
 
+class TableDropout(torch.nn.Module):
+    """Dropout with its masks passed in: mask[b, g, t] for the t-th position of a (B, G, T, H) input, or for the
+    t-th call on a (B, G, H) input (a step). The paper form draws one mask per step and the fast form one for all
+    steps, so the same generator state gives them different masks; a table gives both the same ones."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.masks, self.calls = masks, 0  # (B, G, T, H), already divided by the keep probability
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return h
+        if h.dim() == 4:
+            return h * self.masks[:, :, : h.size(2)]
+        self.calls += 1
+        return h * self.masks[:, :, self.calls - 1]
+
+
+@pytest.mark.parametrize("captions", [1, 2])
+def test_teacher_forcing_outputs_and_gradients_with_dropout_on(captioners, captions):
+    """caption_shapes trains with the fast form and dropout 0.2: a fast form that drops the dropout, or drops other
+    units than the paper form's h2, fails here."""
+    paper, quick = captioners
+    torch.manual_seed(2)
+    masks = (torch.rand(3, captions, 5, H) > 0.3).float() / 0.7  # p = 0.3, the fixture's
+    paper.dropout, quick.dropout = TableDropout(masks), TableDropout(masks)
+    paper.train(), quick.train()
+    regions, mask = _regions()
+    tokens = torch.randint(4, V, (3, captions, 6) if captions > 1 else (3, 6))
+    (logits, _), (fast_logits, _) = paper(regions, mask, tokens), quick(regions, mask, tokens)
+    assert paper.dropout.calls == 5  # one mask per step
+    torch.testing.assert_close(fast_logits, logits, **CLOSE)
+    paper.eval()
+    assert not torch.allclose(paper(regions, mask, tokens)[0], logits)  # the masks change the output
+    _assert_same_gradients(paper, quick, logits.logsumexp(-1).sum(), fast_logits.logsumexp(-1).sum())
+
+
 @pytest.mark.parametrize("beam_size", [1, 3])
 @pytest.mark.parametrize("trigrams", [False, True])
 def test_beam_search_and_greedy_decode_the_same(captioners, beam_size, trigrams):

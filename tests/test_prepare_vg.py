@@ -19,9 +19,13 @@ from vqacap.cli import main
 from vqacap.data.detection import load_detection_split
 from vqacap.prepare.common import PrepareError
 from vqacap.prepare.vg import (
+    EMPTY,
+    NOT_FINITE,
+    OUTSIDE,
     LabelVocabulary,
     Skips,
     clean_attribute,
+    clean_box,
     clean_image,
     clean_object_name,
     clean_string,
@@ -499,3 +503,26 @@ def test_an_image_listed_twice_in_image_data_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"error: {files['image_data']}: image 1 appears twice (image record {len(image_data)})\n"
     )
+
+
+def test_a_random_split_of_images_coco_shares_is_refused_unless_asked_for(tmp_path, capsys):
+    files, out = write_vg(tmp_path), tmp_path / "detection"
+    records = json.loads(files["image_data"].read_text())
+    records[0]["coco_id"] = 139  # Visual Genome's image_data.json names the COCO images
+    files["image_data"].write_text(json.dumps(records))
+    assert main(args_of(files, out, splits=False)) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "1 images are also COCO images" in error
+    assert "--split train=data/genome/train.txt" in error and not out.exists()
+    assert main([*args_of(files, out, splits=False), "--random-split"]) == 0
+    assert main(args_of(files, tmp_path / "with_splits")) == 0  # split files: no question
+
+
+def test_zero_area_boxes_are_skipped_apart_from_inverted_ones():
+    """vg.py keeps x2 == x1 (a 1-pixel box in its +1 convention) and replaces x2 < x1 by the whole image; both are
+    skipped here, reported under their own reasons."""
+    assert clean_box(10, 20, 30, 40, 100, 100) == [10, 20, 40, 60]
+    assert clean_box(10, 20, 0, 40, 100, 100) == EMPTY  # w = 0
+    assert clean_box(10, 99, 5, 7, 100, 100) == EMPTY  # clipped to y2 = 99 = y1
+    assert clean_box(120, 20, 5, 5, 100, 100) == OUTSIDE  # x1 = 120 > x2 = 99
+    assert clean_box(float("nan"), 20, 5, 5, 100, 100) == NOT_FINITE

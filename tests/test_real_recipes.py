@@ -88,3 +88,19 @@ def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experim
     assert (
         saved["test_data"] == "vqa_val_questions.json"
     )  # the "test" of the VQA v2 recipes is the validation split
+
+
+def test_vqa2_updown_has_the_papers_settings_and_vqa2_updown_adamax_hengyuan_hus(make_cfg):
+    """Anderson et al. 2018 / Teney et al. 2018: hidden 512, AdaDelta, batch 512, no clipping; hengyuan-hu/
+    bottom-up-attention-vqa: hidden 1024, Adamax 2e-3, clip 0.25 (docs/fidelity.md)."""
+    import torch
+    from hydra.utils import instantiate
+
+    paper = make_cfg("experiment=vqa2_updown", tiny=False)
+    assert paper.model.net.hidden_size == 512 and paper.data.batch_size == 512
+    assert not paper.trainer.get("gradient_clip_val")
+    optimizer = instantiate(paper.model.optimizer)([torch.zeros(1, requires_grad=True)])
+    assert isinstance(optimizer, torch.optim.Adadelta)
+    adamax = make_cfg("experiment=vqa2_updown_adamax", tiny=False)
+    assert adamax.model.net.hidden_size == 1024 and adamax.trainer.gradient_clip_val == 0.25
+    assert adamax.model.optimizer._target_ == "torch.optim.Adamax" and adamax.model.optimizer.lr == 2e-3

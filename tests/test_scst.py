@@ -3,17 +3,21 @@ log-probabilities, a few REINFORCE steps that raise the reward, and both modes t
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from functools import partial
 
 import pytest
 import torch
 
+from vqacap.data.captions import CaptionBatch
+from vqacap.data.store import Regions
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from vqacap.lightning.captioning import CaptioningModule
 from vqacap.lightning.self_critical import SelfCriticalOptions, baseline, self_critical_loss
 from vqacap.metrics.captions import CiderDReward
 from vqacap.models.captioner import UpDownCaptioner
-from vqacap.models.decoding import DecodingOptions, sample
+from vqacap.models.decoding import DecodingOptions, beam_search, sample
 
 V, D = 10, 6
 
@@ -31,6 +35,13 @@ def test_options_are_validated_at_construction_and_default_per_mode():
         SelfCriticalOptions(baseline="leave_one_out", num_samples=1)
     with pytest.raises(ValueError, match="model.scst.temperature"):
         SelfCriticalOptions(temperature=0.0)
+    with pytest.raises(ValueError, match="model.scst.document_frequencies"):
+        SelfCriticalOptions(document_frequencies="val")
+    with pytest.raises(ValueError, match="model.scst.beam_dropout: only mode 'beam'"):
+        SelfCriticalOptions(beam_dropout=True)
+    beam, s = SelfCriticalOptions(mode="beam"), SelfCriticalOptions(mode="sample")
+    assert (beam.count_eos, beam.full_references, beam.document_frequencies) == (False, True, "all")
+    assert (s.count_eos, s.full_references, s.document_frequencies) == (True, False, "train")
 
 
 def test_sampling_options_are_their_own_not_the_evaluations():
@@ -187,3 +198,185 @@ def test_coco_recipes_decode_with_up_downs_repeat_rules(make_cfg):
     assert beam.prevent_repeats and beam.single_use and beam.allowed_multiple == (4, 6)
     sampled = SelfCriticalOptions(mode="sample").decoding(12, (4, 6))  # Rennie et al. sample freely
     assert not (sampled.prevent_repeats or sampled.single_use)
+
+
+# -- The training step against a hand computation (SCSTLayer's formula in beam mode, Rennie et al.'s in sample mode) --
+SPECIAL_WORDS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+STEP_WORDS = [*SPECIAL_WORDS, "a", "red", "circle", "square", "on", "the", "left", "of", "blue"]
+STEP_REFERENCES = {
+    "train": {
+        1: ["a circle a square on the left of a blue square", "a red circle"],  # longer than max_length (4)
+        2: ["a square a blue circle", "a blue square beside a green circle"],  # unknown words
+    },
+    "val": {3: ["a red circle", "red circle"]},
+}
+
+
+def _cider_d_by_hand(references: dict[int, list[list[str]]], image: int, caption: list[str]) -> float:
+    """Up-Down-Captioner's layers/cider_scorer.py written out: tf-idf n-gram vectors (n = 1..4) with document
+    frequencies over every image of `references` and log(number of images) as the reference length, clipped
+    products, a Gaussian length penalty (sigma 6, lengths counted in bigrams), the mean over n, over the references,
+    times 10."""
+
+    def grams(words):
+        return Counter(tuple(words[i : i + k]) for k in range(1, 5) for i in range(len(words) - k + 1))
+
+    df = Counter(g for refs in references.values() for g in set().union(*(grams(r) for r in refs)))
+    log_images = math.log(len(references))
+
+    def vec(words):
+        v = [{}, {}, {}, {}]
+        for g, tf in grams(words).items():
+            v[len(g) - 1][g] = tf * (log_images - math.log(max(1.0, df[g])))
+        return v, [math.sqrt(sum(x * x for x in d.values())) for d in v], max(len(words) - 1, 0)
+
+    hyp, hyp_norm, hyp_len = vec(caption)
+    total = 0.0
+    for ref_words in references[image]:
+        ref, ref_norm, ref_len = vec(ref_words)
+        penalty = math.exp(-((hyp_len - ref_len) ** 2) / (2 * 6.0**2))
+        val = []
+        for n in range(4):
+            dot = sum(min(x, ref[n].get(g, 0.0)) * ref[n].get(g, 0.0) for g, x in hyp[n].items())
+            val.append(dot / (hyp_norm[n] * ref_norm[n]) * penalty if hyp_norm[n] and ref_norm[n] else 0.0)
+        total += sum(val) / 4
+    return total / len(references[image]) * 10.0
+
+
+class FixedMaskDropout(torch.nn.Module):
+    """Dropout with one fixed mask over the hidden units: the sampling pass and a teacher-forced pass in train mode
+    drop the same units, so a sampled caption's log-probabilities can be recomputed by hand."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        # Keeps every third unit (p = 2/3): with it the toy model's greedy caption changes.
+        self.register_buffer("mask", (torch.arange(hidden) % 3 == 0).float() * 3.0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.mask if self.training else h
+
+
+def _step_module(scst: dict, dropout: float = 0.5):
+    torch.manual_seed(0)
+    module = CaptioningModule(
+        net=partial(UpDownCaptioner, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=dropout),
+        words=STEP_WORDS,
+        feature_dim=D,
+        optimizer=partial(torch.optim.Adam),
+        decoding={"max_length": 4, "beam_size": 3},
+        scst=scst,
+        references=STEP_REFERENCES,
+    )
+    with torch.no_grad():  # sharper distributions than the initialisation's: beams and samples that differ
+        for p in module.net.parameters():
+            p.mul_(3.0)
+        # Short captions of "a", shapes and colours; no <unk>.
+        module.net.output.bias[2:8] += torch.tensor([-2.0, -9.0, 3.0, 2.0, 2.0, 2.0])
+    module.log = lambda *args, **kwargs: None  # no trainer here
+    regions = Regions(
+        features=torch.randn(2, 3, D),
+        boxes=torch.zeros(2, 3, 4),
+        mask=torch.tensor([[True, True, True], [True, True, False]]),
+        image_size=torch.ones(2, 2),
+    )
+    return module.train(), CaptionBatch(image_ids=torch.tensor([1, 2]), regions=regions, tokens=None)
+
+
+def _words_of(row: list[int], count_eos: bool) -> list[str]:
+    out = []
+    for i in row:
+        if i in (EOS_ID, PAD_ID):
+            return out + (["<eos>"] if count_eos and i == EOS_ID else [])
+        out.append(STEP_WORDS[i])
+    return out
+
+
+def _loss_and_grads(module, loss: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
+    module.zero_grad()
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in module.net.parameters()]
+
+
+def test_beam_mode_step_equals_scst_layers_formula_by_hand():
+    """SCSTLayer: 3 beams per image decoded without dropout under Up-Down's repeat rules; reward CIDEr-D of the words
+    up to the end token (not a word) against the full references, document frequencies over all images (train and
+    val); weight = reward - mean reward of the image's beams; loss = sum of -weight * log p over the beams' words and
+    end tokens, over their count, log p teacher-forced without dropout though the module is in train mode."""
+    module, batch = _step_module({"mode": "beam", "num_samples": 3})
+    got, got_grads = _loss_and_grads(module, module._self_critical_step(batch))
+    assert module.net.training  # the step restores train mode
+
+    net, x, mask = module.net, batch.regions.features, batch.regions.mask
+    net.eval()
+    opts = DecodingOptions(
+        beam_size=3,
+        max_length=4,
+        prevent_repeats=True,
+        single_use=True,
+        allowed_multiple=tuple(STEP_WORDS.index(w) for w in ("a", "on", "the", "of")),
+    )
+    tokens = beam_search(net, x, mask, opts).tokens  # (2, 3, T)
+    splits = STEP_REFERENCES.values()
+    every_image = {i: [r.split() for r in refs] for split in splits for i, refs in split.items()}
+    rewards = torch.tensor(
+        [[_cider_d_by_hand(every_image, image, _words_of(row, False)) for row in tokens[b].tolist()]
+         for b, image in enumerate((1, 2))]
+    )  # fmt: skip
+    assert (rewards.std(1) > 0.1).all()  # each image's beams score differently: the weights are not zero
+    weights = rewards - rewards.mean(1, keepdim=True)  # (2, 3)
+    inputs = torch.cat([torch.full_like(tokens[..., :1], BOS_ID), tokens], -1)
+    logp = torch.log_softmax(net(x, mask, inputs)[0], -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    valid = (tokens != PAD_ID).float()
+    expected, expected_grads = _loss_and_grads(
+        module, -(weights.unsqueeze(-1) * logp * valid).sum() / valid.sum()
+    )
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
+
+
+def test_sample_mode_step_equals_rennie_et_al_by_hand():
+    """Rennie et al. 2017: 3 samples per image drawn with dropout; baseline the reward of the greedy caption decoded
+    without dropout; reward CIDEr-D with <eos> a word, references cut to max_length (4) and document frequencies over
+    the training images; loss = -sum (reward - baseline) log p(sampled token) over the emitted tokens, over their
+    count, log p under the distribution drawn from (<pad>, <bos> excluded; the forced <eos> at max_length free)."""
+    module, batch = _step_module({"mode": "sample", "num_samples": 3})
+    module.net.dropout = FixedMaskDropout(16)
+    calls = []
+    reward = module.reward
+    module.reward = lambda image_ids, tokens: calls.append(tokens.clone()) or reward(image_ids, tokens)
+    torch.manual_seed(5)
+    got, got_grads = _loss_and_grads(module, module._self_critical_step(batch))
+    greedy_tokens, sampled = calls[0], calls[1].view(2, 3, -1)  # (2, T), (2, 3, T)
+
+    net, x, mask = module.net, batch.regions.features, batch.regions.mask
+    net.eval()
+    with torch.no_grad():
+        greedy = sample(net, x, mask, DecodingOptions(max_length=4), greedy=True).tokens[:, 0]
+    net.train()
+    with torch.no_grad():  # dropout would change the greedy caption
+        dropped = sample(net, x, mask, DecodingOptions(max_length=4), greedy=True).tokens[:, 0]
+    assert not torch.equal(dropped, greedy)
+    assert torch.equal(greedy_tokens[:, : greedy.size(1)], greedy)  # the baseline is decoded without dropout
+    train = {i: [r.split()[:4] + ["<eos>"] for r in refs] for i, refs in STEP_REFERENCES["train"].items()}
+
+    def by_hand(image, row):
+        return _cider_d_by_hand(train, image, _words_of(row, True))
+
+    baselines = torch.tensor([by_hand(image, greedy[b].tolist()) for b, image in enumerate((1, 2))])
+    rewards = torch.tensor([[by_hand(i, row) for row in sampled[b].tolist()] for b, i in enumerate((1, 2))])
+    assert (rewards != baselines.unsqueeze(1)).any()
+    net.train()  # the samples' log-probabilities are those of the pass with dropout
+    inputs = torch.cat([torch.full_like(sampled[..., :1], BOS_ID), sampled], -1)
+    logp = net(x, mask, inputs)[0].log_softmax(-1)  # (2, 3, T, V)
+    allowed = logp.index_fill(-1, torch.tensor([PAD_ID, BOS_ID]), -math.inf)
+    logp = allowed.gather(-1, sampled.unsqueeze(-1)).squeeze(-1) - allowed.logsumexp(-1)  # (2, 3, T)
+    logp = logp[..., :4]  # the <eos> forced at max_length has log-probability 0
+    emitted = (sampled != PAD_ID).float()
+    advantage = (rewards - baselines.unsqueeze(1)).unsqueeze(-1)
+    expected, expected_grads = _loss_and_grads(
+        module, -(advantage * logp * emitted[..., :4]).sum() / emitted.sum()
+    )
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)

@@ -246,7 +246,8 @@ def select_proposals(
     keep = torch.nonzero(max_conf >= conf_thresh).squeeze(1)
     if min_boxes <= len(keep) <= max_boxes:
         return keep
-    best = torch.sort(max_conf, descending=True, stable=True).indices
+    # generate_tsv's np.argsort(max_conf)[::-1]: ascending, then reversed, so equal scores go last index first.
+    best = torch.sort(max_conf, stable=True).indices.flip(0)
     return best[:min_boxes] if len(keep) < min_boxes else best[:max_boxes]
 
 

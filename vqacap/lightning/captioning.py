@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from vqacap.data.captions import CaptionBatch
-from vqacap.data.vocab import PAD_ID, Vocabulary
+from vqacap.data.vocab import PAD_ID, Vocabulary, tokenize
 from vqacap.lightning.common import (
     RegionTaskModule,
     configure_optimizers,
@@ -39,6 +39,20 @@ from vqacap.models.decoding import (
 )
 
 
+def doubly_stochastic_penalty(
+    attention: torch.Tensor, emitted: torch.Tensor, region_mask: torch.Tensor
+) -> torch.Tensor:
+    """Xu et al. 2015 Sec. 4.2.1: sum_i (1 - sum_t alpha_ti)^2 per caption, summed over the captions.
+
+    attention (B, G, T, K) or (B, T, K); emitted (B, G, T) or (B, T), True at the caption's steps (words and <eos>);
+    region_mask (B, K), True for real regions (padded slots are no locations).
+    """
+    if attention.dim() == 3:
+        attention, emitted = attention.unsqueeze(1), emitted.unsqueeze(1)
+    coverage = (attention * emitted.unsqueeze(-1)).sum(2)  # (B, G, K): sum_t alpha_ti
+    return ((1.0 - coverage) ** 2 * region_mask.unsqueeze(1)).sum()
+
+
 class CaptioningModule(RegionTaskModule):
     """`references`: {split: {image_id: [captions]}} from the data (`model_kwargs`): the caption metrics score the val
     and test splits against them, self-critical training rewards against the train split's."""
@@ -60,6 +74,7 @@ class CaptioningModule(RegionTaskModule):
         results_dir: str | None = None,
         scst: dict | None = None,
         references: dict[str, dict[int, list[str]]] | None = None,
+        attention_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         # The references come from the data files again each run; a checkpoint need not carry them.
@@ -67,6 +82,7 @@ class CaptioningModule(RegionTaskModule):
         self.vocab = Vocabulary(words[4:])  # words = the full id -> word list, specials first
         self.net = net(vocab_size=len(words), feature_dim=feature_dim + (6 if use_spatial else 0))
         self.use_spatial = use_spatial
+        self.attention_penalty = float(attention_penalty)  # lambda of `doubly_stochastic_penalty`; 0: none
         decoding = {**(decoding or {}), "allowed_multiple": allowed_multiple_ids(words)}
         self.decoding = DecodingOptions(**decoding)
         self.val_decoding = DecodingOptions(**{**decoding, "beam_size": val_beam_size})
@@ -85,9 +101,11 @@ class CaptioningModule(RegionTaskModule):
         }
         self.reward: CiderDReward | None = None
         if self.scst and "train" in references:
-            # Document frequencies over all training references, precomputed once (Rennie et al. 2017).
-            train = references["train"]
-            self.reward = self._cider_d_reward(train)
+            # Document frequencies precomputed once, over the training images or every split's (SCSTLayer's).
+            scored = references["train"]
+            if self.scst.document_frequencies == "all":
+                scored = {i: refs for split in references.values() for i, refs in split.items()}
+            self.reward = self._cider_d_reward(scored)
         self.grounding = torch.nn.ModuleDict({split: GroundingAccuracy() for split in ("val", "test")})
         self._results: list[dict] = []
 
@@ -100,18 +118,35 @@ class CaptioningModule(RegionTaskModule):
         if self.scst:
             return self._self_critical_step(batch)
         regions = batch.regions
-        logits, _ = self.net(
+        logits, attention = self.net(
             region_inputs(regions, self.use_spatial), regions.mask, batch.tokens
-        )  # (B, G, T-1, V)
+        )  # (B, G, T-1, V), (B, G, T-1, K)
         target = batch.tokens[..., 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=PAD_ID)
+        if self.attention_penalty:
+            emitted = target != PAD_ID
+            penalty = doubly_stochastic_penalty(attention, emitted, regions.mask)
+            # Xu et al. add the penalty to each caption's summed log-likelihood; the loss here is per token.
+            loss = loss + self.attention_penalty * penalty / emitted.sum().clamp(min=1)
+            self.log(
+                "train/attention_penalty", penalty / emitted.shape[:-1].numel(), batch_size=target.size(0)
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=target.size(0))
         return loss
 
     def _cider_d_reward(self, references: dict[int, list[str]]) -> CiderDReward:
-        """The reward over the training references, cut to the trained captions' length as the data cuts them."""
-        vocab = Vocabulary(self.vocab.words[4:], max_length=self.scst_decoding.max_length)
-        encoded = {i: [vocab.encode(c) for c in captions] for i, captions in references.items()}
+        """The reward over `references`: cut to the trained captions' length as the data cuts them, or full
+        (`full_references`), where a word outside the vocabulary is a word of its own, as in SCSTLayer's string
+        matching (an id past the vocabulary that no caption emits), not <unk>."""
+        if not self.scst.full_references:
+            vocab = Vocabulary(self.vocab.words[4:], max_length=self.scst_decoding.max_length)
+            encoded = {i: [vocab.encode(c) for c in captions] for i, captions in references.items()}
+            return CiderDReward(encoded, count_eos=self.scst.count_eos)
+        index = dict(self.vocab.index)
+        encoded = {
+            i: [[index.setdefault(w, len(index)) for w in tokenize(c)] for c in captions]
+            for i, captions in references.items()
+        }
         return CiderDReward(encoded, count_eos=self.scst.count_eos)
 
     @property
@@ -127,8 +162,10 @@ class CaptioningModule(RegionTaskModule):
             training = self.net.training
             self.net.eval()
             tokens = beam_search(self.net, x, regions.mask, opts).tokens  # (B, g, T)
-            self.net.train(training)
+            # SCSTLayer's gradient pass has no dropout either (Up-Down's nets have none), unless beam_dropout.
+            self.net.train(training and self.scst.beam_dropout)
             log_probs = teacher_forced_log_probs(self.net, x, regions.mask, tokens)  # (B, g, T)
+            self.net.train(training)
         elif self.scst.baseline == "greedy":  # the greedy caption is one more hypothesis of the sampling pass
             samples, greedy = sample_with_greedy(self.net, x, regions.mask, opts, g)  # (B, g, T), (B, 1, T)
             tokens, log_probs = samples.tokens, samples.log_probs

@@ -22,6 +22,8 @@ from vqacap.data.detection import DetectionBatch
 from vqacap.metrics.detection import DetectionEvaluator, select_detections
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
 
+# What a checkpoint saved before these options existed was trained and tested with.
+LEGACY_OPTIONS = {"pooler": "roi_align", "box_loss_beta": 1 / 9, "bias_lr_mult": 1.0, "rpn_min_size": 0.0}
 LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_attribute")
 
 
@@ -120,12 +122,21 @@ class DetectorModule(pl.LightningModule):
             path.write_text(json.dumps(table, indent=1))
 
     def configure_optimizers(self):
-        opt = self.optimizer(params=[p for p in self.parameters() if p.requires_grad])
+        trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        weights = [p for n, p in trained if not n.endswith(".bias")]
+        biases = [p for n, p in trained if n.endswith(".bias")]
+        opt = self.optimizer(params=[{"params": weights}, {"params": biases}])
+        # Every bias learns bias_lr_mult times faster (train.prototxt: `param { lr_mult: 2 }` on each bias), its
+        # decay unchanged (no decay_mult there). A scheduler made next starts each group from its own rate.
+        opt.param_groups[1]["lr"] *= self.net.options.bias_lr_mult
         if self.scheduler is None:
             return opt
         # A schedule over the whole run (OneCycleLR) is told its length, which depends on the data and the trainer.
         takes_total = "total_steps" in inspect.signature(self.scheduler).parameters
         extra = {"total_steps": int(self.trainer.estimated_stepping_batches)} if takes_total else {}
+        max_lr = (getattr(self.scheduler, "keywords", None) or {}).get("max_lr")
+        if isinstance(max_lr, (int, float)):  # OneCycleLR sets every group to max_lr: the biases' is larger
+            extra["max_lr"] = [max_lr, max_lr * self.net.options.bias_lr_mult]
         scheduler = self.scheduler(optimizer=opt, **extra)
         return {
             "optimizer": opt,
@@ -146,9 +157,9 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if not {"classes", "attributes", "detector"} <= set(hparams) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint of the bottom-up detector (vqacap.lightning.detector)")
-    options = dict(
-        hparams["detector"], pretrained=None
-    )  # the trained weights replace any ImageNet initialisation
+    # The trained weights replace any ImageNet initialisation; a checkpoint older than an option was made with
+    # the behaviour before it (LEGACY_OPTIONS).
+    options = {**LEGACY_OPTIONS, **hparams["detector"], "pretrained": None}
     detector = BottomUpDetector(hparams["classes"], hparams["attributes"], DetectorOptions(**options))
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:

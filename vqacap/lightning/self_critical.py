@@ -4,16 +4,22 @@
   self-critical.pytorch): `num_samples` captions sampled per image; the baseline is the reward of the greedy caption
   (`baseline: greedy`, Rennie et al.) or the mean reward of the image's other samples (`baseline: leave_one_out`:
   Kool et al. 2019's leave-one-out baseline, Luo 2020's "better variant of SCST", self-critical.pytorch's
-  `new_self_critical`).
+  `new_self_critical`). The reward counts <eos>; references cut as the data cuts them, document frequencies over
+  the training images.
 - `mode: beam` (Anderson et al. 2018's own code, peteanderson80/Up-Down-Captioner `scst_net.prototxt` and
   `layers/scst_layers.py` `SCSTLayer`): the `num_samples` (5) captions of a beam search per image, decoded without
-  dropout; each weighted by its CIDEr-D minus the mean CIDEr-D of the image's beams; the gradient is that of the
-  teacher-forced log-likelihood of each beam caption (words and <eos>).
+  dropout and with Up-Down's repeat rules; each weighted by its CIDEr-D minus the mean CIDEr-D of the image's beams;
+  the gradient is that of the teacher-forced log-likelihood of each beam caption (words and <eos>), computed without
+  dropout (Up-Down's nets have none). The reward is SCSTLayer's: captions cut at the end token, which is no word
+  (`include_eos=False`), scored against the full reference captions, document frequencies over every image with
+  references (train2014 + val2014 there: all splits here).
 
-In both, the loss is -sum(advantage * log p(token)) over the emitted tokens (words and <eos>) divided by their count.
-Sampling decodes with the options here, not the evaluation's (`block_trigrams`, `suppress_unk`, `min_length` of
-`model.decoding` do not leak into training), and a sampled token's log-probability is under the distribution it was
-drawn from (see `vqacap.models.decoding.sample`).
+Each of these is a field of `SelfCriticalOptions` whose default (None) is the mode's reference.
+In both, the loss is -sum(advantage * log p(token)) over the emitted tokens (words and <eos>) divided by their count:
+SCSTLayer's weighted SoftmaxWithLoss with its VALID normalisation (its `loss_weight: 20` is a learning-rate factor,
+left to the optimiser's settings). Sampling decodes with the options here, not the evaluation's (`block_trigrams`,
+`suppress_unk`, `min_length` of `model.decoding` do not leak into training), and a sampled token's log-probability is
+under the distribution it was drawn from (see `vqacap.models.decoding.sample`).
 
 Shapes: B images, G captions per image, T tokens.
 """
@@ -29,6 +35,24 @@ from vqacap.models.decoding import DecodingOptions
 
 MODES = ("sample", "beam")
 BASELINES = {"sample": ("greedy", "leave_one_out"), "beam": ("beam_mean",)}
+DOCUMENT_FREQUENCIES = ("train", "all")
+# The defaults of the options left None, per mode: Rennie et al. / ruotianluo (sample), SCSTLayer (beam).
+MODE_DEFAULTS = {
+    "sample": {
+        "count_eos": True,
+        "full_references": False,
+        "document_frequencies": "train",
+        "prevent_repeats": False,
+        "single_use": False,
+    },
+    "beam": {
+        "count_eos": False,
+        "full_references": True,
+        "document_frequencies": "all",
+        "prevent_repeats": True,
+        "single_use": True,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -45,20 +69,30 @@ class SelfCriticalOptions:
     min_length: int = 0
     block_trigrams: bool = False
     suppress_unk: bool = False
-    count_eos: bool = True  # the reward counts <eos> as a word (CiderDReward)
-    # Up-Down's repeat rules (vqacap.models.decoding.DecodingOptions) on the captions trained on; None: the mode's
-    # reference, on in beam mode (scst_net.prototxt's BeamSearch), off in sample mode (Rennie et al. sample freely).
+    # None: the mode's reference (MODE_DEFAULTS).
+    count_eos: bool | None = None  # the reward counts <eos> as a word (CiderDReward)
+    full_references: bool | None = None  # the reward's references uncut, not cut to max_length as the data's
+    document_frequencies: str | None = None  # "train": over the training images; "all": over every split's
+    # Up-Down's repeat rules (vqacap.models.decoding.DecodingOptions) on the captions trained on.
     prevent_repeats: bool | None = None
     single_use: bool | None = None
+    beam_dropout: bool = False  # beam mode: dropout in the gradient pass (Up-Down's nets have none)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"model.scst.mode: expected one of {MODES}, got {self.mode!r}")
         if self.baseline is None:
             object.__setattr__(self, "baseline", BASELINES[self.mode][0])
-        for rule in ("prevent_repeats", "single_use"):
-            if getattr(self, rule) is None:
-                object.__setattr__(self, rule, self.mode == "beam")
+        for name, value in MODE_DEFAULTS[self.mode].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.document_frequencies not in DOCUMENT_FREQUENCIES:
+            raise ValueError(
+                f"model.scst.document_frequencies: expected one of {DOCUMENT_FREQUENCIES}, "
+                f"got {self.document_frequencies!r}"
+            )
+        if self.beam_dropout and self.mode != "beam":
+            raise ValueError("model.scst.beam_dropout: only mode 'beam' has a separate gradient pass")
         if self.baseline not in BASELINES[self.mode]:
             raise ValueError(
                 f"model.scst.baseline: mode {self.mode!r} takes one of {BASELINES[self.mode]}, got {self.baseline!r}"

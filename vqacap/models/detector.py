@@ -1,6 +1,7 @@
 """The bottom-up attention model: Faster R-CNN with a ResNet C4 trunk and an attribute head (Anderson et al. 2018,
-Sec. 3.1), on torchvision's Faster R-CNN parts, top to bottom as the paper builds it: trunk, RPN, RoIAlign and the res5
-box head (whose pool5 output is the region feature), class and box predictors, attribute head.
+Sec. 3.1), on torchvision's Faster R-CNN parts, top to bottom as the paper builds it: trunk, RPN, ROIPooling (or
+RoIAlign: `pooler`) and the res5 box head (whose pool5 output is the region feature), class and box predictors,
+attribute head.
 
 Dims: B images, R regions (sampled RoIs in training, proposals or given boxes at test time), D region feature dim,
 C classes and A attributes (the score vectors have C + 1 and A + 1 entries: index 0 is background / no attribute).
@@ -20,11 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
-from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
-from torchvision.models.detection.transform import resize_boxes
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, batched_nms, box_area, clip_boxes_to_image
+from torchvision.ops import (
+    FrozenBatchNorm2d,
+    MultiScaleRoIAlign,
+    batched_nms,
+    box_area,
+    clip_boxes_to_image,
+    nms,
+    roi_pool,
+)
 
 # Blocks per stage (res2..res5) of the ResNets of He et al. 2016, as torchvision builds them.
 DEPTHS = {
@@ -35,6 +44,7 @@ DEPTHS = {
     152: (Bottleneck, (3, 8, 36, 3)),
 }
 NORMS = ("frozen_bn", "group_norm", "batch_norm")
+POOLERS = ("roi_pool", "roi_align")
 
 
 @dataclass
@@ -71,17 +81,22 @@ class DetectorOptions:
     rpn_pre_nms_top_n_test: int = 6000
     rpn_post_nms_top_n_test: int = 300
     rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 16.0  # RPN_MIN_SIZE: original-image pixels, train and test; 0: torchvision's filter
     rpn_batch_size_per_image: int = 64  # RPN_BATCHSIZE of faster_rcnn_end2end_resnet.yml
     rpn_positive_fraction: float = 0.5
     # RoI heads
-    pool_size: int = 14  # RoIAlign output (roi_pool5: 14 x 14 at spatial scale 1/16)
-    sampling_ratio: int = 2
+    # roi_pool: the prototxt's ROIPooling (max over quantised bins); roi_align: torchvision's RoIAlign.
+    pooler: str = "roi_pool"
+    pool_size: int = 14  # roi_pool5: 14 x 14 at spatial scale 1/16
+    sampling_ratio: int = 2  # RoIAlign's samples per bin
     box_batch_size_per_image: int = 64  # BATCH_SIZE of the yml
     box_positive_fraction: float = 0.5  # FG_FRACTION of the yml
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
     box_score_thresh: float = 0.0  # test_net keeps every score (thresh=-inf)
     box_nms_thresh: float = 0.3  # per-class NMS of vg_eval / generate_tsv
+    box_loss_beta: float = 1.0  # smooth-L1 beta of the box loss: loss_bbox's sigma 1 (beta = 1 / sigma^2)
+    bias_lr_mult: float = 2.0  # every bias's learning rate, times the model's (lr_mult: 2 in train.prototxt)
     detections_per_img: int = 400  # max_per_image of test_net
     # attribute head
     class_embedding_dim: int = 256
@@ -101,6 +116,8 @@ class DetectorOptions:
             raise ValueError(
                 f"detector frozen_stages: expected 0..4 (conv1, res2, res3, res4), got {self.frozen_stages}"
             )
+        if self.pooler not in POOLERS:
+            raise ValueError(f"detector pooler: expected one of {POOLERS}, got {self.pooler!r}")
         if self.pretrained and self.norm != "frozen_bn":
             raise ValueError(
                 "detector pretrained: ImageNet weights come with batch-norm statistics; use norm=frozen_bn"
@@ -221,6 +238,50 @@ class BottomUpRPNHead(RPNHead):
         nn.init.zeros_(self.conv[0].bias)
 
 
+class BottomUpRPN(RegionProposalNetwork):
+    """torchvision's RPN with the proposal layer's filtering (bottom-up-attention `lib/rpn/proposal_layer.py`), when
+    `min_size` > 0: proposals with a side under `min_size` pixels of the original image (RPN_MIN_SIZE, times the image
+    scale; sides counted +1, as Caffe's) are dropped first, then the pre-NMS top n by score, NMS, the post-NMS top n.
+    torchvision's order (top n first, a 0.001-pixel minimum) is kept for `min_size` 0."""
+
+    def __init__(self, *args, min_size: float = 16.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.original_min_size = float(min_size)
+        self._scales: list[float] | None = None
+
+    def forward(self, images, features, targets=None):
+        self._scales = getattr(images, "scales", None)  # set by BottomUpTransform
+        return super().forward(images, features, targets)
+
+    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+        if not self.original_min_size or self._scales is None:
+            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        scores = torch.sigmoid(objectness.detach().reshape(len(proposals), -1))  # (B, anchors)
+        final_boxes, final_scores = [], []
+        for boxes, score, shape, scale in zip(proposals, scores, image_shapes, self._scales):
+            boxes = clip_boxes_to_image(boxes, shape)
+            sides = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + 1
+            keep = torch.where(sides >= self.original_min_size * scale)[0]
+            keep = keep[score[keep].argsort(descending=True)[: self.pre_nms_top_n()]]
+            keep = keep[nms(boxes[keep], score[keep], self.nms_thresh)[: self.post_nms_top_n()]]
+            final_boxes.append(boxes[keep])
+            final_scores.append(score[keep])
+        return final_boxes, final_scores
+
+
+class BottomUpTransform(GeneralizedRCNNTransform):
+    """torchvision's resizing and normalisation; the ImageList also carries each image's scale (`im_scale` of
+    lib/fast_rcnn/test.py: the shorter side to min_size unless the longer would pass max_size) for BottomUpRPN."""
+
+    def forward(self, images, targets=None):
+        scales = [
+            min(self.min_size[-1] / min(im.shape[-2:]), self.max_size / max(im.shape[-2:])) for im in images
+        ]
+        image_list, targets = super().forward(images, targets)
+        image_list.scales = scales
+        return image_list, targets
+
+
 # -- 5. Attribute head ---------------------------------------------------------------------------------------------
 class AttributeHead(nn.Module):
     """Attribute scores of regions given their class: [pool5 ; E[c]] -> 512 + ReLU -> A + 1 (Anderson et al. 2018,
@@ -266,6 +327,36 @@ def attribute_loss(logits: torch.Tensor, attributes: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def fast_rcnn_loss(
+    class_logits: torch.Tensor,
+    box_regression: torch.Tensor,
+    labels: list[torch.Tensor],
+    regression_targets: list[torch.Tensor],
+    beta: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """loss_cls and loss_bbox of train.prototxt: softmax cross-entropy over the sampled RoIs, and the smooth-L1 loss of
+    the foreground RoIs' boxes of their class, summed and divided by the number of sampled RoIs (torchvision's
+    fastrcnn_loss, whose beta is fixed at 1/9). class_logits (R, C + 1), box_regression (R, 4 (C + 1))."""
+    labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+    classification = F.cross_entropy(class_logits, labels)
+    foreground = torch.where(labels > 0)[0]
+    boxes = box_regression.reshape(len(labels), -1, 4)[foreground, labels[foreground]]  # (F, 4)
+    box = F.smooth_l1_loss(boxes, regression_targets[foreground], beta=beta, reduction="sum") / labels.numel()
+    return classification, box
+
+
+class RoIPool(nn.Module):
+    """The prototxt's ROIPooling over the one res4 map: max over the bins of each RoI quantised to the map's grid
+    (torchvision.ops.roi_pool, ported from Caffe's layer); what MultiScaleRoIAlign is called with, it takes."""
+
+    def __init__(self, output_size: int, spatial_scale: float = 1 / 16) -> None:
+        super().__init__()
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+
+    def forward(self, features: dict, proposals: list[torch.Tensor], image_shapes) -> torch.Tensor:
+        return roi_pool(features["0"], proposals, self.output_size, self.spatial_scale)  # (sum R, C4, S, S)
+
+
 class AttributeRoIHeads(RoIHeads):
     """torchvision's RoIHeads (RoI sampling, the Fast R-CNN losses, per-class NMS) plus the attribute head.
 
@@ -275,11 +366,16 @@ class AttributeRoIHeads(RoIHeads):
     """
 
     def __init__(
-        self, attribute_head: AttributeHead, attribute_loss_weight: float, **roi_heads_options
+        self,
+        attribute_head: AttributeHead,
+        attribute_loss_weight: float,
+        box_loss_beta: float = 1.0,
+        **roi_heads_options,
     ) -> None:
         super().__init__(**roi_heads_options)
         self.attribute_head = attribute_head
         self.attribute_loss_weight = attribute_loss_weight
+        self.box_loss_beta = box_loss_beta
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:
@@ -291,8 +387,8 @@ class AttributeRoIHeads(RoIHeads):
             region_features
         )  # (sum R, C + 1), (sum R, 4 (C + 1))
         if self.training:
-            loss_classifier, loss_box_reg = fastrcnn_loss(
-                class_logits, box_regression, labels, regression_targets
+            loss_classifier, loss_box_reg = fast_rcnn_loss(
+                class_logits, box_regression, labels, regression_targets, self.box_loss_beta
             )
             labels = torch.cat(labels)
             foreground = labels > 0
@@ -380,8 +476,10 @@ class BottomUpDetector(FasterRCNN):
         for layer in (predictor.cls_score, predictor.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
+        align = MultiScaleRoIAlign(["0"], output_size=o.pool_size, sampling_ratio=o.sampling_ratio)
+        pooler = RoIPool(o.pool_size) if o.pooler == "roi_pool" else align  # the trunk's stride is 16
         box_options = dict(
-            box_roi_pool=MultiScaleRoIAlign(["0"], output_size=o.pool_size, sampling_ratio=o.sampling_ratio),
+            box_roi_pool=pooler,
             box_head=head,
             box_predictor=predictor,
             fg_iou_thresh=o.box_fg_iou_thresh,
@@ -410,15 +508,32 @@ class BottomUpDetector(FasterRCNN):
             rpn_nms_thresh=o.rpn_nms_thresh,
             rpn_batch_size_per_image=o.rpn_batch_size_per_image,
             rpn_positive_fraction=o.rpn_positive_fraction,
-            box_roi_pool=box_options["box_roi_pool"],
+            box_roi_pool=align,  # FasterRCNN takes no other kind; its RoIHeads are replaced below
             box_head=head,
             box_predictor=predictor,
+        )
+        # torchvision's transform and RPN, built by the parent, give way to the proposal layer's filtering.
+        rpn = self.rpn
+        self.transform = BottomUpTransform(o.min_size, o.max_size, list(o.image_mean), list(o.image_std))
+        self.rpn = BottomUpRPN(
+            rpn.anchor_generator,
+            rpn.head,
+            rpn.proposal_matcher.high_threshold,
+            rpn.proposal_matcher.low_threshold,
+            o.rpn_batch_size_per_image,
+            o.rpn_positive_fraction,
+            rpn._pre_nms_top_n,
+            rpn._post_nms_top_n,
+            o.rpn_nms_thresh,
+            min_size=o.rpn_min_size,
         )
         # torchvision's RoIHeads, built by the parent, gives way to the one with the attribute head.
         attribute_head = AttributeHead(
             head.out_channels, len(classes), len(attributes), o.class_embedding_dim, o.attribute_hidden_dim
         )
-        self.roi_heads = AttributeRoIHeads(attribute_head, o.attribute_loss_weight, **box_options)
+        self.roi_heads = AttributeRoIHeads(
+            attribute_head, o.attribute_loss_weight, o.box_loss_beta, **box_options
+        )
         self.options = o
         self.classes = list(classes)
         self.attributes = list(attributes)

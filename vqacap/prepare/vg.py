@@ -207,9 +207,10 @@ def _int_id(record: dict, path: Path, n: int) -> int:
     return value
 
 
-def load_image_data(path: Path) -> dict[int, str | None]:
-    """image id -> url, from image_data.json."""
+def load_image_data(path: Path) -> tuple[dict[int, str | None], int]:
+    """image id -> url, from image_data.json, and how many of the images are COCO images (a coco_id)."""
     urls: dict[int, str | None] = {}
+    coco_images = 0
     for n, record in enumerate(iter_json_list(path)):
         kind = _kind_of(record)
         if kind not in ("image_data", "unknown") or not isinstance(record, dict):
@@ -220,9 +221,10 @@ def load_image_data(path: Path) -> dict[int, str | None]:
         if image_id in urls:
             raise PrepareError(f"{path}: image {image_id} appears twice (image record {n})")
         urls[image_id] = url if isinstance(url, str) else None
+        coco_images += record.get("coco_id") is not None
     if not urls:
         raise PrepareError(f"{path}: no images")
-    return urls
+    return urls, coco_images
 
 
 # -- images --------------------------------------------------------------------------------------------------------------
@@ -287,20 +289,25 @@ class Skips:
 # -- one image ---------------------------------------------------------------------------------------------------------
 NOT_FINITE = "boxes with a coordinate that is not a finite number"
 OUTSIDE = "boxes outside the image"
+EMPTY = "boxes of zero width or height (vg.py: 1-pixel boxes)"
 EMPTY_IN_FLOAT32 = "boxes of zero width or height in float32"
 
 
 def clean_box(x: float, y: float, w: float, h: float, width: int, height: int) -> list[float] | str:
     """vg.py's box: x, y, x + w, y + h clipped to the image; else why it is skipped.
 
-    Finiteness is checked first (min and max would turn a NaN into an edge of the image), emptiness in float32, the
-    dtype the detection loader and the detector hold boxes in (w = 1e-9 is positive in float64, zero in float32)."""
+    Finiteness is checked first (min and max would turn a NaN into an edge of the image); a box inverted after
+    clipping is outside the image; a box of zero width or height is vg.py's 1-pixel box, which has no area here;
+    emptiness is checked in float32 too, the dtype the detection loader and the detector hold boxes in (w = 1e-9 is
+    positive in float64, zero in float32)."""
     if not all(map(math.isfinite, (x, y, w, h, x + w, y + h))):
         return NOT_FINITE
     x1, y1 = max(0.0, x), max(0.0, y)
     x2, y2 = min(width - 1.0, x + w), min(height - 1.0, y + h)
-    if x2 <= x1 or y2 <= y1:
+    if x2 < x1 or y2 < y1:
         return OUTSIDE
+    if x2 == x1 or y2 == y1:
+        return EMPTY
     if np.float32(x2) <= np.float32(x1) or np.float32(y2) <= np.float32(y1):
         return EMPTY_IN_FLOAT32
     return [x1, y1, x2, y2]
@@ -435,6 +442,19 @@ def assign_splits(
     return split_of
 
 
+def _refuse_a_random_split_of_coco_images(image_data: Path) -> None:
+    """Before anything is written: VG and COCO share ~51k images, and a random split can put COCO Karpathy val/test
+    images into detector training (bottom-up-attention's split files keep them out)."""
+    _, coco_images = load_image_data(image_data)
+    if coco_images:
+        raise PrepareError(
+            f"{image_data}: {coco_images} images are also COCO images, and a random split can put COCO Karpathy "
+            "val/test images into detector training; pass bottom-up-attention's split files (--split "
+            "train=data/genome/train.txt --split val=data/genome/val.txt --split test=data/genome/test.txt) "
+            "or --random-split"
+        )
+
+
 # -- the whole step ----------------------------------------------------------------------------------------------------
 def _stamp(path: Path) -> dict:
     stat = path.stat()
@@ -453,6 +473,7 @@ def prepare_vg(
     test_fraction: float = 0.05,
     verify_images: bool = False,
     log: Callable[[str], None] = print,
+    random_split: bool = False,
 ) -> dict:
     """Write the detection annotations into `out` unless a complete copy from the same inputs is there; returns the
     content of COMPLETE.json (inputs, settings, counts)."""
@@ -481,6 +502,8 @@ def prepare_vg(
     stamps = {name: _stamp(path) for name, path in inputs.items()}
     classes = LabelVocabulary.load(inputs["objects_vocab"], "__background__")
     attribute_vocab = LabelVocabulary.load(inputs["attributes_vocab"], "__no_attribute__")
+    if not split_files and not random_split:
+        _refuse_a_random_split_of_coco_images(inputs["image_data"])
     done = out / "COMPLETE.json"
     try:
         claim_folder(out, WRITER, "give --out a new or empty folder")
@@ -498,7 +521,7 @@ def prepare_vg(
         return previous
     done.unlink(missing_ok=True)  # from here on the folder is incomplete until COMPLETE.json is written again
 
-    urls = load_image_data(inputs["image_data"])
+    urls, _ = load_image_data(inputs["image_data"])
     attributes_of = load_attributes(inputs["attributes"], attribute_vocab) if "attributes" in inputs else {}
     finder, skips = ImageFinder(images), Skips()
     records = out / "images.jsonl.tmp"  # one cleaned image per line; split only once every id is known
@@ -655,6 +678,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify-images", action="store_true", help="decode every image (slow), not only its header"
     )
+    parser.add_argument(
+        "--random-split",
+        action="store_true",
+        help="without split files, split at random even when image_data.json names COCO images",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -670,6 +698,7 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             test_fraction=args.test_fraction,
             verify_images=args.verify_images,
+            random_split=args.random_split,
         )
     except PrepareError as err:
         print(f"error: {err}", file=sys.stderr)
