@@ -217,12 +217,11 @@ def quiet_dependency_warnings() -> None:
 
 def main() -> None:
     """`vqacap-train` / `python -m vqacap.train`: the command line checked first (one line with the closest valid
-    names for a misspelt option or config), then Hydra's run. Flags (-m, --cfg, --config-dir ...) go to Hydra as
-    they are."""
+    names for a misspelt option or config), then Hydra's run. Flags (-m, --cfg, --config-dir ...) and multiruns
+    (hydra.mode=MULTIRUN, whose sweep values compose only in Hydra's sweeper) go to Hydra as they are."""
     overrides = sys.argv[1:]
-    checked = any(a.startswith("-") for a in overrides) or reporting(
-        lambda: check_overrides(overrides, CONFIG_DIR) or True, status=None
-    )
+    multirun = any(a.startswith("-") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in overrides)
+    checked = multirun or reporting(lambda: check_overrides(overrides, CONFIG_DIR) or True, status=None)
     if checked is None:
         sys.exit(1)
     hydra_main()

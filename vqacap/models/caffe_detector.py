@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d, roi_pool
+from torchvision.ops import FrozenBatchNorm2d
 
 from vqacap.metrics.detection import nms_plus_one
-from vqacap.models.detector import GridOutputs, RegionOutputs
+from vqacap.models.detector import GridOutputs, RegionOutputs, max_roi_pool
 
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)  # cfg.PIXEL_MEANS
 
@@ -338,8 +338,8 @@ class CaffeBottomUpDetector(nn.Module):
     def box_head(self, res4: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """res4 (1, C4, H, W), rois (R, 4) in blob pixels -> pool5 (R, D)."""
         batch = rois.new_zeros(len(rois), 1)
-        x = roi_pool(
-            res4, torch.cat([batch, rois], 1), (self.spec.pooled_size,) * 2, self.spec.spatial_scale
+        x = max_roi_pool(
+            res4, torch.cat([batch, rois], 1), self.spec.pooled_size, self.spec.spatial_scale
         )  # (R, C4, 14, 14)
         for block in self.head.values():
             x = block(x)

@@ -345,6 +345,18 @@ def fast_rcnn_loss(
     return classification, box
 
 
+def max_roi_pool(
+    features: torch.Tensor, rois: torch.Tensor | list[torch.Tensor], output_size: int, spatial_scale: float
+) -> torch.Tensor:
+    """torchvision's roi_pool (Caffe's ROIPooling); bfloat16 maps, which its CPU kernel lacks, pooled in float32:
+    a maximum is one of the values, so the result is the same as in bfloat16."""
+    dtype = features.dtype
+    if dtype == torch.bfloat16:
+        features = features.float()
+    rois = rois.to(features.dtype) if isinstance(rois, torch.Tensor) else [r.to(features.dtype) for r in rois]
+    return roi_pool(features, rois, (output_size, output_size), spatial_scale).to(dtype)
+
+
 class RoIPool(nn.Module):
     """The prototxt's ROIPooling over the one res4 map: max over the bins of each RoI quantised to the map's grid
     (torchvision.ops.roi_pool, ported from Caffe's layer); what MultiScaleRoIAlign is called with, it takes."""
@@ -354,7 +366,9 @@ class RoIPool(nn.Module):
         self.output_size, self.spatial_scale = output_size, spatial_scale
 
     def forward(self, features: dict, proposals: list[torch.Tensor], image_shapes) -> torch.Tensor:
-        return roi_pool(features["0"], proposals, self.output_size, self.spatial_scale)  # (sum R, C4, S, S)
+        return max_roi_pool(
+            features["0"], proposals, self.output_size, self.spatial_scale
+        )  # (sum R, C4, S, S)
 
 
 class AttributeRoIHeads(RoIHeads):
