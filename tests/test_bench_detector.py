@@ -12,8 +12,8 @@ from torch import nn
 from vqacap.bench import detector as bench
 from vqacap.bench.__main__ import main
 from vqacap.bench.models import count_flops
-from vqacap.extract import bottom_up_batch
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
+from vqacap.models.regions import bottom_up_batch
 
 TINY_R101 = DetectorOptions(
     depth=101, width=4, blocks=(1, 1, 2, 1), min_size=48, max_size=80, anchor_sizes=(16, 32), rpn_channels=8,

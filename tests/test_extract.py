@@ -10,7 +10,8 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from vqacap.cli import main
 from vqacap.data.store import RegionStore
-from vqacap.extract import FEATURE_DIM, extract, grid_boxes, select_regions
+from vqacap.extract import extract
+from vqacap.models.regions import FEATURE_DIM, grid_boxes, select_regions
 
 SIZES = {3: (80, 60), 17: (64, 96), 391895: (70, 70)}  # image id -> (width, height)
 SMALL = {

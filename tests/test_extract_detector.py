@@ -20,9 +20,10 @@ from vqacap.data.captions import CaptionDataModule
 from vqacap.data.shapes import generate
 from vqacap.data.store import RegionStore, partial_path
 from vqacap.data.vqa import VQADataModule
-from vqacap.extract import DETECTOR_FIELDS, extract_with_detector, select_proposals
+from vqacap.extract import extract_with_detector
 from vqacap.metrics.detection import nms_plus_one
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
+from vqacap.models.regions import DETECTOR_FIELDS, select_proposals
 
 CLASSES = ["__background__", "circle", "square", "triangle"]
 ATTRIBUTES = ["__no_attribute__", "red", "green", "small"]
@@ -393,8 +394,8 @@ def test_a_grid_finer_than_the_feature_map_is_refused(shapes, checkpoint, tmp_pa
 
 
 def test_a_forward_pass_that_fails_on_one_image_skips_that_image_only(shapes, detector, tmp_path):
-    from vqacap.extract import grid_batch
     from vqacap.extraction.module import forward_each
+    from vqacap.models.regions import grid_batch
 
     files = sorted((shapes / "images" / "train").glob("*.png"))[:3]
     images = [load(f) for f in files]

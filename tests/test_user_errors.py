@@ -179,7 +179,9 @@ def test_a_data_dir_that_does_not_exist_is_announced_before_shapes_is_generated_
     missing = tmp_path / "nonexistent_dir"
     run(make_cfg("debug=fdr", f"paths.data_dir={missing}", *TINY_CAPTIONER))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("run folder: ")  # the run's own first line, then the data folder's, before generating
+    assert lines[0].startswith(
+        "run folder: "
+    )  # the run's own first line, then the data folder's, before generating
     assert lines[1] == (
         f"{missing}/shapes: no such folder; generating the Shapes data into it (mistyped? stop and fix the path)"
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -57,3 +59,18 @@ def _to_rgb(im: Image.Image) -> Image.Image:
             "RGB"
         )
     return im.convert("RGB")
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def image_files(directories: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The images of one folder or of several (in the order given), each folder sorted by name."""
+    if isinstance(directories, (str, os.PathLike)):
+        directories = [directories]
+    files = []
+    for directory in map(Path, directories):
+        if not directory.is_dir():
+            raise ImageError(f"{directory}: image folder not found")
+        files += sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vqacap.extract import bottom_up_batch, select_proposals
 from vqacap.models.caffe_detector import blob_scale, caffe_blob, generate_anchors, proposals
+from vqacap.models.regions import bottom_up_batch, select_proposals
 from vqacap.published.detector import load_caffe_detector
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "caffe"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqacap.extract import bottom_up_batch
+from vqacap.models.regions import bottom_up_batch
 from vqacap.published import file_kind, load_detector_file
 from vqacap.published.caffe import CaffeFormatError, read_caffemodel, read_prototxt
 from vqacap.published.detector import (

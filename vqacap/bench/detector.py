@@ -6,7 +6,7 @@ One row per (size, path), on the machine at hand (fp32):
                      (Shapes' size; the recipe upsamples them): RPN, RoI heads and attribute losses summed, backward,
                      optimiser step
     shapes  extract  B images in one forward pass: proposals, pool5 features, class and attribute scores, then
-                     generate_tsv's region choice (`vqacap.extract.bottom_up_batch`)
+                     generate_tsv's region choice (`vqacap.models.regions.bottom_up_batch`)
     r101    train    the paper's model and solver (conf/experiment/detector_vg_r101.yaml: ResNet-101 C4, res5 head at
                      14 x 14 over 64 sampled RoIs, 1600 classes, 400 attributes, SGD) on 600 x 1000 images, random
                      initialisation instead of ImageNet weights
@@ -40,8 +40,8 @@ from omegaconf import OmegaConf
 from vqacap.bench import peak
 from vqacap.bench.models import Path, judge, measure
 from vqacap.data.shapes import COLOURS, SHAPES, SIZES
-from vqacap.extract import bottom_up_batch
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
+from vqacap.models.regions import bottom_up_batch
 from vqacap.train import CONFIG_DIR
 
 # % of the matmul peak asked for on the project's 2-core CPU machine, fp32: (model, path).

@@ -8,7 +8,7 @@ classes and 400 attributes, on 600 x 1000 images; random weights, as the speed d
     trunk         conv1 .. res4
     rpn           anchors, objectness, box deltas, NMS -> 300 proposals
     box head      RoIAlign, res5, pool5, class and box predictors, attribute head (and the box decoding around them)
-    region choice generate_tsv's choice (`vqacap.extract.bottom_up_batch`: NMS over all classes, threshold, 10-100)
+    region choice generate_tsv's choice (`vqacap.models.regions.bottom_up_batch`: NMS over all classes, threshold, 10-100)
     write         `RegionStoreWriter.add` of every image of the batch, then one flush (float16 store)
     end to end    `vqacap.extraction.module.extract_folders` over a folder of the images, one process: Trainer.predict,
                   DataLoader workers, the store committed; `images/s` is what a user gets, start-up included
@@ -40,10 +40,10 @@ from vqacap.bench.models import count_flops
 from vqacap.data.pixels import RegionChoice
 from vqacap.data.shapes import COLOURS, SHAPES, SIZES
 from vqacap.data.store import RegionStoreWriter
-from vqacap.extract import DETECTOR_FIELDS, bottom_up_batch
 from vqacap.extraction.module import extract_folders
 from vqacap.images import open_rgb
 from vqacap.models.detector import BottomUpDetector
+from vqacap.models.regions import DETECTOR_FIELDS, bottom_up_batch
 
 STAGES = ("decode", "resize", "trunk", "rpn", "box head", "region choice", "write")
 

@@ -25,9 +25,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from vqacap.extract import image_files
 from vqacap.extraction import shards
-from vqacap.images import ImageError, open_rgb
+from vqacap.images import ImageError, image_files, open_rgb
 from vqacap.prepare.common import image_id_from_name
 
 
@@ -40,7 +39,7 @@ class Request:
 
 
 def request(folders: str | os.PathLike | Sequence[str | os.PathLike]) -> Request:
-    """The image files of the folders (see `vqacap.extract.image_files`) with their ids."""
+    """The image files of the folders (see `vqacap.images.image_files`) with their ids."""
     images, problems = [], []
     seen: dict[int, Path] = {}
     for path in image_files(folders):

@@ -25,16 +25,23 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from vqacap.data.pixels import RegionChoice
 from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError
-from vqacap.extract import DETECTOR_FIELDS, FEATURE_DIM, Extracted, bottom_up_batch, extract_batch, grid_batch
 from vqacap.extraction import shards
 from vqacap.extraction.data import ExtractionData, ImageBatch, request
 from vqacap.extraction.settings import accelerator_for, all_gathered, quiet_lightning, trainer_settings
+from vqacap.models.regions import (
+    DETECTOR_FIELDS,
+    FEATURE_DIM,
+    Extracted,
+    bottom_up_batch,
+    extract_batch,
+    grid_batch,
+)
 from vqacap.prepare.features import CHUNK_REGIONS
 
 
 @dataclass(frozen=True)
 class FasterRCNNChoice:
-    """`vqacap extract --weights`: torchvision's detections, topped up to min_boxes (vqacap.extract.select_regions)."""
+    """`vqacap extract --weights`: torchvision's detections, topped up to min_boxes (vqacap.models.regions.select_regions)."""
 
     min_boxes: int = 10
     max_boxes: int = 36

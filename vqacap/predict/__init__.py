@@ -129,7 +129,7 @@ def predict(args: argparse.Namespace, module, data) -> list[dict]:
 
 def image_paths(images: list[Path]) -> list[Path]:
     """The files given, each folder replaced by its images in name order (as `vqacap extract --images` lists them)."""
-    from vqacap.extract import image_files
+    from vqacap.images import image_files
 
     return [path for given in images for path in (image_files(given) if given.is_dir() else [given])]
 

@@ -46,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
             print(note)
         requested = None
         if args.images:
-            from vqacap.extract import ExtractError, image_files  # torch: only when folders are checked
+            from vqacap.images import ImageError, image_files
             from vqacap.prepare.common import image_id_from_name
 
             try:
                 requested = {image_id_from_name(p) for p in image_files(args.images)} - {None}
-            except ExtractError as err:
+            except ImageError as err:
                 raise RegionStoreError(str(err)) from None
         added, already = shards.merge(found, args.out, requested=requested)
         if args.remove:

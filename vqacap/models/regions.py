@@ -1,0 +1,178 @@
+"""Which regions of an image a captioner or VQA model attends over, chosen from a detector's outputs: bottom-up-
+attention's generate_tsv.py choice (`select_proposals`, `bottom_up_batch`: per-class NMS over the RPN proposals, a
+score threshold, 10-100 or a fixed count), grid cells (`grid_batch`), and the torchvision Faster R-CNN stand-in's
+choice (`extract_batch`, `select_regions`). Used by extraction, by `vqacap caption` / `answer` and by the benchmarks;
+docs/detector.md (Extraction) describes each rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import box_iou, nms, roi_align
+
+from vqacap.metrics.detection import class_nms_plus_one
+
+FEATURE_DIM = 2048  # ResNet-50 C5 channels
+_DUPLICATE_IOU = 0.7
+_POOL = 7
+
+
+ADAPTIVE_BOXES = (10, 100)  # MIN_BOXES, MAX_BOXES of generate_tsv.py
+CONF_THRESH = 0.2  # conf_thresh of generate_tsv.py
+NMS_THRESHOLD = 0.3  # cfg.TEST.NMS
+DETECTOR_FIELDS = {
+    "object_labels": "int32",
+    "object_scores": "float32",
+    "attribute_labels": "int32",
+    "attribute_scores": "float32",
+}
+
+# One image's regions: features (k, D), boxes (k, 4) in original pixels, optional per-region fields.
+Extracted = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]
+
+
+@torch.no_grad()
+def extract_batch(
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    max_boxes: int = 36,
+    min_boxes: int = 10,
+    conf_thresh: float = 0.2,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Images (3, H, W) in [0, 1] -> per image features (k, D) and boxes (k, 4) in original pixels.
+
+    min_boxes <= k <= max_boxes."""
+    image_list, _ = model.transform(images)
+    body = model.backbone.body(image_list.tensors)  # ResNet C2..C5 as "0".."3"
+    fpn = model.backbone.fpn(body)
+    proposals, _ = model.rpn(image_list, fpn)
+    detections, _ = model.roi_heads(fpn, proposals, image_list.image_sizes)
+    c5 = body["3"]  # (B, D, H/32, W/32)
+    regions = [
+        select_regions(det["boxes"], det["scores"], props, size, max_boxes, min_boxes, conf_thresh)
+        for det, props, size in zip(detections, proposals, image_list.image_sizes)
+    ]
+    pooled = roi_align(
+        c5,
+        regions,
+        output_size=_POOL,
+        spatial_scale=c5.shape[-1] / image_list.tensors.shape[-1],
+        sampling_ratio=2,
+        aligned=True,
+    )  # (sum k, D, 7, 7)
+    features = pooled.mean(dim=(2, 3)).split([len(r) for r in regions])  # (k, D) per image
+    out = []
+    for feats, boxes, (h, w), image in zip(features, regions, image_list.image_sizes, images):
+        height, width = image.shape[-2:]
+        scale = boxes.new_tensor([width / w, height / h, width / w, height / h])
+        boxes = boxes * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        out.append((feats, boxes))
+    return out
+
+
+def select_regions(
+    det_boxes: torch.Tensor,
+    det_scores: torch.Tensor,
+    proposals: torch.Tensor,
+    image_size: tuple[int, int],
+    max_boxes: int,
+    min_boxes: int,
+    conf_thresh: float,
+) -> torch.Tensor:
+    """Boxes (k, 4) of one image, in the detector's input pixels; see the module docstring for the order of preference."""
+    confident = det_scores >= conf_thresh
+    candidates = torch.cat([det_boxes[confident], det_boxes[~confident], proposals])
+    n_confident = int(confident.sum())
+    # NMS with scores that encode the preference order: earlier candidates win over later overlapping ones.
+    rank = torch.arange(len(candidates), 0, -1, dtype=torch.float32, device=candidates.device)
+    keep = (
+        nms(candidates, rank, _DUPLICATE_IOU)
+        if len(candidates)
+        else candidates.new_zeros(0, dtype=torch.long)
+    )
+    chosen = keep[keep < n_confident][:max_boxes]
+    if len(chosen) < min_boxes:
+        chosen = torch.cat([chosen, keep[keep >= n_confident][: min_boxes - len(chosen)]])
+    boxes = candidates[chosen]
+    if len(boxes) < min_boxes:
+        grid = grid_boxes(image_size, min_boxes).to(boxes)
+        if len(boxes):
+            grid = grid[box_iou(grid, boxes).max(dim=1).values <= _DUPLICATE_IOU]
+        boxes = torch.cat([boxes, grid[: min_boxes - len(boxes)]])
+    return boxes
+
+
+def grid_boxes(image_size: tuple[int, int], n: int) -> torch.Tensor:
+    """The whole image, then the cells of finer and finer square grids, until there are at least n boxes."""
+    h, w = image_size
+    boxes = []
+    g = 1
+    while len(boxes) < n:
+        for i in range(g):
+            for j in range(g):
+                boxes.append([j * w / g, i * h / g, (j + 1) * w / g, (i + 1) * h / g])
+        g += 1
+    return torch.tensor(boxes, dtype=torch.float32)
+
+
+# -- the bottom-up detector, as generate_tsv.py --------------------------------------------------------------------
+def select_proposals(
+    proposals: torch.Tensor,
+    class_probs: torch.Tensor,
+    conf_thresh: float = CONF_THRESH,
+    min_boxes: int = ADAPTIVE_BOXES[0],
+    max_boxes: int = ADAPTIVE_BOXES[1],
+    nms_threshold: float = NMS_THRESHOLD,
+) -> torch.Tensor:
+    """Indices of the proposals generate_tsv keeps (see the module docstring); proposals (R, 4), class_probs (R, C + 1)
+    with the background in column 0."""
+    scores = class_probs[:, 1:]  # (R, C)
+    # Every class at once (one NMS per class made the class loop the bulk of extraction time).
+    kept = class_nms_plus_one(proposals, scores, nms_threshold)  # (R, C)
+    max_conf = torch.where(kept, scores, 0).amax(dim=1)
+    keep = torch.nonzero(max_conf >= conf_thresh).squeeze(1)
+    if min_boxes <= len(keep) <= max_boxes:
+        return keep
+    # generate_tsv's np.argsort(max_conf)[::-1]: ascending, then reversed, so equal scores go last index first.
+    best = torch.sort(max_conf, stable=True).indices.flip(0)
+    return best[:min_boxes] if len(keep) < min_boxes else best[:max_boxes]
+
+
+@torch.no_grad()
+def bottom_up_batch(
+    detector: torch.nn.Module,
+    images: list[torch.Tensor],
+    conf_thresh: float = CONF_THRESH,
+    min_boxes: int = ADAPTIVE_BOXES[0],
+    max_boxes: int = ADAPTIVE_BOXES[1],
+) -> list[Extracted]:
+    """Images (3, H, W) in [0, 1] -> per image the kept proposals' features, boxes and predicted labels."""
+    out = []
+    for image, r in zip(images, detector.regions(images)):
+        keep = select_proposals(r.boxes, r.class_probs, conf_thresh, min_boxes, max_boxes)
+        object_scores, object_labels = r.class_probs[keep, 1:].max(dim=1)
+        attribute_scores, attribute_labels = r.attribute_probs[keep, 1:].max(dim=1)
+        fields = {
+            "object_labels": object_labels + 1,
+            "object_scores": object_scores,
+            "attribute_labels": attribute_labels + 1,
+            "attribute_scores": attribute_scores,
+        }
+        out.append((r.features[keep], _clamp(r.boxes[keep], image), fields))
+    return out
+
+
+@torch.no_grad()
+def grid_batch(detector: torch.nn.Module, images: list[torch.Tensor], n: int) -> list[Extracted]:
+    """Images -> per image the n x n cells of the detector's res5 map as regions."""
+    return [(g.features, _clamp(g.boxes, image), None) for image, g in zip(images, detector.grid(images, n))]
+
+
+def _clamp(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    boxes = boxes.clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
