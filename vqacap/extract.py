@@ -26,6 +26,8 @@ from vqacap.images import ImageError, image_files
 from vqacap.models.regions import (
     ADAPTIVE_BOXES,
     CONF_THRESH,
+    RegionChoiceError,
+    check_grid,
 )
 from vqacap.published import add_detector_file_arguments
 
@@ -155,16 +157,6 @@ def extract_with_detector(
     return run_extraction(images, model, out, choice, dtype, batch_size, device, progress, **trainer)
 
 
-def check_grid(model: torch.nn.Module, grid: int | None) -> None:
-    """`ExtractError` for a grid finer than any image's feature map (the pooling would repeat cells: --grid 1000
-    wrote 1,000,000 cells per image)."""
-    if grid is not None and grid > model.max_grid():
-        raise ExtractError(
-            f"--grid {grid}: the detector's feature map has at most {model.max_grid()} x {model.max_grid()} cells "
-            f"(shorter side {model.min_side} pixels); give --grid {model.max_grid()} or less"
-        )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", required=True, nargs="+", metavar="DIR", help="folder(s) of .jpg/.png images named by id"
@@ -259,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
             )
     except StoreWriteError as err:
         exit_after_failed_write(err)
-    except (ExtractError, ImageError, RegionStoreError) as err:
+    except (ExtractError, ImageError, RegionChoiceError, RegionStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not is_global_zero():

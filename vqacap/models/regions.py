@@ -27,6 +27,21 @@ DETECTOR_FIELDS = {
     "attribute_scores": "float32",
 }
 
+
+class RegionChoiceError(ValueError):
+    """A region choice the detector cannot give (a grid finer than its feature map); the message is one line."""
+
+
+def check_grid(model: torch.nn.Module, grid: int | None) -> None:
+    """`RegionChoiceError` for a grid finer than any image's feature map (the pooling would repeat cells: --grid 1000
+    wrote 1,000,000 cells per image)."""
+    if grid is not None and grid > model.max_grid():
+        raise RegionChoiceError(
+            f"--grid {grid}: the detector's feature map has at most {model.max_grid()} x {model.max_grid()} cells "
+            f"(shorter side {model.min_side} pixels); give --grid {model.max_grid()} or less"
+        )
+
+
 # One image's regions: features (k, D), boxes (k, 4) in original pixels, optional per-region fields.
 Extracted = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]
 

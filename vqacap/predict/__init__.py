@@ -76,13 +76,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str):
     """(detector, LightningModule) in eval mode, or ValueError naming the file that does not fit."""
     from vqacap.checkpoints import load_module
-    from vqacap.extract import load_bottom_up
+    from vqacap.published import load_detector_file
 
     if not model_path.is_file():
         raise ValueError(f"{model_path}: checkpoint not found")
     # First: the classes it names are checked before anything is imported (vqacap.targets).
     module = load_module(model_path, map_location=args.device)
-    detector = load_bottom_up(args.detector, args.device, args.prototxt, args.classes, args.attributes)
+    detector = load_detector_file(args.detector, args.prototxt, args.classes, args.attributes, args.device)
     if module.task != task:
         raise ValueError(f"{model_path}: a {module.task} checkpoint, but {flag} needs a {task} one")
     if int(module.hparams.feature_dim) != detector.feature_dim:
@@ -95,11 +95,11 @@ def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str
 
 def check_sizes(images: list[Path], detector, grid: int | None) -> None:
     """`ImageError` for the first image whose size the detector cannot take (read from its header, before any
-    forward pass: a 10000 x 10 image stopped the command with torchvision's traceback), ExtractError for a grid
+    forward pass: a 10000 x 10 image stopped the command with torchvision's traceback), RegionChoiceError for a grid
     finer than any feature map."""
     from PIL import Image
 
-    from vqacap.extract import check_grid
+    from vqacap.models.regions import check_grid
 
     check_grid(detector, grid)
     for path in images:
@@ -195,7 +195,6 @@ def run_task(args: argparse.Namespace, model_path: Path, task: str, flag: str, q
     """Records per image (or None after printing the one-line error)."""
     from vqacap.checkpoints import CheckpointError
     from vqacap.data.pixels import PixelDataModule
-    from vqacap.extract import ExtractError
     from vqacap.extraction.settings import is_global_zero
 
     prog = f"vqacap {MAP_SUFFIX[task]}"
@@ -222,7 +221,7 @@ def run_task(args: argparse.Namespace, model_path: Path, task: str, flag: str, q
         paths = (
             save_maps(records, args.images, args.out, task, args.top_k) if args.out else [None] * len(records)
         )
-    except (ImageError, ExtractError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (ImageError, CheckpointError, OSError, ValueError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return None
     return list(zip(records, paths))
