@@ -350,7 +350,10 @@ class CaffeBottomUpDetector(nn.Module):
         """One image: data (1, 3, h, w) from `caffe_blob`, im_info (h, w, s) -> the blobs of test.prototxt."""
         res4 = self.trunk(data)
         rpn_prob, rpn_deltas = self.rpn(res4)
-        rois = proposals(rpn_prob[0], rpn_deltas[0], im_info, self.spec)
+        return self.heads(res4, proposals(rpn_prob[0], rpn_deltas[0], im_info, self.spec))
+
+    def heads(self, res4: torch.Tensor, rois: torch.Tensor) -> CaffeOutputs:
+        """The blobs of test.prototxt from ROIPooling on, for rois (R, 4) in blob pixels of the res4 map."""
         pool5 = self.box_head(res4, rois)
         cls_score = self.cls_score(pool5)
         attr_prob = self.attribute_head(pool5, cls_score) if self.attribute_head is not None else None
@@ -429,13 +432,7 @@ class CaffeBottomUpDetector(nn.Module):
         return out
 
     def _given(self, data: torch.Tensor, rois: torch.Tensor) -> CaffeOutputs:
-        res4 = self.trunk(data)
-        pool5 = self.box_head(res4, rois)
-        cls_score = self.cls_score(pool5)
-        attr_prob = self.attribute_head(pool5, cls_score) if self.attribute_head is not None else None
-        return CaffeOutputs(
-            rois, pool5, cls_score, F.softmax(cls_score, dim=1), self.bbox_pred(pool5), attr_prob
-        )
+        return self.heads(self.trunk(data), rois)
 
     @torch.no_grad()
     def grid(self, images: list[torch.Tensor], n: int) -> list[GridOutputs]:
