@@ -16,8 +16,8 @@ import vqacap.callbacks.attention_maps as callback_module
 from tests.conftest import TINY_CAPTIONER
 from tests.references import import_reference
 from vqacap.callbacks import AttentionMaps
+from vqacap.draw import PANEL, attention_maps
 from vqacap.train import run
-from vqacap.visualize import PANEL, attention_maps
 
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
 SHORT = ["+trainer.limit_train_batches=2"]

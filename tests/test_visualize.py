@@ -13,8 +13,8 @@ from PIL import Image
 
 from tests.conftest import TINY_CAPTIONER
 from vqacap.cli import main as vqacap
+from vqacap.draw import PANEL, caption_figure, heat_overlay, top_boxes_text, vqa_figure
 from vqacap.train import run
-from vqacap.visualize import PANEL, caption_figure, heat_overlay, top_boxes_text, vqa_figure
 
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
 SHORT = ["+trainer.limit_train_batches=2", "test=false", "callbacks.attention_maps=null"]
@@ -134,7 +134,7 @@ def test_cli_works_from_any_directory_and_skips_bad_images(
 
 
 def test_16_bit_images_are_drawn_scaled(tmp_path):
-    from vqacap.visualize import load_image
+    from vqacap.draw import load_image
 
     Image.fromarray(np.full((3, 4), 32896, dtype=np.uint16)).save(tmp_path / "depth.png")
     image, found, problem = load_image(tmp_path / "depth.png", (4, 3))
@@ -146,18 +146,16 @@ def test_a_map_drawn_without_its_image_says_why(tmp_path, monkeypatch):
     """An image that is there but refused (too large) was drawn under "image file not found"."""
     import functools
 
-    from vqacap import visualize
+    from vqacap import draw
     from vqacap.images import open_rgb
 
     written = []
-    real = visualize._text_block
-    monkeypatch.setattr(
-        visualize, "_text_block", lambda lines, *rest: written.append(lines) or real(lines, *rest)
-    )
-    monkeypatch.setattr(visualize, "open_rgb", functools.partial(open_rgb, max_pixels=100))  # a smaller limit
+    real = draw._text_block
+    monkeypatch.setattr(draw, "_text_block", lambda lines, *rest: written.append(lines) or real(lines, *rest))
+    monkeypatch.setattr(draw, "open_rgb", functools.partial(open_rgb, max_pixels=100))  # a smaller limit
     big = tmp_path / "big.png"
     Image.new("L", (60, 10)).save(big)
-    image, found, problem = visualize.load_image(big, (60, 10))
+    image, found, problem = draw.load_image(big, (60, 10))
     assert not found and problem == f"{big}: 60x10 pixels is more than the 100 an image may have"
     item = {"question": "what is it", "answer": "red", "gt_answer": None, "boxes": BOXES,
             "attention": torch.tensor([0.7, 0.3])}  # fmt: skip

@@ -3,7 +3,7 @@
 The maps are PNG files `<dirpath>/epoch_<NNN>/<id>.png` whatever the loggers, and go to the dashboards: for wandb, the
 images with their most attended boxes (`boxes`: the attention weight as the box score, the word or answer as the box
 caption, in pixels) under `<split>/attention_maps`, and a table (id, rendered map, text, top boxes) under
-`<split>/attention_table`; for TensorBoard, the rendered maps as images. The drawing is `vqacap.visualize`; the examples
+`<split>/attention_table`; for TensorBoard, the rendered maps as images. The drawing is `vqacap.draw`; the examples
 come from the DataModule (`example_ids`, `examples`, `image_path`) and the module (`explain`).
 """
 
@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
-from vqacap.visualize import AttentionMap, attention_maps, save_maps, text_of, top_boxes_text, top_regions
+from vqacap.draw import AttentionMap, attention_maps, save_maps, text_of, top_boxes_text, top_regions
 
 
 class AttentionMaps(pl.Callback):

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from pytorch_lightning.loggers import WandbLogger
 from torchvision.transforms.functional import to_pil_image
 
-from vqacap.visualize import _font
+from vqacap.draw import label_font
 
 COLOUR = (255, 64, 32)
 
@@ -45,7 +45,7 @@ def describe(
 def draw(image: Image.Image, records: list[dict]) -> Image.Image:
     out = image.copy()
     pen = ImageDraw.Draw(out)
-    font = _font(10)
+    font = label_font(10)
     for r in records:
         x1, y1, x2, y2 = r["box"]
         pen.rectangle([x1, y1, x2, y2], outline=COLOUR, width=1)

@@ -8,7 +8,7 @@ A *grounded item* is a caption word or a question that names one object of the s
 
 The item is a hit when the region with the largest attention weight, at the step that emits the word (captioning) or
 for the question (VQA), overlaps the object's box with IoU >= 0.5. The accuracy is hits / grounded items. Real datasets
-have no scenes, so the metric is simply not updated there. Not here: attention maps (`vqacap.visualize`).
+have no scenes, so the metric is simply not updated there. Not here: attention maps (`vqacap.draw`).
 
 Dims: B examples (images or questions), T items per example (caption words; 1 for a question), K regions.
 """

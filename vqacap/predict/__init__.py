@@ -3,7 +3,7 @@ image files, from pixels to words.
 
 The detector finds each image's regions as `vqacap extract --detector` does (vqacap.data.pixels), the model's
 `predict_step` captions or answers them (Lightning's `trainer.predict`, which does the same over any folder), and each
-image gets an attention map drawn by vqacap.visualize, its boxes named by the detector's object and attribute labels.
+image gets an attention map drawn by vqacap.draw, its boxes named by the detector's object and attribute labels.
 Checkpoints that do not fit together (a detector whose features are not the size the model reads, a checkpoint of the
 other task) and unusable image files stop the command with one line naming the file.
 """
@@ -175,9 +175,9 @@ def map_paths(images: list[Path], out: Path, task: str) -> list[Path]:
 
 
 def save_maps(records: list[dict], images: list[Path], out: Path, task: str, top_k: int) -> list[Path]:
-    """One attention map per record (vqacap.visualize's drawing), titled with the image's file name."""
+    """One attention map per record (vqacap.draw), titled with the image's file name."""
+    from vqacap.draw import caption_figure, vqa_figure
     from vqacap.images import open_rgb
-    from vqacap.visualize import caption_figure, vqa_figure
 
     out.mkdir(parents=True, exist_ok=True)
     paths = map_paths(images, out, task)
