@@ -32,7 +32,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from vqacap.metrics.detection import nms_plus_one
-from vqacap.models.detector import GridOutputs, RegionOutputs, max_roi_pool
+from vqacap.models.detector import GridOutputs, RegionOutputs, grid_cell_boxes, max_roi_pool
 
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)  # cfg.PIXEL_MEANS
 
@@ -444,10 +444,7 @@ class CaffeBottomUpDetector(nn.Module):
             for block in self.head.values():
                 x = block(x)
             cells = F.adaptive_avg_pool2d(x[0], n).flatten(1).T  # (n * n, D)
-            oh, ow = image.shape[-2:]
-            ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-            cell_boxes = torch.stack([xs * ow / n, ys * oh / n, (xs + 1) * ow / n, (ys + 1) * oh / n], -1)
-            out.append(GridOutputs(cell_boxes.reshape(-1, 4).to(cells), cells))
+            out.append(GridOutputs(grid_cell_boxes(*image.shape[-2:], n).to(cells), cells))
         return out
 
 

@@ -467,6 +467,13 @@ class RegionOutputs:
     attribute_probs: torch.Tensor  # (R, A + 1), given the argmax class
 
 
+def grid_cell_boxes(height: int, width: int, n: int) -> torch.Tensor:
+    """The n x n cells of an image of this size, row by row: boxes (n * n, 4) in its pixels."""
+    ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    boxes = torch.stack([xs * width / n, ys * height / n, (xs + 1) * width / n, (ys + 1) * height / n], -1)
+    return boxes.reshape(-1, 4)
+
+
 @dataclass
 class GridOutputs:
     boxes: torch.Tensor  # (n * n, 4) the cells, row by row, in input-image pixels
@@ -649,9 +656,7 @@ class BottomUpDetector(FasterRCNN):
                 b, :, : max(1, round(h / stride)), : max(1, round(w / stride))
             ]  # this image, without padding
             cells = F.adaptive_avg_pool2d(valid, n).flatten(1).T  # (n * n, D)
-            ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-            boxes = torch.stack([xs * ow / n, ys * oh / n, (xs + 1) * ow / n, (ys + 1) * oh / n], -1)
-            out.append(GridOutputs(boxes.reshape(-1, 4).to(cells), cells))
+            out.append(GridOutputs(grid_cell_boxes(oh, ow, n).to(cells), cells))
         return out
 
 

@@ -26,7 +26,7 @@ import torch
 
 from vqacap.models.caffe_detector import BlockSpec, CaffeBottomUpDetector, CaffeDetectorSpec
 from vqacap.published.caffe import CaffeFormatError
-from vqacap.published.detector import genome_names, read_names, spec_from_prototxt
+from vqacap.published.detector import detector_names, spec_from_prototxt
 from vqacap.published.safe_pickle import load_arrays
 
 _BLOCK_KEY = re.compile(r"^(backbone\.res([2-4])|roi_heads\.res5)\.(\d+)\.")
@@ -201,12 +201,7 @@ def load_converted(
     state = {ours: tensors[theirs] for theirs, ours in names.items()}
     if layout == "airsplay":
         state = _to_caffe_layout(state, spec)
-    class_names, attribute_names = genome_names(spec.num_classes, spec.num_attributes)
-    if classes is not None:
-        class_names = read_names(classes, spec.num_classes, "class", "__background__")
-    if attributes is not None and spec.num_attributes is not None:
-        attribute_names = read_names(attributes, spec.num_attributes, "attribute", "__no_attribute__")
-    model = CaffeBottomUpDetector(spec, class_names, attribute_names)
+    model = CaffeBottomUpDetector(spec, *detector_names(spec, classes, attributes))
     expected = model.state_dict()
     inverse = {ours: theirs for theirs, ours in names.items()}
     for key, value in state.items():

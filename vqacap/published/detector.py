@@ -263,6 +263,19 @@ def read_names(path: str | os.PathLike, count: int, kind: str, first: str) -> li
     return names
 
 
+def detector_names(
+    spec: CaffeDetectorSpec, classes: str | os.PathLike | None, attributes: str | os.PathLike | None
+) -> tuple[list[str], list[str] | None]:
+    """Class and attribute names for a detector of this shape: from the vocabulary files given, else Visual Genome's
+    (for 1601 / 401 outputs) or generic ones."""
+    class_names, attribute_names = genome_names(spec.num_classes, spec.num_attributes)
+    if classes is not None:
+        class_names = read_names(classes, spec.num_classes, "class", "__background__")
+    if attributes is not None and spec.num_attributes is not None:
+        attribute_names = read_names(attributes, spec.num_attributes, "attribute", "__no_attribute__")
+    return class_names, attribute_names
+
+
 def published_prototxt() -> Path:
     """The published ResNet-101 test.prototxt shipped with vqacap (vqacap/published/data)."""
     return Path(str(resources.files("vqacap.published") / "data" / "resnet101_test.prototxt.gz"))
@@ -286,11 +299,6 @@ def load_caffe_detector(
                 f"{err} (the published ResNet-101 test.prototxt was assumed: give the model's own with --prototxt)"
             ) from None
         raise
-    class_names, attribute_names = genome_names(spec.num_classes, spec.num_attributes)
-    if classes is not None:
-        class_names = read_names(classes, spec.num_classes, "class", "__background__")
-    if attributes is not None and spec.num_attributes is not None:
-        attribute_names = read_names(attributes, spec.num_attributes, "attribute", "__no_attribute__")
-    model = CaffeBottomUpDetector(spec, class_names, attribute_names)
+    model = CaffeBottomUpDetector(spec, *detector_names(spec, classes, attributes))
     model.load_state_dict(state)
     return model.eval()
