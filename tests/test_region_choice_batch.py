@@ -92,12 +92,12 @@ def test_the_batched_nms_equals_class_nms_plus_one_of_each_image(dtype):
 def test_chosen_regions_pad_and_unpad_the_per_image_form():
     gen = torch.Generator().manual_seed(0)
     found = [
-        (torch.randn(k, 8, generator=gen), torch.rand(k, 4, generator=gen), {"object_labels": torch.arange(k) + 1})
+        (torch.randn(k, 8, generator=gen), torch.rand(k, 4, generator=gen), {"labels": torch.arange(k) + 1})
         for k in (3, 0, 5)
     ]
     chosen = ChosenRegions.stack(found)
     assert chosen.features.shape == (3, 5, 8) and chosen.counts.tolist() == [3, 0, 5]
-    assert not chosen.features[0, 3:].any() and not chosen.fields["object_labels"][0, 3:].any()
+    assert not chosen.features[0, 3:].any() and not chosen.fields["labels"][0, 3:].any()
     again = ChosenRegions.of(chosen.tensors()).unpadded()
     for (f, b, x), (f2, b2, x2) in zip(found, again):
-        assert torch.equal(f, f2) and torch.equal(b, b2) and torch.equal(x["object_labels"], x2["object_labels"])
+        assert torch.equal(f, f2) and torch.equal(b, b2) and torch.equal(x["labels"], x2["labels"])

@@ -207,11 +207,12 @@ class ChosenRegions:
     @classmethod
     def stack(cls, found: list[Extracted]) -> ChosenRegions:
         """Per-image regions (as `bottom_up_batch`, `grid_batch`, `extract_batch` give them) padded into one batch."""
-        fields = found[0][2]
+        names = found[0][2]
+        fields = None if names is None else {n: _padded([f[n] for *_, f in found]) for n in names}
         return cls(
-            pad_sequence([features for features, _, _ in found], batch_first=True),
-            pad_sequence([boxes for _, boxes, _ in found], batch_first=True),
-            None if fields is None else {n: pad_sequence([f[n] for *_, f in found], batch_first=True) for n in fields},
+            _padded([features for features, _, _ in found]),
+            _padded([boxes for _, boxes, _ in found]),
+            fields,
             torch.tensor([len(features) for features, _, _ in found]),
         )
 
@@ -251,7 +252,8 @@ def select_proposals_batch(
     # generate_tsv's order, as select_proposals; padding (-inf) sorts first, so last once flipped.
     best = torch.sort(max_conf, dim=1, stable=True).indices.flip(1)
     indices = torch.where(in_range[:, None], thresholded, best)[:, :max_boxes]
-    indices = torch.nn.functional.pad(indices, (0, max_boxes - indices.shape[1]))  # fewer than max_boxes proposals
+    # Fewer than max_boxes proposals: index 0 in the slots past every count.
+    indices = torch.nn.functional.pad(indices, (0, max_boxes - indices.shape[1]))
     limit = torch.where(n_above < min_boxes, n_valid.clamp(max=min_boxes), n_valid.clamp(max=max_boxes))
     return indices, torch.where(in_range, n_above, limit)
 
@@ -267,13 +269,8 @@ def bottom_up_regions(
     """`bottom_up_batch` for the whole batch on the detector's device (`select_proposals_batch`): the same regions,
     padded to max_boxes, so that the host reads them in one copy."""
     found = detector.regions(images)
-    # At least one row, padding if need be, so that the gathers below have something to index.
-    def padded(tensors: list[torch.Tensor]) -> torch.Tensor:  # (R_b, ...) each -> (B, max(R_b, 1), ...)
-        out = pad_sequence(tensors, batch_first=True)
-        return out if out.shape[1] else out.new_zeros(out.shape[0], 1, *out.shape[2:])
-
-    proposals = padded([r.boxes for r in found])  # (B, R, 4)
-    class_probs = padded([r.class_probs for r in found])  # (B, R, C + 1)
+    proposals = _padded([r.boxes for r in found])  # (B, R, 4)
+    class_probs = _padded([r.class_probs for r in found])  # (B, R, C + 1)
     valid = torch.zeros(proposals.shape[:2], dtype=torch.bool, device=proposals.device)
     for b, r in enumerate(found):
         valid[b, : len(r.boxes)] = True
@@ -293,7 +290,7 @@ def bottom_up_regions(
         boxes[b, :, 0::2] = boxes[b, :, 0::2].clamp(0, width)
         boxes[b, :, 1::2] = boxes[b, :, 1::2].clamp(0, height)
     object_scores, object_labels = gather(class_probs)[..., 1:].max(dim=2)
-    attributes = padded([r.attribute_probs for r in found])
+    attributes = _padded([r.attribute_probs for r in found])
     attribute_scores, attribute_labels = gather(attributes)[..., 1:].max(dim=2)
     fields = {
         "object_labels": torch.where(chosen, object_labels + 1, 0),
@@ -301,7 +298,7 @@ def bottom_up_regions(
         "attribute_labels": torch.where(chosen, attribute_labels + 1, 0),
         "attribute_scores": attribute_scores,
     }
-    features = gather(padded([r.features for r in found]))
+    features = gather(_padded([r.features for r in found]))
     return ChosenRegions(features, boxes, fields, counts)
 
 
@@ -309,6 +306,12 @@ def bottom_up_regions(
 def grid_batch(detector: torch.nn.Module, images: list[torch.Tensor], n: int) -> list[Extracted]:
     """Images -> per image the n x n cells of the detector's res5 map as regions."""
     return [(g.features, _clamp(g.boxes, image), None) for image, g in zip(images, detector.grid(images, n))]
+
+
+def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(R_b, ...) each -> (B, max(R_b, 1), ...) zero-padded: at least one row, so that a gather has one to index."""
+    out = pad_sequence(tensors, batch_first=True)
+    return out if out.shape[1] else out.new_zeros(out.shape[0], 1, *out.shape[2:])
 
 
 def _clamp(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
