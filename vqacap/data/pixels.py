@@ -33,7 +33,7 @@ from vqacap.data.store import Regions
 from vqacap.data.vocab import Vocabulary, tokenize
 from vqacap.data.vqa import VQABatch
 from vqacap.images import open_rgb
-from vqacap.models.regions import ADAPTIVE_BOXES, CONF_THRESH, bottom_up_batch, grid_batch
+from vqacap.models.regions import ADAPTIVE_BOXES, CONF_THRESH, bottom_up_regions, grid_batch
 
 
 @dataclass
@@ -112,7 +112,8 @@ class DetectorCollate:
         if c.grid is not None:
             found = grid_batch(self.detector, images, c.grid)
         else:
-            found = bottom_up_batch(self.detector, images, c.conf_thresh, c.min_boxes, c.max_boxes)
+            chosen = bottom_up_regions(self.detector, images, c.conf_thresh, c.min_boxes, c.max_boxes)
+            found = chosen.to("cpu").unpadded()  # one copy to the host for the batch
         regions = pad_regions(
             [features.cpu() for features, _, _ in found],
             [boxes.cpu() for _, boxes, _ in found],

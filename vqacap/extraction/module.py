@@ -135,13 +135,14 @@ class HostCopy:
         # Floats as float32: autocast leaves some outputs in bf16, which numpy has no type for.
         tensors = {n: t.float() if t.is_floating_point() else t for n, t in chosen.tensors().items()}
         self.event = None
-        if chosen.features.device.type == "cuda":
-            pinned = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for n, t in tensors.items()}
+        if any(t.device.type == "cuda" for t in tensors.values()):
             for name, t in tensors.items():
-                pinned[name].copy_(t, non_blocking=True)
+                if t.device.type == "cuda":
+                    tensors[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                        t, non_blocking=True
+                    )
             self.event = torch.cuda.Event()
             self.event.record()
-            tensors = pinned
         self.tensors = tensors
 
     def wait(self) -> ChosenRegions:
@@ -162,8 +163,9 @@ class PredictedBatch:
 
 
 class RegionExtractor(pl.LightningModule):
-    """A detector and a region choice as a LightningModule whose `predict_step` returns each image's regions, or the
-    one-line problem of an image the detector cannot take (a size it names up front, or a failed forward pass)."""
+    """A detector and a region choice as a LightningModule whose `predict_step` returns the batch's regions, padded
+    and on their way to the host, and the one-line problem of each image the detector cannot take (a size it names up
+    front, or a failed forward pass)."""
 
     def __init__(self, detector: torch.nn.Module, choice: RegionChoice | FasterRCNNChoice) -> None:
         super().__init__()

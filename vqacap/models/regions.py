@@ -204,6 +204,9 @@ class ChosenRegions:
         features, boxes, counts = named.pop("features"), named.pop("boxes"), named.pop("counts")
         return cls(features, boxes, named or None, counts)
 
+    def to(self, device: torch.device | str) -> ChosenRegions:
+        return ChosenRegions.of({n: t.to(device) for n, t in self.tensors().items()})
+
     @classmethod
     def stack(cls, found: list[Extracted]) -> ChosenRegions:
         """Per-image regions (as `bottom_up_batch`, `grid_batch`, `extract_batch` give them) padded into one batch."""
