@@ -1,9 +1,9 @@
 """Which regions of an image a captioner or VQA model attends over, chosen from a detector's outputs: bottom-up-
 attention's generate_tsv.py choice (`select_proposals`, `bottom_up_batch`: per-class NMS over the RPN proposals, a
 score threshold, 10-100 or a fixed count), grid cells (`grid_batch`), and the torchvision Faster R-CNN stand-in's
-choice (`extract_batch`, `select_regions`). `select_proposals_batch` / `bottom_up_regions` are generate_tsv's choice for
-a whole batch on the device, padded (`ChosenRegions`), equal to the per-image form. Used by extraction, by `vqacap caption` / `answer` and by the benchmarks;
-docs/detector.md (Extraction) describes each rule.
+choice (`extract_batch`, `select_regions`). `select_proposals_batch` / `bottom_up_regions` are generate_tsv's choice
+for a whole batch on the device, padded (`ChosenRegions`), equal to the per-image form bit for bit. Used by
+extraction, by `vqacap caption` / `answer` and by the benchmarks; docs/detector.md (Extraction) describes each rule.
 """
 
 from __future__ import annotations
