@@ -377,3 +377,45 @@ def test_each_batch_is_written_at_the_end_of_the_next_one_and_the_last_at_the_en
     for image_id in reference.image_ids.tolist():
         for a, b in zip(found.read(image_id), reference.read(image_id)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+class FailsOnOneImage(torch.nn.Module):
+    """The tiny detector, failing on any batch that holds one given image (as a model failing on one input does)."""
+
+    def __init__(self, detector: BottomUpDetector, bad: torch.Tensor) -> None:
+        super().__init__()
+        self.detector = detector
+        self.bad = float(bad.float().div(255).sum())
+        self.feature_dim, self.classes, self.attributes = detector.feature_dim, CLASSES, ATTRIBUTES
+
+    def regions(self, images: list[torch.Tensor]):
+        if any(abs(float(image.sum()) - self.bad) < 0.5 for image in images):
+            raise RuntimeError("the model cannot take this one")
+        return self.detector.regions(images)
+
+
+def test_a_batch_the_model_fails_on_is_written_image_by_image_but_the_one_it_fails_on(
+    images, reference, tmp_path
+):
+    from torchvision.io import read_image
+
+    from vqacap.data.pixels import RegionChoice
+    from vqacap.extraction.module import extract_folders
+
+    files = sorted(images.glob("*.png"))
+    model = FailsOnOneImage(tiny_detector(0), read_image(str(files[7]))[:3])
+    out = tmp_path / "regions.h5"
+    result = extract_folders(
+        images, model, out, RegionChoice(), "float32", batch_size=5, workers=0, progress=False
+    )
+    assert result.extracted == IMAGES - 1
+    assert result.problems == [
+        f"{files[7]}: the model failed on it (RuntimeError: the model cannot take this one)"
+    ]
+    found = RegionStore(out)
+    assert sorted(found.image_ids.tolist()) == sorted(
+        set(reference.image_ids.tolist()) - {int(files[7].stem)}
+    )
+    for image_id in found.image_ids.tolist():  # five a forward pass, or one: to float rounding
+        for a, b in zip(found.read(image_id), reference.read(image_id)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
