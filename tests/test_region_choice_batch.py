@@ -39,9 +39,9 @@ def padded(images):
     return proposals, probs, valid
 
 
-# (counts of proposals per image, classes, limits): R below min_boxes, exactly the limits, far above them.
+# (counts of proposals per image, classes, limits): none, R below min_boxes, exactly the limits, far above them.
 CASES = [
-    ([5, 30, 1, 12], 6, (10, 100)),
+    ([5, 30, 1, 0, 12], 6, (10, 100)),
     ([40, 40, 40], 3, (10, 100)),
     ([60, 8, 25], 2, (3, 8)),
     ([50, 36, 20], 5, (36, 36)),
