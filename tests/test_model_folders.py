@@ -281,3 +281,30 @@ def test_export_never_overwrites_and_says_what_it_needs(runs, tmp_path, capsys):
     # a checkpoint file exports as its run folder does
     assert vqacap(["export", runs["captioner"], str(tmp_path / "from_file")]) == 0
     assert "caption_shapes_detected" in (tmp_path / "from_file" / "README.md").read_text()
+
+
+def test_visualize_draws_the_same_maps_from_a_folder(make_cfg, data_root, tmp_path, capsys):
+    cfg = make_cfg("experiment=caption_shapes", *TINY_CAPTIONER, "callbacks.attention_maps=null")
+    run(cfg)
+    checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert vqacap(["export", str(checkpoint), str(tmp_path / "folder")]) == 0
+    drawn = {}
+    for name, source in (("ckpt", checkpoint), ("folder", tmp_path / "folder")):
+        args = [
+            "--checkpoint",
+            str(source),
+            "--data-dir",
+            str(data_root / "shapes"),
+            "--image-ids",
+            "61",
+            "62",
+        ]
+        capsys.readouterr()
+        assert vqacap(["visualize", *args, "--out", str(tmp_path / f"maps_{name}")]) == 0
+        drawn[name] = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+        assert sorted(p.name for p in (tmp_path / f"maps_{name}").iterdir()) == ["61.png", "62.png"]
+    assert drawn["folder"] == drawn["ckpt"]
+    for image in ("61.png", "62.png"):
+        assert (tmp_path / "maps_folder" / image).read_bytes() == (
+            tmp_path / "maps_ckpt" / image
+        ).read_bytes()

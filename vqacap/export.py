@@ -111,7 +111,8 @@ def model_card(task: str, checkpoint: Path, run: Path | None) -> str:
     """README.md of the model folder, from what the run folder holds."""
     config = _run_config(run)
     tested = _json(run / "test_metrics.json") if run else {}
-    experiment = tested.get("experiment") or (config or {}).get("name") or "unknown"
+    name = OmegaConf.select(config, "name", throw_on_resolution_failure=False) if config is not None else None
+    experiment = tested.get("experiment") or name or "unknown"
     lines = [
         "---",
         "library_name: vqacap",
@@ -169,29 +170,32 @@ def model_card(task: str, checkpoint: Path, run: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_config(run: Path | None) -> dict | None:
+def _run_config(run: Path | None):
     path = run / ".hydra" / "config.yaml" if run else None
-    if path is None or not path.is_file():
-        return None
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return OmegaConf.load(path) if path is not None and path.is_file() else None
 
 
-def _recipe_lines(config: dict) -> list[str]:
-    data, model, trainer = config.get("data") or {}, config.get("model") or {}, config.get("trainer") or {}
-    net = model.get("net") or {}
-    optimizer = model.get("optimizer") or {}
-    lines = [f"- data: `{data.get('_target_', '?')}` from `{data.get('data_dir', '?')}`"]
-    if data.get("store"):
-        lines.append(f"- region features: `{data['store']}`")
-    sizes = ", ".join(f"{k}={v}" for k, v in net.items() if not str(k).startswith("_"))
-    lines.append(f"- model: `{net.get('_target_', '?')}` ({sizes})")
-    if optimizer:
-        lr = optimizer.get("lr")
+def _recipe_lines(config) -> list[str]:
+    def get(key: str, default="?"):
+        # Resolved where it can be (paths.data_dir), as written where it cannot (Hydra's run-time nodes).
+        found = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+        if found is None:
+            found = OmegaConf.select(config, key, default=None, throw_on_missing=False)
+        return default if found is None else found
+
+    lines = [f"- data: `{get('data._target_')}` from `{get('data.data_dir')}`"]
+    if get("data.store", None):
+        lines.append(f"- region features: `{get('data.store')}`")
+    net = get("model.net", {})
+    sizes = ", ".join(f"{k}={get(f'model.net.{k}')}" for k in net if not str(k).startswith("_"))
+    lines.append(f"- model: `{get('model.net._target_')}` ({sizes})")
+    if get("model.optimizer", None) is not None:
+        lr = get("model.optimizer.lr", None)
         lines.append(
-            f"- optimiser: `{optimizer.get('_target_', '?')}`" + (f", lr {lr}" if lr is not None else "")
+            f"- optimiser: `{get('model.optimizer._target_')}`" + (f", lr {lr}" if lr is not None else "")
         )
-    if trainer.get("max_epochs") is not None:
-        lines.append(f"- epochs: {trainer['max_epochs']}, seed {config.get('seed', '?')}")
+    if get("trainer.max_epochs", None) is not None:
+        lines.append(f"- epochs: {get('trainer.max_epochs')}, seed {get('seed')}")
     return lines
 
 
