@@ -39,17 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="captions are already PTB-tokenized: score them as given",
     )
-    parser.add_argument(
-        "--corenlp",
-        metavar="DIR",
-        help="folder holding stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar, which SPICE needs "
-        "(default: $VQACAP_CORENLP, else pycocoevalcap's spice/lib)",
-    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument(
         "--present-only",
         action="store_true",
         help="score only the annotated images the results caption (their count is printed; a debug=limit run's)",
+    )
+
+    parser.add_argument(
+        "--corenlp",
+        metavar="DIR",
+        help="folder holding stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar, which SPICE needs "
+        "(default: $VQACAP_CORENLP, else pycocoevalcap's spice/lib)",
     )
 
 
