@@ -308,3 +308,40 @@ def test_visualize_draws_the_same_maps_from_a_folder(make_cfg, data_root, tmp_pa
         assert (tmp_path / "maps_folder" / image).read_bytes() == (
             tmp_path / "maps_ckpt" / image
         ).read_bytes()
+
+
+def _small_models():
+    from vqacap.models.fast import FastUpDownCaptioner
+    from vqacap.models.fast.vqa import FastReferenceVQA, FastUpDownVQA
+    from vqacap.models.show_attend_tell import ShowAttendTell
+    from vqacap.models.vqa import ReferenceVQA, UpDownVQA
+    from vqacap.models.vqa_generative import GenerativeVQA
+
+    glove = torch.randn(9, 6)  # an initialisation the weights carry: not in config.json
+    return [
+        UpDownCaptioner(9, 8, embed_dim=5, hidden_dim=7, attention_dim=4),
+        FastUpDownCaptioner(9, 8, embed_dim=5, hidden_dim=7, attention_dim=4),
+        ShowAttendTell(9, 8, embed_dim=5, hidden_dim=7, attention_dim=4),
+        UpDownVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6, spatial=True, word_embeddings=glove),
+        FastUpDownVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6),
+        ReferenceVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6),
+        FastReferenceVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6),
+        GenerativeVQA(
+            9, 5, feature_dim=8, hidden_size=6, embedding_dim=6, answer_embedding_dim=4, attention_dim=4
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_every_pure_model_saves_and_loads_itself(index, tmp_path):
+    model = _small_models()[index]
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model"] == f"{type(model).__module__}.{type(model).__qualname__}"
+    assert config["init"].get("word_embeddings") is None and config["init"]["feature_dim"] == 8
+    loaded = type(model).from_pretrained(tmp_path / "m")
+    assert type(loaded) is type(model) and not loaded.training
+    assert model.state_dict().keys() == loaded.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(FolderError, match="exists and is not an empty folder"):
+        model.save_pretrained(tmp_path / "m")

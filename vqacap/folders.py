@@ -191,7 +191,7 @@ class PretrainedMixin:
     def __new__(cls, *args: Any, **kwargs: Any):
         self = super().__new__(cls)
         try:
-            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+            bound = _signature(cls).bind(None, *args, **kwargs)
         except TypeError:  # copy.deepcopy and unpickling make the object without arguments
             arguments = None
         else:
@@ -266,6 +266,20 @@ def load_fitting(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path
             f"{path}: does not fit the {type(model).__name__} of {config} ({problems[0]}{more})"
         )
     model.load_state_dict(state)
+
+
+def _signature(cls: type) -> inspect.Signature:
+    """The signature of the first `__init__` up the class's bases that names its arguments: a subclass's
+    `__init__(self, *args, **kwargs)` passes them on unchanged."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        signature = inspect.signature(init)
+        if any(p.kind not in variadic for p in list(signature.parameters.values())[1:]):
+            return signature
+    return inspect.signature(cls.__init__)
 
 
 def _dotted(cls: type) -> str:
