@@ -160,6 +160,7 @@ def test_from_pretrained_gives_the_checkpoints_model_and_captions(runs):
     assert not net.training and type(net) is type(module.net)
     assert all(torch.equal(a, b) for a, b in zip(module.net.state_dict().values(), net.state_dict().values()))
     paper = UpDownCaptioner.from_pretrained(runs["folders"] / "captioner")  # the paper form of a fast model
+    assert type(paper) is UpDownCaptioner and type(net) is not UpDownCaptioner
     from vqacap.data.store import RegionStore
     from vqacap.lightning.common import region_inputs
 
@@ -225,7 +226,7 @@ def test_weights_that_do_not_fit_the_config_end_in_one_line_naming_file_and_tens
     with pytest.raises(FolderError) as err:
         UpDownCaptioner.from_pretrained(folder)
     message = str(err.value)
-    assert message.startswith(f"{folder / 'model.safetensors'}: does not fit the FastUpDownCaptioner of")
+    assert message.startswith(f"{folder / 'model.safetensors'}: does not fit the UpDownCaptioner of")
     assert "is (" in message and "the model's (" in message and "\n" not in message
 
     image = str(runs["shapes"] / "images" / "test" / "000031.png")
@@ -345,3 +346,18 @@ def test_every_pure_model_saves_and_loads_itself(index, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(FolderError, match="exists and is not an empty folder"):
         model.save_pretrained(tmp_path / "m")
+
+
+def test_a_fast_form_and_its_paper_form_load_each_others_folders(tmp_path):
+    from vqacap.models.fast.vqa import FastUpDownVQA
+    from vqacap.models.show_attend_tell import ShowAttendTell
+    from vqacap.models.vqa import TopDownVQA, UpDownVQA
+
+    fast = FastUpDownVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6)
+    fast.save_pretrained(tmp_path / "fast")
+    assert type(UpDownVQA.from_pretrained(tmp_path / "fast")) is UpDownVQA
+    assert type(TopDownVQA.from_pretrained(tmp_path / "fast")) is FastUpDownVQA  # a base: the folder's class
+    UpDownVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6).save_pretrained(tmp_path / "paper")
+    assert type(FastUpDownVQA.from_pretrained(tmp_path / "paper")) is FastUpDownVQA
+    with pytest.raises(FolderError, match="holds a FastUpDownVQA, not a ShowAttendTell"):
+        ShowAttendTell.from_pretrained(tmp_path / "fast")

@@ -120,7 +120,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """The folder as the checkpoint dict vqacap's loaders read: {"state_dict": {"net.<name>": tensor},
     "hyper_parameters": the training module's settings}."""
     config = read_config(path)
-    state = read_weights(path, map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     hparams = config.get("module")
     if config.get("task") == "detector":
         raise FolderError(f"{folder_of(path)}: a detector's folder, where a captioner or VQA model is needed")
@@ -129,6 +128,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"{folder_of(path) / CONFIG}: holds a bare {config.get('model')} (save_pretrained) without the settings "
             "a command needs; load it with from_pretrained, or export the run with `vqacap export`"
         )
+    state = read_weights(path, map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     return {"state_dict": {f"net.{k}": v for k, v in state.items()}, "hyper_parameters": hparams}
 
 
@@ -225,8 +225,9 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-        """The model a folder holds, in eval mode: the folder's class if it is this class or one with the same weights
-        (a fast variant of a paper model), else `FolderError`; one line naming the file that does not fit."""
+        """The model a folder holds, as this class, in eval mode: a folder of a fast form (vqacap.models.fast) loads
+        into its paper form and back; a folder of an unrelated class, or whose weights do not fit its config, ends
+        in one `FolderError` line naming the file."""
         from vqacap.targets import TargetError, locate
 
         folder = folder_of(path)
@@ -238,7 +239,11 @@ class PretrainedMixin:
             raise FolderError(str(err)) from None
         if not (issubclass(cls, theirs) or issubclass(theirs, cls)):
             raise FolderError(f"{where}: holds a {theirs.__name__}, not a {cls.__name__}")
-        model_class = cls if issubclass(cls, theirs) else theirs
+        # The class asked for when it has the folder's weights: the folder's class or a subclass of it, or the paper
+        # form of a fast one (vqacap.models.fast: same parameters and state dict); else the folder's (asked for a
+        # base class such as TopDownVQA).
+        paper_form = theirs.__module__.startswith("vqacap.models.fast.") and cls in theirs.__bases__
+        model_class = cls if issubclass(cls, theirs) or paper_form else theirs
         init = config.get("init")
         if not isinstance(init, dict):
             raise FolderError(f'{where}: no "init" (the model\'s constructor arguments)')
