@@ -96,7 +96,7 @@ def load(args: argparse.Namespace):
         if not (args.run / ".hydra" / "config.yaml").is_file():
             raise FileNotFoundError(f"{args.run}: not a run folder (no .hydra/config.yaml)")
         checkpoint = _run_checkpoint(args.run)
-    elif not args.checkpoint.is_file():
+    elif not (args.checkpoint.is_file() or args.checkpoint.is_dir()):  # or a model folder
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint not found")
     else:
         checkpoint = args.checkpoint

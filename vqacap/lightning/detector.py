@@ -151,6 +151,8 @@ def _options_dict(options: DetectorOptions) -> dict:
 def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BottomUpDetector:
     """The BottomUpDetector of a DetectorModule checkpoint, in eval mode. Nothing is unpickled (weights_only=True)."""
     path = Path(path)
+    if path.is_dir():  # a model folder (vqacap.folders): safetensors and JSON, never unpickled
+        return BottomUpDetector.from_pretrained(path, map_location)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: detector checkpoint not found")
     ckpt = safe_load(path, map_location)  # one line for a pickled object, a TSV, a truncated file

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from vqacap.data.vocab import PAD_ID
+from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
@@ -46,7 +47,9 @@ class SoftAttentionState(NamedTuple):
     c: torch.Tensor  # (B, G, H)
 
 
-class ShowAttendTell(nn.Module):
+class ShowAttendTell(PretrainedMixin, nn.Module):
+    folder_task = "captioning"  # save_pretrained / from_pretrained: vqacap.folders
+
     def __init__(
         self,
         vocab_size: int,

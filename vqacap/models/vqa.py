@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vqacap.data.vocab import PAD_ID
+from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import ConcatAttention, ProductAttention, attend
 from vqacap.models.layers import GatedTanh, wn_linear, wn_relu
 
@@ -81,7 +82,7 @@ class VQAOutput:
     attention: torch.Tensor  # (B, K) attention weights, exactly 0 on padded regions
 
 
-class TopDownVQA(nn.Module):
+class TopDownVQA(PretrainedMixin, nn.Module):
     """What both models share: the question encoder, the options and the forward pass. Subclasses build the layers
     `attention`, `f_q`, `f_v`, `f_o` and `w_o` in `build_layers`, and name their classifier dropout.
 
@@ -90,6 +91,7 @@ class TopDownVQA(nn.Module):
     W_o; None: the model's own, `default_dropout`.
     """
 
+    folder_task = "VQA"  # save_pretrained / from_pretrained: vqacap.folders
     default_dropout: float
     attention: nn.Module
     f_q: nn.Module

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from vqacap.data.vocab import PAD_ID
+from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
@@ -54,9 +55,11 @@ class AnswerState(NamedTuple):
     c2: torch.Tensor
 
 
-class GenerativeVQA(nn.Module):
+class GenerativeVQA(PretrainedMixin, nn.Module):
     """vocab_size: question words (id 0 = <pad>); answer_vocab_size: answer words, specials first
     (vqacap.data.vocab). feature_dim: D without box geometry; `spatial=True` adds its 6 dims."""
+
+    folder_task = "VQA"  # save_pretrained / from_pretrained: vqacap.folders
 
     def __init__(
         self,
