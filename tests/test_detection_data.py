@@ -102,7 +102,7 @@ def test_datamodule_batches_and_model_kwargs(detection_dir):
     assert len(batch.images) == 4 and batch.image_ids.shape == (4,)
     assert batch.images[0].shape == (3, 64, 64) and batch.images[0].min() >= 0 and batch.images[0].max() <= 1
     assert set(batch.targets[0]) == {"boxes", "labels", "attributes"}
-    examples = dm.examples("val", 2)
+    examples = dm.examples("val", dm.example_ids("val", 2))
     assert examples.image_ids.tolist() == [
         7,
         8,
