@@ -2,8 +2,8 @@
 
 The annotations are the `detection_<split>.json` files that `vqacap prepare vg` writes (their layout is in
 `load_detection_split`); the images are read from disk (`vqacap.images.open_rgb`), as RGB floats in [0, 1], at their
-own size (the detector resizes). Training images are flipped horizontally with probability 0.5 (cfg.TRAIN.USE_FLIPPED of Faster R-CNN, which
-doubles the training set with the flipped copies).
+own size (the detector resizes). Training images are flipped horizontally with probability 0.5 (cfg.TRAIN.USE_FLIPPED
+of Faster R-CNN, which doubles the training set with the flipped copies).
 
 For Shapes, `prepare_data` runs the Shapes generator, which renders the images and writes them in Visual Genome's
 format, then `vqacap.data.shapes.prepare_detection`, which runs the same preparation as real data gets. The loaders,
