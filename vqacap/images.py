@@ -1,5 +1,5 @@
-"""Reading one user image safely: the one place `vqacap extract`, `vqacap visualize` and the attention-map callback open
-image files.
+"""Reading one user image safely: the one place `vqacap extract`, `vqacap visualize`, the attention-map callback and
+the detection and pixel DataModules open image files.
 
 A bad file (empty, truncated, not an image, too large) raises `ImageError` with one line naming it, so callers skip and
 report that image and go on with the others. The decoded size is capped at `MAX_PIXELS` before any pixel is decoded (the
@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 MAX_PIXELS = 50_000_000
 
@@ -49,6 +51,11 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Ima
     # UnidentifiedImageError is an OSError; truncated data raises OSError, SyntaxError or ValueError by format.
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]; `ImageError` for an unusable file (size capped: `MAX_PIXELS`)."""
+    return pil_to_tensor(open_rgb(path)).float().div_(255)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -26,13 +26,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import pil_to_tensor
 
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.store import Regions
 from vqacap.data.vocab import Vocabulary, tokenize
 from vqacap.data.vqa import VQABatch
-from vqacap.images import open_rgb
+from vqacap.images import load_image
 from vqacap.models.regions import ADAPTIVE_BOXES, CONF_THRESH, bottom_up_regions, grid_batch
 
 
@@ -73,11 +72,6 @@ def region_names(
         f"{attributes[a]} {classes[c]}"
         for c, a in zip(fields["object_labels"].tolist(), fields["attribute_labels"].tolist())
     ]
-
-
-def load_image(path: Path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]; `ImageError` for an unusable file (size capped: `vqacap.images.MAX_PIXELS`)."""
-    return pil_to_tensor(open_rgb(path)).float().div(255)
 
 
 class ImageFiles(Dataset):
