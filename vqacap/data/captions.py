@@ -219,10 +219,15 @@ class CaptionDataModule(RegionDataModule):
     def image_path(
         self, split: str, image_id: int, image_root: str | os.PathLike | None = None
     ) -> Path | None:
-        """The image's COCO `file_name` under `image_root` (default: the data folder); None when the file has none."""
+        """The image's COCO `file_name` under `image_root` (default: `image_dir`, else the data folder); where that
+        names no file, a plain folder of images named by id (`RegionDataModule.find_image`); None when neither has one.
+        """
         self.load_split(split)
         name = self.images[split].get(int(image_id), {}).get("file_name")
-        return Path(image_root or self.data_dir) / name if name else None
+        named = Path(image_root or self.image_dir or self.data_dir) / name if name else None
+        if named is not None and named.is_file():
+            return named
+        return self.find_image(image_id, image_root) or named
 
     def scenes(self, split: str) -> dict[int, list[dict]] | None:
         """Objects of each image id from `scenes_<split>.json` (Shapes); None for data without scenes."""

@@ -196,10 +196,10 @@ def prepare(
             "split": split,
         }
         written[f"vqa_{split}_questions.json"] = ("questions", {"info": info, "questions": questions})
-        if annotations is not None:
+        if answered is not None:
             written[f"vqa_{split}_annotations.json"] = (
                 "annotations",
-                {"info": info, "annotations": annotations},
+                {"info": info, "annotations": answered},
             )
     train = written["vqa_train_annotations.json"][1]["annotations"]
     check_answer_count(train, min_answer_count, "train")
