@@ -154,23 +154,31 @@ def offsets(ids: dict[str, set[int]], what: str, unit: str = "split") -> dict[st
     return result
 
 
-def link_images(files: dict[int, Path], out: Path) -> Path:
-    """Symbolic links `<out>/images/<image id><suffix>` to the files, so that one folder named by the final ids serves
-    `vqacap extract --images` and the attention maps. Links of an earlier run are replaced; other files never."""
+def planned_links(files: dict[int, Path], out: Path) -> list[tuple[Path, Path]]:
+    """(link, file) of `link_images`, less the links already in place; a file in the way that is not a link vqacap made
+    is refused here, before anything is written."""
+    folder = out / "images"
+    planned = []
+    for image_id, source in sorted(files.items()):
+        source = source.resolve()
+        link = folder / f"{image_id}{source.suffix.lower()}"
+        if link.is_symlink() or not link.exists():
+            if not (link.is_symlink() and link.resolve() == source):
+                planned.append((link, source))
+        elif link.resolve() != source:
+            raise PrepareError(f"{link}: a file that is not a link to {source}; not overwritten")
+    return planned
+
+
+def link_images(planned: list[tuple[Path, Path]], out: Path) -> Path:
+    """Symbolic links `<out>/images/<image id><suffix>` to the image files (`planned_links`), so that one folder named
+    by the final ids serves `vqacap extract --images` and the attention maps. Links of an earlier run are replaced."""
     folder = out / "images"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for image_id, source in sorted(files.items()):
-            source = source.resolve()
-            link = folder / f"{image_id}{source.suffix.lower()}"
+        for link, source in planned:
             if link.is_symlink():
-                if link.resolve() == source:
-                    continue
                 link.unlink()
-            elif link.exists():
-                if link.resolve() == source:
-                    continue
-                raise PrepareError(f"{link}: a file that is not a link to {source}; not overwritten")
             link.symlink_to(source)
     except OSError as err:
         raise PrepareError(f"{folder}: cannot write links ({err.strerror or err})") from None

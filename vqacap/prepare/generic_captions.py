@@ -23,6 +23,7 @@ from vqacap.prepare.common import PrepareError, output_folder, write_json
 from vqacap.prepare.generic import (
     check_splits,
     link_images,
+    planned_links,
     read_records,
     record_id,
     record_text,
@@ -95,6 +96,7 @@ def prepare(
     if not written["train"]["annotations"]:
         raise PrepareError(f"{sources['train']}: no training captions with words")
 
+    links = planned_links(files, Path(out))
     out = output_folder(out)
     for split, data in written.items():
         write_json(out / f"captions_{split}.json", data)
@@ -109,7 +111,7 @@ def prepare(
     if dropped:
         print(f"dropped {dropped} training captions without words")
     if files:
-        folder = link_images(files, out)
+        folder = link_images(links, out)
         print(
             f"{folder}: {len(files)} images linked as <image id>.<ext> (for vqacap extract --images {folder})"
         )

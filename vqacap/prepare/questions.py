@@ -34,6 +34,7 @@ from vqacap.prepare.generic import (
     check_splits,
     link_images,
     offsets,
+    planned_links,
     read_records,
     record_id,
     record_text,
@@ -204,6 +205,7 @@ def prepare(
     train = written["vqa_train_annotations.json"][1]["annotations"]
     check_answer_count(train, min_answer_count, "train")
 
+    links = planned_links(files, Path(out))
     out = output_folder(out)
     for name, (_, data) in written.items():
         write_json(out / name, data)
@@ -218,7 +220,7 @@ def prepare(
     print(f"{out / 'answer_vocab.json'}: {len(answers)} answers seen >= {min_answer_count} times in train")
     print(f"{out / 'question_vocab.json'}: {len(words)} words (incl. 4 specials) of the train questions")
     if files:
-        folder = link_images(files, out)
+        folder = link_images(links, out)
         print(
             f"{folder}: {len(files)} images linked as <image id>.<ext> (for vqacap extract --images {folder})"
         )
