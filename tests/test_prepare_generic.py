@@ -5,19 +5,22 @@ find the images in a plain folder."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
-from vqacap.data.store import RegionStoreWriter
+from vqacap.data.store import RegionStore, RegionStoreWriter
 from vqacap.data.vocab import Vocabulary
 from vqacap.data.vqa import AnswerVocabulary, VQADataModule
+from vqacap.models.detector import BottomUpDetector, DetectorOptions
 
 SHAPES = ("circle", "triangle", "rectangle")
 COLORS = ("red", "blue", "green")
@@ -31,7 +34,7 @@ def easy_vqa(root: Path, split: str, images: int) -> tuple[Path, Path]:
     records = []
     for i in range(images):
         shape, color = SHAPES[i % 3], COLORS[(i // 3 if i % 2 else i) % 3]
-        Image.new("RGB", (16, 16), (40 * (i % 6), 90, 160)).save(folder / f"{i}.png")
+        Image.new("RGB", (64, 64), (40 * (i % 6), 90, 160)).save(folder / f"{i}.png")
         records += [
             {"image_id": i, "question": "What shape is in the image?", "answer": shape},
             {"image_id": i, "question": f"What color is the {shape}?", "answer": color},
@@ -162,6 +165,24 @@ def store(path: Path, image_ids, dim: int = 8) -> None:
             )
 
 
+def tiny_detector_checkpoint(path: Path) -> Path:
+    """A random bottom-up detector, small enough for 64-pixel images, saved as vqacap's detector checkpoints are."""
+    torch.manual_seed(0)
+    options = DetectorOptions(
+        depth=18, width=8, blocks=(1, 1, 1, 1), norm="group_norm", frozen_stages=0, res5_dilation=False,
+        min_size=64, max_size=64, anchor_sizes=(16, 32), rpn_channels=16, rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=30, pool_size=4,
+    )  # fmt: skip
+    classes, attributes = ["__background__", "shape"], ["__no_attribute__", "red"]
+    model = BottomUpDetector(classes, attributes, options).eval()
+    hparams = {"detector": dataclasses.asdict(options), "classes": classes, "attributes": attributes}
+    torch.save(
+        {"hyper_parameters": hparams, "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}},
+        path,
+    )
+    return path
+
+
 def test_prepared_data_trains_and_its_maps_find_the_images(dataset, tmp_path):
     from tests.conftest import compose_train
     from vqacap.draw import attention_maps
@@ -170,7 +191,11 @@ def test_prepared_data_trains_and_its_maps_find_the_images(dataset, tmp_path):
 
     out = tmp_path / "data"
     assert prepare_questions(dataset, out) == 0
-    store(out / "regions.h5", range(15))
+    # The features of the documented route: `vqacap extract` over the linked folder, with a tiny bottom-up detector.
+    detector = tiny_detector_checkpoint(tmp_path / "detector.ckpt")
+    assert main(["extract", "--detector", str(detector), "--images", str(out / "images"), "--out",
+                 str(out / "regions.h5"), "--batch-size", "8", "--no-progress", "--dtype", "float32"]) == 0  # fmt: skip
+    assert sorted(RegionStore(out / "regions.h5").image_ids.tolist()) == list(range(15))
     cfg = compose_train(
         [
             "experiment=vqa_shapes", "data=vqa_own", f"data.data_dir={out}", "data.batch_size=8",
