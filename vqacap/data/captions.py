@@ -10,7 +10,8 @@ Training items are images, each batch carrying `captions_per_image` of every ima
 Anderson et al.'s (image, caption) pairs, with the region work done once per image); evaluation items are images, with
 their scene objects for grounding when the data has scenes. The references of every split go to the model once
 (`model_kwargs`). Regions of a batch are read with one batched store read in `collate`, which runs in the DataLoader
-workers. The loaders, the store and the resumable training order are `RegionDataModule`'s (vqacap.data.base).
+workers. The loaders, the store and the resumable training order are `RegionDataModule`'s (vqacap.data.base). The
+files and fields, and how a dataset of another format becomes them (`vqacap prepare captions`): docs/new-dataset.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ least `min_answer_count` (9) questions, most frequent first. Every annotated que
 accuracy of every candidate (`soft_scores`), and the candidate indices of its human answers, so the validation metric is
 the official accuracy; a question whose answers are all outside the candidates has an all-zero target. Questions about
 one object (Shapes `target_box`) carry that box, for grounding accuracy. Region reads happen in `collate`, one batched
-store read per batch, in the DataLoader workers; loaders, store and training order are `RegionDataModule`'s.
+store read per batch, in the DataLoader workers; loaders, store and training order are `RegionDataModule`'s. The files
+and fields, and how a dataset of another format becomes them (`vqacap prepare questions`): docs/new-dataset.md.
 """
 
 from __future__ import annotations
