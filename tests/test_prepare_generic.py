@@ -149,6 +149,49 @@ def test_type_fields_and_human_answers_as_given_are_kept(tmp_path):
     assert (second["question_type"], second["answer_type"]) == ("why", "other")
 
 
+def test_answers_in_files_of_their_own_as_vqa_lays_them_out(tmp_path, capsys):
+    """VQA's questions/annotations layout for any split the user names, test included (`prepare vqa2` refuses test
+    annotations): the answers are matched by question_id, their given types and multiple_choice_answer kept."""
+    files = {}
+    for split, first in (("train", 100), ("test", 100)):
+        questions = [{"question_id": first + k, "image_id": k, "question": f"Is it {k}?"} for k in range(3)]
+        annotations = [
+            {"question_id": first + k, "image_id": k, "question_type": "is it", "answer_type": "yes/no",
+             "multiple_choice_answer": ("yes", "no")[k % 2],
+             "answers": [{"answer": a} for a in ["yes"] * 6 + ["no"] * 4]}
+            for k in reversed(range(3))
+        ]  # fmt: skip
+        for kind, data in (("questions", questions), ("annotations", annotations)):
+            files[split, kind] = tmp_path / f"{split}_{kind}.json"
+            files[split, kind].write_text(json.dumps({"info": {}, kind: data}))
+    out = tmp_path / "d"
+    argv = ["prepare", "questions", "--out", str(out), "--min-answer-count", "1"]
+    for split in ("train", "test"):
+        argv += [
+            "--split",
+            split,
+            str(files[split, "questions"]),
+            "--answers",
+            split,
+            str(files[split, "annotations"]),
+        ]
+    assert main(argv) == 0
+    test = read(out / "vqa_test_annotations.json")["annotations"]
+    assert [a["question_id"] for a in test] == [103, 104, 105]  # after train's 100..102
+    assert [(a["question_type"], a["answer_type"], a["multiple_choice_answer"]) for a in test] == [
+        ("is it", "yes/no", "yes"), ("is it", "yes/no", "no"), ("is it", "yes/no", "yes"),
+    ]  # fmt: skip
+    assert [a["answer"] for a in test[0]["answers"]] == ["yes"] * 6 + ["no"] * 4
+    # An answer of a question the questions file does not have, named by the answers file.
+    extra = json.loads(files["test", "annotations"].read_text())
+    extra["annotations"].append({**extra["annotations"][0], "question_id": 7})
+    files["test", "annotations"].write_text(json.dumps(extra))
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {files['test', 'annotations']}: question_id 7 is answered but not in {files['test', 'questions']}"
+    )
+
+
 def store(path: Path, image_ids, dim: int = 8) -> None:
     """A region store whose features say which image it is (its id's bits), so a model can learn from them."""
     rng = np.random.default_rng(0)

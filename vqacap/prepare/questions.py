@@ -7,8 +7,8 @@ Input, one records file per split (`--split NAME FILE`; a JSON list, a JSON obje
     {"image_id": 12, "question": "...", "answers": ["red", "red", "dark red", ...], "question_id": 7,
      "question_type": "what color", "answer_type": "other"}
 
-`answer` (one string) or `answers` (strings, or VQA records {"answer": ...}); a split without either is answered but
-not scored (test-dev). Optional: `question_id` (default: the record's position in the file), `question_type` (default:
+`answer` (one string) or `answers` (strings, or VQA records {"answer": ...}), in the record or in a file of their own
+(`--answers NAME FILE`, matched by question_id); a split without either is answered but not scored (test-dev). Optional: `question_id` (default: the record's position in the file), `question_type` (default:
 the question's first word), `answer_type` (default: "yes/no", "number" or "other" from the most common answer, as VQA
 v2). One `answer` becomes ten identical human answers, so the official VQA accuracy is exact-match accuracy.
 
@@ -78,10 +78,45 @@ def _answers(path: str, n: int, record: dict) -> list[str] | None:
     return texts
 
 
-def read_split(path: str, split: str) -> tuple[list[dict], list[dict] | None]:
-    """The checked records of one file as (questions, annotations or None), question ids as in the file or the
-    records' positions."""
+ANSWER_FIELDS = ("answer", "answers", "multiple_choice_answer", "question_type", "answer_type")
+
+
+def joined(path: str, records: list[dict], answers_path: str) -> list[dict]:
+    """The question records with the answer fields of a separate answers file (VQA's questions and annotations
+    files, VQA-CP's lists), matched by question_id; every question answered once, every answer of a question."""
+    by_id: dict[int, dict] = {}
+    for n, record in enumerate(read_records(answers_path, "annotations")):
+        qid = record_id(answers_path, n, record, "question_id")
+        if qid in by_id:
+            raise PrepareError(f"{answers_path}: question_id {qid} is answered twice")
+        if _answers(answers_path, n, record) is None:
+            raise PrepareError(f"{where(answers_path, n, record)} lacks 'answer' or 'answers'")
+        for name in ANSWER_FIELDS[2:]:
+            record_text(answers_path, n, record, name, required=False)
+        by_id[qid] = record
+    merged = []
+    for n, record in enumerate(records):
+        qid = record_id(path, n, record, "question_id")
+        answer = by_id.pop(qid, None)
+        if answer is None:
+            raise PrepareError(f"{answers_path}: no answers for question_id {qid} (record {n} of {path})")
+        if answer.get("image_id", record.get("image_id")) != record.get("image_id"):
+            raise PrepareError(
+                f"{answers_path}: question_id {qid} is about image {answer['image_id']!r:.20} here, "
+                f"image {record.get('image_id')!r:.20} in {path}"
+            )
+        merged.append({**{k: answer[k] for k in ANSWER_FIELDS if k in answer}, **record})
+    if by_id:
+        raise PrepareError(f"{answers_path}: question_id {next(iter(by_id))} is answered but not in {path}")
+    return merged
+
+
+def read_split(path: str, answers_path: str | None = None) -> tuple[list[dict], list[dict] | None]:
+    """The checked records of one file (with the answers of `answers_path`, if given) as (questions, annotations or
+    None), question ids as in the file or the records' positions."""
     records = read_records(path, "questions")
+    if answers_path is not None:
+        records = joined(path, records, answers_path)
     numbered = "question_id" in records[0]
     answered = "answer" in records[0] or "answers" in records[0]
     questions, annotations, seen = [], [], {}
@@ -111,7 +146,8 @@ def read_split(path: str, split: str) -> tuple[list[dict], list[dict] | None]:
                 f"{where(path, n, record)}: {len(answers)} answers, record 0 has {first}; "
                 "every question of a split needs as many (or one 'answer' each)"
             )
-        common = Counter(answers).most_common(1)[0][0]  # ties: the first given
+        given = record_text(path, n, record, "multiple_choice_answer", required=False)
+        common = given or Counter(answers).most_common(1)[0][0]  # ties: the first given
         annotations.append({
             "question_id": qid,
             "image_id": image_id,
@@ -150,6 +186,7 @@ def prepare(
     splits: list[tuple[str, str]],
     out: str | Path,
     images: list[tuple[str, str]] | None = None,
+    answers: list[tuple[str, str]] | None = None,
     val_fraction: float | None = None,
     min_answer_count: int = 9,
     min_word_count: int = 1,
@@ -159,7 +196,11 @@ def prepare(
     images = images or []
     check_splits(splits, images)
     sources = dict(splits)
-    read = {split: read_split(path, split) for split, path in splits}
+    answer_files = dict(answers or [])
+    for split, answers_path in answer_files.items():
+        if split not in sources:
+            raise PrepareError(f"--answers {split} {answers_path}: no --split {split} given")
+    read = {split: read_split(path, answer_files.get(split)) for split, path in splits}
     if read["train"][1] is None:
         raise PrepareError(f"{sources['train']}: the train split needs answers (for the answer vocabulary)")
     if val_fraction is not None:
@@ -210,14 +251,14 @@ def prepare(
     for name, (_, data) in written.items():
         write_json(out / name, data)
     typed = [data["annotations"] for key, data in written.values() if key == "annotations"]
-    answers = AnswerVocabulary.build(train, typed, min_count=min_answer_count)
-    answers.save(out / "answer_vocab.json")
+    vocabulary = AnswerVocabulary.build(train, typed, min_count=min_answer_count)
+    vocabulary.save(out / "answer_vocab.json")
     texts = [q["question"] for q in written["vqa_train_questions.json"][1]["questions"]]
     words = Vocabulary.build(texts, min_count=min_word_count, max_length=max_length)
     words.save(out / "question_vocab.json")
     for name, (key, data) in written.items():
         print(f"{out / name}: {len(data[key])} {key}")
-    print(f"{out / 'answer_vocab.json'}: {len(answers)} answers seen >= {min_answer_count} times in train")
+    print(f"{out / 'answer_vocab.json'}: {len(vocabulary)} answers seen >= {min_answer_count} times in train")
     print(f"{out / 'question_vocab.json'}: {len(words)} words (incl. 4 specials) of the train questions")
     if files:
         folder = link_images(links, out)
@@ -229,7 +270,7 @@ def prepare(
         print(
             f"{out / 'glove_question_vocab.txt'}: GloVe vectors for {covered} of {len(words) - 4} question words"
         )
-    return {"answers": answers, "words": words}
+    return {"answers": vocabulary, "words": words}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,6 +289,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar=("NAME", "DIR"),
         help="the folder of a split's images named by id; linked into DIR/images with the final ids",
+    )
+    parser.add_argument(
+        "--answers",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "FILE"),
+        help="a split's answers in a file of their own, matched to its questions by question_id",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="data folder the VQA DataModule reads")
     parser.add_argument(
@@ -274,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
             [tuple(s) for s in args.split],
             args.out,
             [tuple(i) for i in args.images],
+            [tuple(a) for a in args.answers],
             args.val_fraction,
             args.min_answer_count,
             args.min_word_count,
