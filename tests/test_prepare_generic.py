@@ -100,6 +100,8 @@ def test_splits_numbered_from_zero_are_renumbered_and_written_field_by_field(dat
         "question": "What color is the triangle?",
         "question_id": 53,
     }
+    info = read(out / "vqa_test_questions.json")["info"]
+    assert (info["split"], info["question_id_offset"], info["image_id_offset"]) == ("test", 48, 12)
     every = [q["question_id"] for s in questions.values() for q in s]
     assert len(every) == len(set(every)) == 60
     ann = annotations["test"][5]
@@ -327,6 +329,7 @@ def test_caption_records_become_coco_files_read_by_the_caption_datamodule(datase
     written = read(out / "captions_val.json")
     assert written["images"] == [{"id": 12 + i, "file_name": f"images/{12 + i}.png"} for i in range(3)]
     assert [a["image_id"] for a in written["annotations"]] == [12, 13, 14]
+    assert written["info"]["image_id_offset"] == 12
     train_ids = [a["id"] for a in read(out / "captions_train.json")["annotations"]]
     assert train_ids == list(range(1, 25)) and written["annotations"][0]["id"] == 25
     store(out / "regions.h5", range(15))

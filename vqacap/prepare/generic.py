@@ -137,8 +137,7 @@ def image_folder(folder: str | os.PathLike) -> dict[int, Path]:
 def offsets(ids: dict[str, set[int]], what: str, unit: str = "split") -> dict[str, int]:
     """What to add to each group's ids (a split's question ids, an image folder's image ids) so that no id is in two
     groups: 0 for a group whose ids meet no earlier group's, else what moves its smallest id past the largest id taken
-    so far. Prints one line per
-    renumbered group, with the count of ids that collided."""
+    so far. Prints one line per renumbered group, with the count of ids that collided."""
     taken: set[int] = set()
     result = {}
     for group, group_ids in ids.items():

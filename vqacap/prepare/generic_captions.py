@@ -91,6 +91,7 @@ def prepare(
         info = {
             "description": f"split {split} of {sources[split]}, by vqacap prepare captions",
             "split": split,
+            "image_id_offset": shift,  # what was added to the input's image ids
         }
         written[split] = {"info": info, "images": records, "annotations": annotations, "type": "captions"}
     if not written["train"]["annotations"]:

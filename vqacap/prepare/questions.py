@@ -236,6 +236,9 @@ def prepare(
         info = {
             "description": f"split {split} of {sources[split]}, by vqacap prepare questions",
             "split": split,
+            # What was added to the input's ids, to map results back to them.
+            "question_id_offset": question_shift[split],
+            "image_id_offset": image_shift[split],
         }
         written[f"vqa_{split}_questions.json"] = ("questions", {"info": info, "questions": questions})
         if answered is not None:
