@@ -389,3 +389,29 @@ def test_a_missing_image_and_a_foreign_file_in_the_way_are_refused(dataset, tmp_
     assert prepare_questions(dataset, out) == 2
     assert "13.png: a file that is not a link to" in capsys.readouterr().err
     assert (out / "images" / "13.png").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            '[{"image_id": 0, "text": "a red circle"}]',
+            r"record 0 \(image_id 0\): lacks 'caption' or 'captions'$",
+        ),
+        ('[{"image_id": 0.5, "caption": "a red circle"}]', r"record 0: image_id is 0.5, not an integer id"),
+        (
+            '{"image_id": 0, "captions": ["a", 3]}',
+            r"record 0 \(image_id 0\): captions is not a list of strings$",
+        ),
+    ],
+    ids=["missing field", "id of the wrong type", "caption not a string"],
+)
+def test_bad_caption_records_are_one_line_errors_and_nothing_is_written(tmp_path, capsys, content, message):
+    path = tmp_path / "train.json"
+    path.write_text(content)
+    out = tmp_path / "out"
+    assert main(["prepare", "captions", "--split", "train", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}")
+    assert re.search(message, err), err
+    assert not out.exists()

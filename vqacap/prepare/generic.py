@@ -1,8 +1,8 @@
 """What the generic prepare steps (`vqacap prepare questions`, `vqacap prepare captions`) share: reading a file of
 records, checking ids, per-split image folders, and ids made unique across splits.
 
-A records file is a JSON list of objects, a JSON object holding one such list, or JSON lines (one object a line). Ids
-are integers in 0 .. 2^63 - 1. The input format and what is written: docs/new-dataset.md.
+A records file is a JSON list of objects, a JSON object holding one such list, or JSON lines (one object a line; a
+file of one line is one record). Ids are integers in 0 .. 2^63 - 1. The input format and what is written: docs/new-dataset.md.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def read_records(path: str | os.PathLike, key: str) -> list[dict]:
         data = _json_lines(path, text)
     except RecursionError:
         raise PrepareError(f"{path}: JSON nested too deeply to read") from None
+    if isinstance(data, dict) and ("image_id" in data or "question_id" in data):
+        data = [data]  # one record: JSON lines of one line
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
         if key in lists or len(lists) == 1:
