@@ -81,3 +81,16 @@ def image_files(directories: str | os.PathLike | Sequence[str | os.PathLike]) ->
             raise ImageError(f"{directory}: image folder not found")
         files += sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return files
+
+
+def find_image(folder: str | os.PathLike, image_id: int, pattern: str | None = None) -> Path | None:
+    """The file of an image named by its id in a plain folder, None when there is none.
+
+    `pattern` is a format string of `image_id` ("{image_id}.png", "COCO_val2014_{image_id:012d}.jpg"); without one,
+    `<image_id>.<suffix>` for the suffixes of `IMAGE_SUFFIXES`, lower or upper case."""
+    folder = Path(folder)
+    if pattern:
+        names = [pattern.format(image_id=int(image_id))]
+    else:
+        names = [f"{int(image_id)}{s}" for suffix in sorted(IMAGE_SUFFIXES) for s in (suffix, suffix.upper())]
+    return next((folder / n for n in names if (folder / n).is_file()), None)

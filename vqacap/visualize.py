@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="data folder (default: the one the run was trained on)")
     parser.add_argument(
-        "--image-root", type=Path, help="folder the image file names are relative to (default: data)"
+        "--image-root",
+        "--images",
+        type=Path,
+        help="folder the image file names are relative to, or a plain folder of images named by id "
+        "(default: the data's image_dir, else the data folder and its images/)",
     )
     ids = parser.add_mutually_exclusive_group()
     ids.add_argument("--image-ids", type=int, nargs="+", help="images to draw (captioning)")

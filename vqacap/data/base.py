@@ -17,6 +17,7 @@ reading them.
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import fields, is_dataclass, replace
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vqacap.data.generated import run_generator
 from vqacap.data.store import Regions, RegionStore
+from vqacap.images import find_image
 
 SPLITS = ("train", "val", "test")
 
@@ -132,7 +134,9 @@ class TaskDataModule(pl.LightningDataModule):
     batch_size / eval_batch_size: items per training / evaluation batch. test_split: the split `trainer.test` reads.
     generator: a data generator node (Shapes) run with root=data_dir in prepare_data, or None for prepared data.
     seed: seed of the training order (conf: the run's `seed`). resumable_order: draw training batches from
-    `ResumableSampler` (off: a plain shuffled loader, whose order a resumed run does not continue).
+    `ResumableSampler` (off: a plain shuffled loader, whose order a resumed run does not continue). image_dir,
+    image_pattern: where the attention maps find an image the annotations name no file for (`find_image`): a plain
+    folder (default: the data folder, then its images/) of files `<image_id>.<ext>`, or named by the pattern.
     """
 
     split_files: dict[str, Path]  # the file that defines each configured split
@@ -150,6 +154,8 @@ class TaskDataModule(pl.LightningDataModule):
         generator: dict | None = None,
         seed: int = 0,
         resumable_order: bool = True,
+        image_dir: str | None = None,
+        image_pattern: str | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -162,6 +168,15 @@ class TaskDataModule(pl.LightningDataModule):
         self.generator = generator
         self.seed = seed
         self.resumable_order = resumable_order
+        self.image_dir = Path(image_dir) if image_dir else None
+        if image_pattern:
+            try:
+                image_pattern.format(image_id=0)
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(
+                    f"image_pattern {image_pattern!r}: not a format string of {{image_id}} ({err!r})"
+                ) from None
+        self.image_pattern = image_pattern
         self._sampler: ResumableSampler | None = None
         self._position = {"epoch": 0, "batches": 0}  # training batches of an epoch handed to the model
         self._resume: dict[str, int] | None = None
@@ -200,6 +215,20 @@ class TaskDataModule(pl.LightningDataModule):
         for split in splits.get(stage, SPLITS) if stage else SPLITS:
             if split in self.split_files:
                 self.load_split(split)
+
+    def image_folders(self, image_root: str | os.PathLike | None = None) -> list[Path]:
+        """Where images are looked for: `image_root` (a command's or callback's), else `image_dir`, else the data
+        folder and its images/ (where `vqacap prepare questions --images` links them)."""
+        if image_root or self.image_dir:
+            return [Path(image_root or self.image_dir)]
+        return [self.data_dir, self.data_dir / "images"]
+
+    def find_image(self, image_id: int, image_root: str | os.PathLike | None = None) -> Path | None:
+        """The file of an image named by its id (or `image_pattern`) in a plain folder; None when there is none."""
+        for folder in self.image_folders(image_root):
+            if found := find_image(folder, image_id, self.image_pattern):
+                return found
+        return None
 
     def check_split(self, split: str) -> None:
         if split not in self.split_files:
