@@ -1,0 +1,174 @@
+"""`vqacap demo` in a real browser: the server started as a user starts it (a subprocess on a free port) with tiny real
+models (tests.conftest.pixel_chain), headless Chromium (Debian's `chromium`, driven by Playwright's Python API; nothing
+downloads a browser) uploading a Shapes image, reading the caption and asking a question, checked against what
+`vqacap caption` and `vqacap answer` print for the same image and models; bad input shows a message in the page and
+the server goes on."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import pixel_chain
+from vqacap.cli import main as vqacap
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+QUESTION = "What color is the circle?"
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Tiny real models; the captioner writes at least four words (three steps of training alone end at once)."""
+    torch.set_num_threads(1)
+    return pixel_chain(tmp_path_factory.mktemp("demo"), captioner=["model.decoding.min_length=4"])
+
+
+@pytest.fixture(scope="module")
+def demo(chain):
+    """The demo's URL while `vqacap demo` runs in a subprocess on a free port; stopped after the tests."""
+    command = [sys.executable, "-m", "vqacap.cli", "demo", "--detector", chain["detector"],
+               "--captioner", chain["captioner"], "--vqa", chain["vqa"], "--port", "0",
+               "--examples", str(chain["shapes"] / "images" / "test")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:  # keeps the pipe drained, and finds the address
+        for line in server.stdout:
+            lines.append(line)
+            if "serving on" in line:
+                started.set()
+        started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    started.wait(120)
+    found = [re.search(r"http://\S+/", line) for line in lines]
+    url = next((m.group(0) for m in found if m), None)
+    assert url is not None and server.poll() is None, "".join(lines)
+    yield {"url": url, "process": server, "lines": lines}
+    server.terminate()
+    server.wait(30)
+
+
+@pytest.fixture
+def page(demo, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs the dev extra's playwright")
+    with playwright_api.sync_playwright() as driver:
+        context = driver.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            viewport={"width": 1200, "height": 900},
+        )  # fmt: skip
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(demo["url"])
+        page.wait_for_selector("#examples button")
+        yield page
+        context.close()
+
+
+def upload(page, path: Path) -> None:
+    """Choose `path` in the file input and wait for the page to show the caption or a message."""
+    page.evaluate("() => { document.getElementById('status').textContent = 'waiting'; }")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function(
+        "() => !document.getElementById('status').textContent.match(/^(waiting|reading)/)"
+        " || document.getElementById('message').textContent"
+    )
+
+
+def message(page) -> str:
+    return page.inner_text("#message") if page.is_visible("#message") else ""
+
+
+def test_the_page_captions_and_answers_as_the_commands_do(chain, demo, page, tmp_path, capsys):
+    image = chain["shapes"] / "images" / "test" / "000031.png"
+    upload(page, image)
+    assert message(page) == ""
+    caption = page.get_attribute("#caption", "data-caption")
+    assert (
+        vqacap(["caption", str(image), "--detector", chain["detector"], "--captioner", chain["captioner"]])
+        == 0
+    )
+    assert capsys.readouterr().out.rstrip("\n").split("\t") == [str(image), caption]
+
+    words = page.query_selector_all("#caption .word")
+    assert len(words) >= 4 and [w.inner_text() for w in words] == caption.split()
+    first_map = page.get_attribute("#caption-map", "src")  # the first word's, until another is chosen
+    words[-1].hover()  # hovering a word shows its map and names its most attended regions
+    assert "active" in words[-1].get_attribute("class") and "active" not in words[0].get_attribute("class")
+    assert page.inner_text("#word-regions").startswith(f'"{caption.split()[-1]}" attends to: ')
+    word_map = page.get_attribute("#caption-map", "src")
+    assert word_map.startswith("data:image/png;base64,") and first_map.startswith("data:image/png;base64,")
+    page.check("#boxes-toggle")  # the detector's boxes with their names instead
+    assert "regions found by the detector" in page.inner_text("#word-regions")
+    assert page.get_attribute("#caption-map", "src") != word_map
+    page.uncheck("#boxes-toggle")
+    assert page.get_attribute("#caption-map", "src") == word_map
+
+    page.fill("#question", QUESTION)
+    page.click("#ask")
+    page.wait_for_function("() => document.getElementById('answer').dataset.answer")
+    shown = [
+        (li.get_attribute("data-answer"), li.query_selector(".score").inner_text())
+        for li in page.query_selector_all("#answers li")
+    ]
+    assert vqacap(["answer", str(image), "--detector", chain["detector"], "--vqa", chain["vqa"],
+                   "--question", QUESTION]) == 0  # fmt: skip
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert shown == [(answer, score) for score, answer in printed]
+    assert page.get_attribute("#answer", "data-answer") == printed[0][1]
+    assert page.is_visible("#answer-map") and "the question attends to" in page.inner_text("#answer-regions")
+    page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+    with Image.open(tmp_path / "demo.png") as shot:
+        assert shot.width >= 1000 and shot.height >= 600
+
+
+def test_bad_input_shows_a_message_and_the_server_goes_on(chain, demo, page, tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not pixels")
+    upload(page, not_an_image)
+    assert "notes.png: unreadable image" in message(page)
+
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (8000, 7000), (40, 90, 200)).save(huge)  # 56 megapixels, a few hundred bytes as a PNG
+    upload(page, huge)
+    assert "huge.png: 8000x7000 pixels is more than the 50,000,000 an image may have" in message(page)
+
+    page.click("#examples button")  # an example image, and then an empty question
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('regions')")
+    assert message(page) == ""
+    page.fill("#question", "   ")
+    page.click("#ask")
+    page.wait_for_function("() => document.getElementById('message').textContent")
+    assert message(page) == "type a question first"
+    page.fill("#question", "zzz qqq")
+    page.click("#ask")
+    page.wait_for_function("() => document.getElementById('message').textContent.includes('vocabulary')")
+
+    assert demo["process"].poll() is None, "".join(demo["lines"])
+    upload(page, chain["shapes"] / "images" / "test" / "000031.png")  # and the server still answers
+    assert message(page) == "" and page.get_attribute("#caption", "data-caption") is not None
