@@ -123,6 +123,12 @@ def _light(
     return lit
 
 
+def label_size(size: tuple[int, int]) -> int:
+    """The font size of box labels on an image of `size` (width, height): 11 pixels on the small panels of the maps,
+    growing with larger images (13 at the demo's 480)."""
+    return max(11, round(max(size) / 36))
+
+
 def label_layout(
     texts: list[str], boxes: list[list[int]], size: tuple[int, int], font: ImageFont.ImageFont
 ) -> list[tuple[int, int, int, int]]:
@@ -169,7 +175,7 @@ def _outline_and_label(
 ) -> None:
     """Outline each box (panel pixels) in its colour, the first one thicker, and write its label where `label_layout`
     places it, on a dark backing."""
-    draw, font = ImageDraw.Draw(image), label_font(11)
+    draw, font = ImageDraw.Draw(image), label_font(label_size(image.size))
     for rank in reversed(range(len(boxes))):  # the first box on top
         box, width = boxes[rank], 2 if rank == 0 else 1
         # A dark rim keeps the outline and its label readable on objects of the outline's own colour.
