@@ -6,6 +6,9 @@ the server goes on."""
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import os
 import re
 import subprocess
@@ -19,6 +22,9 @@ from PIL import Image
 
 from tests.conftest import pixel_chain
 from vqacap.cli import main as vqacap
+from vqacap.data.pixels import RegionChoice
+from vqacap.demo.app import DemoApp
+from vqacap.predict import load_models
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -33,10 +39,6 @@ FLAGS = [
 ]
 QUESTION = "What color is the circle?"
 TIMEOUT_MS = 60_000
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +76,15 @@ def demo(chain):
     server.wait(30)
 
 
-@pytest.fixture
-def page(demo, tmp_path):
+@pytest.fixture(scope="module")
+def page(demo, tmp_path_factory):
+    """One headless Chromium for the module's browser tests, on the demo's page."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="needs the dev extra's playwright")
     with playwright_api.sync_playwright() as driver:
         context = driver.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            str(tmp_path_factory.mktemp("profile")), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
             viewport={"width": 1200, "height": 900},
         )  # fmt: skip
         page = context.new_page()
@@ -92,7 +97,7 @@ def page(demo, tmp_path):
 
 def upload(page, path: Path) -> None:
     """Choose `path` in the file input and wait for the page to show the caption or a message."""
-    page.evaluate("() => { document.getElementById('status').textContent = 'waiting'; }")
+    page.evaluate("() => { $('status').textContent = 'waiting'; $('message').textContent = ''; }")
     page.set_input_files("#file", str(path))
     page.wait_for_function(
         "() => !document.getElementById('status').textContent.match(/^(waiting|reading)/)"
@@ -172,3 +177,53 @@ def test_bad_input_shows_a_message_and_the_server_goes_on(chain, demo, page, tmp
     assert demo["process"].poll() is None, "".join(demo["lines"])
     upload(page, chain["shapes"] / "images" / "test" / "000031.png")  # and the server still answers
     assert message(page) == "" and page.get_attribute("#caption", "data-caption") is not None
+
+
+def call(app: DemoApp, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[str, dict]:
+    """(status, JSON reply) of one request to the WSGI application, as the server hands it over."""
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body), **{f"HTTP_{k.upper()}": v for k, v in headers.items()}}  # fmt: skip
+    status = []
+    reply = b"".join(app(environ, lambda s, h: status.append(s)))
+    return status[0], json.loads(reply)
+
+
+def test_the_app_answers_bad_requests_with_a_line_and_a_status(chain, tmp_path):
+    """Without a browser: what the page shows for each bad request, and that a good one still works after them."""
+    args = argparse.Namespace(detector=Path(chain["detector"]), prototxt=None, classes=None, attributes=None,
+                              device="cpu")  # fmt: skip
+    detector, captioner = load_models(args, Path(chain["captioner"]), "captioning", "--captioner")
+    vqa = load_models(args, Path(chain["vqa"]), "VQA", "--vqa")[1]
+    app = DemoApp(detector, captioner, vqa, RegionChoice(), tmp_path / "uploads", max_upload_bytes=50_000)
+    (tmp_path / "uploads").mkdir()
+    image = (chain["shapes"] / "images" / "test" / "000031.png").read_bytes()
+    strip = io.BytesIO()
+    Image.new("RGB", (10000, 10)).save(strip, format="PNG")
+    cases = {
+        ("POST", "/api/image", b"", "no image: pick or drop an image file"): "400 Bad Request",
+        ("POST", "/api/image", b"x" * 60_000, "more than the 0.05 MB the demo takes"): "413 Content Too Large",
+        ("POST", "/api/image", strip.getvalue(), "strip.png: 10000x10 pixels is"): "400 Bad Request",
+        ("POST", "/api/answer", b"[1]", "the request is not a JSON object"): "400 Bad Request",
+        ("POST", "/api/answer", b'{"id": "nope", "question": "what?"}', "no longer kept"): "400 Bad Request",
+        ("GET", "/examples/3", b"", "no example 3"): "404 Not Found",
+        ("GET", "/etc/passwd", b"", "no such page"): "404 Not Found",
+    }
+    for (method, path, body, expected), status in cases.items():
+        got, reply = call(app, method, path, body, x_filename="strip.png")
+        assert got == status and expected in reply["error"] and "\n" not in reply["error"], (path, reply)
+    status, reply = call(app, "POST", "/api/image", image, x_filename="../../000031.png")
+    assert status == "200 OK" and reply["name"] == "000031.png", reply  # kept inside the upload folder
+    assert (tmp_path / "uploads" / reply["id"] / "000031.png").is_file()
+    status, answer = call(
+        app, "POST", "/api/answer", json.dumps({"id": reply["id"], "question": QUESTION}).encode()
+    )
+    assert status == "200 OK" and answer["answer"] == answer["top_answers"][0][0]
+
+
+def test_a_model_named_by_a_run_that_does_not_exist_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VQACAP_ROOT", str(tmp_path))
+    assert (
+        vqacap(["demo", "--detector", "latest:detector-nowhere", "--captioner", "c.ckpt", "--port", "0"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "no finished run of experiment 'detector-nowhere'" in err and len(err.splitlines()) == 1, err

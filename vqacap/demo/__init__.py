@@ -1,5 +1,5 @@
 """`vqacap demo --detector CKPT --captioner CKPT [--vqa CKPT] [--host 127.0.0.1] [--port 8000]`: a local page in the
-browser: pick or drop an image, read its caption with each word's attention over the detected boxes, ask a question and
+browser (each CKPT a file or `latest:<run name>`, the tested checkpoint of that run's newest finished run): pick or drop an image, read its caption with each word's attention over the detected boxes, ask a question and
 see the top answers with their scores and the attention; the detector's boxes with their names on a toggle.
 
 A small server of the standard library (vqacap.demo.app) with one static page: nothing to install beyond vqacap,
@@ -27,10 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="bottom-up detector: a vqacap checkpoint, the published .caffemodel (with --prototxt) or a "
-        "converted .pth / .pkl of it",
+        "converted .pth / .pkl of it, or latest:<run name>",
     )
-    parser.add_argument("--captioner", required=True, type=Path, metavar="CKPT", help="captioning checkpoint")
-    parser.add_argument("--vqa", type=Path, metavar="CKPT", help="VQA checkpoint (without it: captions only)")
+    parser.add_argument(
+        "--captioner",
+        required=True,
+        type=Path,
+        metavar="CKPT",
+        help="captioning checkpoint (or latest:<run name>)",
+    )
+    parser.add_argument(
+        "--vqa",
+        type=Path,
+        metavar="CKPT",
+        help="VQA checkpoint or latest:<run name> (without it: captions only)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
     parser.add_argument(
@@ -62,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from vqacap.checkpoints import CheckpointError
+    from vqacap.checkpoints import CheckpointError, find_checkpoint
     from vqacap.demo.app import DemoApp, make_server, photograph_examples, shapes_examples
     from vqacap.predict import load_models, region_choice
 
@@ -70,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"vqacap demo: --beam must be at least 1, got {args.beam}", file=sys.stderr)
         return 2
     try:
+        log_dir = Path(os.environ.get("VQACAP_ROOT", ".")) / "outputs"
+        for flag in ("detector", "captioner", "vqa"):  # latest:<run name>: that run's tested checkpoint
+            spec = getattr(args, flag)
+            if spec is not None and str(spec).startswith("latest:"):
+                setattr(args, flag, find_checkpoint(str(spec), log_dir))
         detector, captioner = load_models(args, args.captioner, "captioning", "--captioner")
         vqa = load_models(args, args.vqa, "VQA", "--vqa")[1] if args.vqa is not None else None
         choice = region_choice(args)

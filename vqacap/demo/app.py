@@ -181,7 +181,7 @@ class DemoApp:
             raise RequestError("bad Content-Length") from None
         if length > self.max_upload_bytes:
             raise RequestError(
-                f"the file is {length / 1e6:.1f} MB, more than the {self.max_upload_bytes / 1e6:.0f} MB the demo "
+                f"the file is {length / 1e6:.1f} MB, more than the {self.max_upload_bytes / 1e6:g} MB the demo "
                 "takes",
                 "413 Content Too Large",
             )
