@@ -201,18 +201,13 @@ def test_the_app_answers_bad_requests_with_a_line_and_a_status(chain, tmp_path):
     Image.new("RGB", (10000, 10)).save(strip, format="PNG")
     cases = {
         ("POST", "/api/image", b"", "no image: pick or drop an image file"): "400 Bad Request",
-        (
-            "POST",
-            "/api/image",
-            b"x" * 60_000,
-            "more than the 0.05 MB the demo takes",
-        ): "413 Content Too Large",
+        ("POST", "/api/image", b"x" * 60_000, "more than the 0.05 MB the demo takes"): "413 Content Too Large",
         ("POST", "/api/image", strip.getvalue(), "strip.png: 10000x10 pixels is"): "400 Bad Request",
         ("POST", "/api/answer", b"[1]", "the request is not a JSON object"): "400 Bad Request",
         ("POST", "/api/answer", b'{"id": "nope", "question": "what?"}', "no longer kept"): "400 Bad Request",
         ("GET", "/examples/3", b"", "no example 3"): "404 Not Found",
         ("GET", "/etc/passwd", b"", "no such page"): "404 Not Found",
-    }
+    }  # fmt: skip
     for (method, path, body, expected), status in cases.items():
         got, reply = call(app, method, path, body, x_filename="strip.png")
         assert got == status and expected in reply["error"] and "\n" not in reply["error"], (path, reply)
