@@ -37,7 +37,10 @@ COMMANDS = {
         "vqacap.predict.answer",
         "answer a question about image files with a trained detector and VQA model",
     ),
-    "demo": ("vqacap.demo", "a local page in the browser: caption an image and answer questions about it"),
+    "demo": (
+        "vqacap.demo.command",
+        "a local page in the browser: caption an image and answer questions about it",
+    ),
 }
 
 

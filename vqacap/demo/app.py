@@ -111,7 +111,7 @@ def regions_named(record: dict, attention, top_k: int) -> list[dict]:
 
 class DemoApp:
     """The WSGI application. `vqa` may be None (the page then hides the question); one request at a time runs the
-    models (a lock), the others wait."""
+    models or changes the kept uploads (a lock), the others wait."""
 
     def __init__(
         self,
@@ -206,7 +206,8 @@ class DemoApp:
         """Keep the uploaded image; its boxes, and its caption with each word's map when a captioner is loaded."""
         if not data:
             raise RequestError("no image: pick or drop an image file")
-        path = self._keep(data, name)
+        with self.lock:
+            path = self._keep(data, name)
         image = self._open(path)
         with self.lock:
             record = self._predict(path, self.captioner)
