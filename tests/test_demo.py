@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -53,7 +54,7 @@ def demo(chain):
     """The demo's URL while `vqacap demo` runs in a subprocess on a free port; stopped after the tests."""
     command = [sys.executable, "-m", "vqacap.cli", "demo", "--detector", chain["detector"],
                "--captioner", chain["captioner"], "--vqa", chain["vqa"], "--port", "0",
-               "--examples", str(chain["shapes"] / "images" / "test")]  # fmt: skip
+               "--examples", str(chain["shapes"] / "images" / "test"), "--max-upload-mb", "0.5"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
@@ -163,6 +164,11 @@ def test_bad_input_shows_a_message_and_the_server_goes_on(chain, demo, page, tmp
     upload(page, huge)
     assert "huge.png: 8000x7000 pixels is more than the 50,000,000 an image may have" in message(page)
 
+    heavy = tmp_path / "heavy.png"  # 0.75 MB of noise: over --max-upload-mb 0.5, refused before it is sent
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (500, 500, 3), dtype=np.uint8)).save(heavy)
+    upload(page, heavy)
+    assert message(page).startswith("heavy.png: 0.") and "more than the 0.5 MB the demo takes" in message(page)
+
     page.click("#examples button")  # an example image, and then an empty question
     page.wait_for_function("() => document.getElementById('status').textContent.includes('regions')")
     assert message(page) == ""
@@ -175,8 +181,10 @@ def test_bad_input_shows_a_message_and_the_server_goes_on(chain, demo, page, tmp
     page.wait_for_function("() => document.getElementById('message').textContent.includes('vocabulary')")
 
     assert demo["process"].poll() is None, "".join(demo["lines"])
-    upload(page, chain["shapes"] / "images" / "test" / "000031.png")  # and the server still answers
-    assert message(page) == "" and page.get_attribute("#caption", "data-caption") is not None
+    accented = tmp_path / "fotó 31.png"  # and the server still answers, whatever the file's name
+    accented.write_bytes((chain["shapes"] / "images" / "test" / "000031.png").read_bytes())
+    upload(page, accented)
+    assert message(page) == "" and page.inner_text("#status").startswith("fot__31.png: 128 x 128 pixels")
 
 
 def call(app: DemoApp, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[str, dict]:

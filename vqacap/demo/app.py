@@ -22,11 +22,13 @@ import io
 import json
 import re
 import threading
+import traceback
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
+from urllib.parse import unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from PIL import Image
@@ -146,7 +148,7 @@ class DemoApp:
                 example = self._example(int(found.group(1)))
                 return self._send(start_response, "200 OK", example.data, example.media_type)
             if method == "POST" and path == "/api/image":
-                name = environ.get("HTTP_X_FILENAME", "image")
+                name = unquote(environ.get("HTTP_X_FILENAME", "image"))  # the page sends it URI-encoded
                 return self._json(start_response, self.image(self._body(environ), name))
             if method == "POST" and path == "/api/answer":
                 try:
@@ -161,7 +163,10 @@ class DemoApp:
             raise RequestError(f"{method} {path}: no such page", "404 Not Found")
         except RequestError as err:
             return self._json(start_response, {"error": str(err)}, err.status)
-        except Exception as err:  # the server goes on; the page shows the one line
+        except (
+            Exception
+        ) as err:  # the server goes on; the page shows the one line, the terminal the traceback
+            traceback.print_exc()
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             return self._json(
                 start_response, {"error": f"{type(err).__name__}: {message}"}, "500 Internal Server Error"
@@ -197,6 +202,7 @@ class DemoApp:
         return {
             "vqa": self.vqa is not None,
             "models": self.models,
+            "max_upload_bytes": self.max_upload_bytes,
             "examples": [
                 {"name": e.name, "note": e.note, "url": f"/examples/{n}"} for n, e in enumerate(self.examples)
             ],
