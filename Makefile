@@ -36,12 +36,12 @@ sweep: $(STAMP)  ## small Hydra multirun on Shapes (lr x attention size), then i
 pixels: $(STAMP)  ## pixels to words: detector -> extract -> caption/VQA per feature kind -> table (ARGS="--data shapes_cluttered")
 	$(BIN)/python -m vqacap.pixels $(ARGS)
 
-# `make demo`: models trained on a quarter of Shapes (vqacap.pixels --data shapes_demo), once; then the local page.
+# `make demo`: models trained on a fifth of Shapes (vqacap.pixels --data shapes_demo), once; then the local page.
 DEMO_RUNS  := $${VQACAP_ROOT:-.}/outputs/train/runs
 DEMO_TRAIN := $(BIN)/python -m vqacap.pixels --data shapes_demo --features detected --stages detector extract caption vqa
 DEMO_ARGS  ?=
 
-demo-models: $(STAMP)  ## the demo's detector, captioner and VQA model on a quarter of Shapes (~10 min on 2 cores)
+demo-models: $(STAMP)  ## the demo's detector, captioner and VQA model on a fifth of Shapes (~10 min on 2 cores)
 	$(DEMO_TRAIN)
 
 demo: $(STAMP)  ## the local demo page on http://127.0.0.1:8000/ (trains its models first if there are none)

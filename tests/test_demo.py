@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import pixel_chain
+from tests.conftest import compose_train, pixel_chain
 from vqacap.cli import main as vqacap
 from vqacap.data.pixels import RegionChoice
 from vqacap.demo.app import DemoApp
@@ -167,7 +167,9 @@ def test_bad_input_shows_a_message_and_the_server_goes_on(chain, demo, page, tmp
     heavy = tmp_path / "heavy.png"  # 0.75 MB of noise: over --max-upload-mb 0.5, refused before it is sent
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (500, 500, 3), dtype=np.uint8)).save(heavy)
     upload(page, heavy)
-    assert message(page).startswith("heavy.png: 0.") and "more than the 0.5 MB the demo takes" in message(page)
+    assert message(page).startswith("heavy.png: 0.") and "more than the 0.5 MB the demo takes" in message(
+        page
+    )
 
     page.click("#examples button")  # an example image, and then an empty question
     page.wait_for_function("() => document.getElementById('status').textContent.includes('regions')")
@@ -235,3 +237,18 @@ def test_a_model_named_by_a_run_that_does_not_exist_is_one_line(tmp_path, capsys
     )
     err = capsys.readouterr().err.strip()
     assert "no finished run of experiment 'detector-nowhere'" in err and len(err.splitlines()) == 1, err
+
+
+def test_make_demos_recipe_trains_all_three_models_on_one_generated_folder(tmp_path):
+    """`make demo` (vqacap.pixels --data shapes_demo): the detector, captioner and VQA runs read one folder of a
+    fifth of Shapes; a generator setting that differed between them would regenerate it under the others."""
+    from vqacap.pixels import DETECTOR_RECIPES, parse_args, training_jobs
+
+    args = parse_args(["--data", "shapes_demo", "--features", "detected"])
+    runs = [["experiment=" + DETECTOR_RECIPES["shapes_demo"]]]
+    runs += [job.command[3:] for task in ("caption", "vqa") for job in training_jobs(args, task, tmp_path)]
+    configs = [compose_train(overrides, tmp_path / "out", tmp_path / "data") for overrides in runs]
+    assert [c.data.data_dir for c in configs] == [str(tmp_path / "data" / "shapes_demo")] * 3
+    assert all(c.data.generator == configs[0].data.generator for c in configs)
+    assert dict(configs[0].data.generator.sizes) == {"train": 800, "val": 100, "test": 100}
+    assert [c.data.get("store") for c in configs[1:]] == ["detected.h5", "detected.h5"]

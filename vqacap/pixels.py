@@ -47,7 +47,7 @@ TASK_DATA = {"caption": "captions", "vqa": "vqa"}
 DETECTOR_RECIPES = {
     "shapes": "detector_shapes",
     "shapes_cluttered": "detector_shapes_cluttered",
-    "shapes_demo": "detector_shapes_demo",  # a quarter of Shapes: `make demo`
+    "shapes_demo": "detector_shapes_demo",  # a fifth of Shapes: `make demo`
 }
 COLUMNS = {
     "caption": ("Bleu_4", "METEOR", "CIDEr", "grounding"),
