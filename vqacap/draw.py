@@ -23,9 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 from vqacap.images import ImageError, open_rgb
 
 PANEL = 160  # longer side of a caption word's panel, pixels
-VQA_PANEL = (
-    320  # longer side of the one panel of a VQA map: room for its question and answers on their own lines
-)
+# Longer side of the one panel of a VQA map: room for its question and answers on lines of their own.
+VQA_PANEL = 320
 HIGHLIGHT = (255, 64, 32)  # outline of the most attended box; the others get a fainter colour
 OUTLINE = (255, 200, 40)
 BLANK = (255, 255, 255)
