@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help train test test-all sweep bench pixels docs lint format clean
+.PHONY: help train test test-all sweep bench pixels demo demo-models docs lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -35,6 +35,22 @@ sweep: $(STAMP)  ## small Hydra multirun on Shapes (lr x attention size), then i
 
 pixels: $(STAMP)  ## pixels to words: detector -> extract -> caption/VQA per feature kind -> table (ARGS="--data shapes_cluttered")
 	$(BIN)/python -m vqacap.pixels $(ARGS)
+
+# `make demo`: models trained on a fifth of Shapes (vqacap.pixels --data shapes_demo), once; then the local page.
+DEMO_RUNS  := $${VQACAP_ROOT:-.}/outputs/train/runs
+DEMO_TRAIN := $(BIN)/python -m vqacap.pixels --data shapes_demo --features detected --stages detector extract caption vqa
+DEMO_ARGS  ?=
+
+demo-models: $(STAMP)  ## the demo's detector, captioner and VQA model on a fifth of Shapes (~10 min on 2 cores)
+	$(DEMO_TRAIN)
+
+demo: $(STAMP)  ## the local demo page on http://127.0.0.1:8000/ (trains its models first if there are none)
+	@ls $(DEMO_RUNS)/vqa_shapes_detected-shapes_demo/*/test_metrics.json >/dev/null 2>&1 \
+		&& ls $(DEMO_RUNS)/caption_shapes_detected-shapes_demo/*/test_metrics.json >/dev/null 2>&1 \
+		|| $(DEMO_TRAIN)
+	$(BIN)/vqacap demo --detector latest:detector-shapes_demo \
+		--captioner latest:caption_shapes_detected-shapes_demo --vqa latest:vqa_shapes_detected-shapes_demo \
+		--examples $${VQACAP_ROOT:-.}/data/shapes_demo/images/test $(DEMO_ARGS)
 
 bench: $(STAMP)  ## benchmarks: tables on stdout, JSON under outputs/bench/
 	$(BIN)/python -m vqacap.bench $(ARGS)

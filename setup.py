@@ -7,5 +7,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["vqacap", "vqacap.*"]), "vqacap.conf"],
     package_dir={"vqacap.conf": "conf"},
-    package_data={"vqacap": ["py.typed"], "vqacap.published": ["data/*.txt", "data/*.gz"], "vqacap.conf": ["*.yaml", "**/*.yaml"]},
+    package_data={"vqacap": ["py.typed"], "vqacap.published": ["data/*.txt", "data/*.gz"], "vqacap.demo": ["page.html"], "vqacap.conf": ["*.yaml", "**/*.yaml"]},
 )

@@ -16,7 +16,7 @@ import vqacap.callbacks.attention_maps as callback_module
 from tests.conftest import TINY_CAPTIONER
 from tests.references import import_reference
 from vqacap.callbacks import AttentionMaps
-from vqacap.draw import PANEL, attention_maps
+from vqacap.draw import PANEL, VQA_PANEL, attention_maps
 from vqacap.train import run
 
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
@@ -61,7 +61,7 @@ def test_vqa_maps_show_one_panel_per_question(make_cfg):
     assert [p.stem for p in pngs] == ["6100", "6200", "6300"]  # question 0 of the first three val images
     for png in pngs:
         with Image.open(png) as figure:
-            assert figure.width == PANEL and figure.height > PANEL  # the text above one square panel
+            assert figure.width == VQA_PANEL and figure.height > VQA_PANEL  # the text above one square panel
 
 
 def wandb_records(path: Path):

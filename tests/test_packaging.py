@@ -47,7 +47,7 @@ def test_the_wheel_ships_every_config_inside_the_package(wheel):
         f"vqacap/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")
     }
     assert configs and configs <= names
-    assert {"vqacap/train.py", "vqacap/cli.py", "vqacap/py.typed"} <= names
+    assert {"vqacap/train.py", "vqacap/cli.py", "vqacap/py.typed", "vqacap/demo/page.html"} <= names
     entry_points = (
         zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     )

@@ -16,7 +16,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_CAPTIONER, compose_train, tiny_detector
+from tests.conftest import PIXEL_SIZES as SIZES
+from tests.conftest import PIXEL_STEPS as FEW_STEPS
+from tests.conftest import TINY_CAPTIONER, compose_train, pixel_chain
 from tests.references import import_reference
 from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
@@ -28,10 +30,6 @@ from vqacap.lightning.common import region_inputs
 from vqacap.lightning.detector import load_detector
 from vqacap.train import run
 
-TINY_DETECTOR = tiny_detector(pool_size=4, rpn_post_nms_top_n_test=30)
-SIZES = "data.generator.sizes={train:24,val:6,test:6}"
-FEW_STEPS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "logger=csv"]
-TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,35 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 def chain(tmp_path_factory):
     """Render -> detector (3 steps) -> extract -> captioner and VQA model (3 steps each) on the detected regions."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("pixels")
-    data_root = root / "data"
-    detector_cfg = compose_train(
-        ["experiment=detector_shapes", SIZES, *TINY_DETECTOR, *FEW_STEPS, "data.batch_size=4", "data.eval_batch_size=6",
-         "callbacks.detection_images=null"],
-        root / "detector", data_root,
-    )  # fmt: skip
-    run(detector_cfg)
-    detector = json.loads((root / "detector" / "test_metrics.json").read_text())["checkpoint"]
-    shapes = data_root / "shapes"
-    store = root / "detected.h5"
-    images = [str(shapes / "images" / split) for split in ("train", "val", "test")]
-    assert vqacap(["extract", "--detector", detector, "--images", *images, "--out", str(store),
-                   "--dtype", "float32", "--no-progress"]) == 0  # fmt: skip
-    common = [SIZES, f"data.store={store}", *FEW_STEPS, "data.batch_size=4", "callbacks.attention_maps=null"]
-    run(
-        compose_train(
-            ["experiment=caption_shapes_detected", *common, *TINY_CAPTIONER], root / "captioner", data_root
-        )
-    )
-    run(compose_train(["experiment=vqa_shapes_detected", *common, *TINY_VQA], root / "vqa", data_root))
-    return {
-        "root": root,
-        "shapes": shapes,
-        "store": store,
-        "detector": detector,
-        "captioner": json.loads((root / "captioner" / "test_metrics.json").read_text())["checkpoint"],
-        "vqa": json.loads((root / "vqa" / "test_metrics.json").read_text())["checkpoint"],
-    }
+    return pixel_chain(tmp_path_factory.mktemp("pixels"))
 
 
 def test_caption_an_image_end_to_end_matches_the_extracted_store(chain, tmp_path, capsys):

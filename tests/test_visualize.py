@@ -9,11 +9,20 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tests.conftest import TINY_CAPTIONER
 from vqacap.cli import main as vqacap
-from vqacap.draw import PANEL, caption_figure, heat_overlay, top_boxes_text, vqa_figure
+from vqacap.draw import (
+    PANEL,
+    VQA_PANEL,
+    caption_figure,
+    heat_overlay,
+    label_font,
+    label_layout,
+    top_boxes_text,
+    vqa_figure,
+)
 from vqacap.train import run
 
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
@@ -44,12 +53,52 @@ def test_caption_figure_has_one_panel_per_word_under_the_caption():
     assert empty.width == PANEL  # the caption line alone
 
 
-def test_vqa_figure_shows_the_question_above_one_panel():
-    item = {"question": "what color is the circle", "answer": "red", "gt_answer": None, "boxes": BOXES,
-            "attention": torch.tensor([0.7, 0.3])}  # fmt: skip
+def test_vqa_figure_gives_the_question_and_each_answer_a_line_of_its_own():
+    """The map was 160 pixels wide with "predicted: yes ground / truth: purple" wrapped across lines: now the panel is
+    VQA_PANEL pixels and every line of text fits on one line of the figure."""
+    item = {"question": "what color is the large circle on the left?", "answer": "yes", "gt_answer": "purple",
+            "boxes": BOXES, "attention": torch.tensor([0.7, 0.3]),
+            "top_answers": [("yes", 0.91), ("purple", 0.05), ("no", 0.02)]}  # fmt: skip
     figure = vqa_figure(Image.new("RGB", (100, 100)), item, image_found=False)
-    assert figure.width == PANEL and figure.height > PANEL
+    lines = 5  # question, predicted, ground truth, top answers, the blank-canvas note
+    line_height = round(label_font(13).size * 1.3)
+    assert figure.size == (VQA_PANEL, 6 + lines * line_height + VQA_PANEL)  # no line wrapped
+    without_truth = vqa_figure(Image.new("RGB", (200, 100)), {**item, "gt_answer": None})
+    assert without_truth.size == (VQA_PANEL, 6 + 3 * line_height + VQA_PANEL // 2)  # the image scaled, 2:1
     assert top_boxes_text(BOXES, item["attention"], 2) == "0.70 [0, 0, 50, 50]; 0.30 [50, 0, 100, 50]"
+
+
+def test_box_labels_do_not_overlap_one_another():
+    """Three boxes sharing a corner put their weight labels on one spot ("0.62 large square" over "0.21 ..."); the
+    layout moves each label to where it covers no earlier one, inside the panel, and as large as its text."""
+    font = label_font(11)
+    texts = [
+        "0.62 large square",
+        "0.21 small red circle",
+        "0.09 large triangle",
+        "0.05 blue",
+        "0.03 green square",
+    ]
+    boxes = [[20, 30, 90, 100], [20, 30, 80, 90], [22, 32, 60, 70], [21, 31, 120, 140], [20, 30, 150, 150]]
+    placed = label_layout(texts, boxes, (PANEL, PANEL), font)
+    draw = ImageDraw.Draw(Image.new("RGB", (PANEL, PANEL)))
+    for n, (text, (x0, y0, x1, y1)) in enumerate(zip(texts, placed)):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        assert x1 - x0 >= right - left and y1 - y0 >= bottom - top, text
+        assert x0 >= 0 and y0 >= 0 and x1 <= PANEL and y1 <= PANEL, text
+        for other in placed[:n]:
+            assert not (x0 < other[2] and other[0] < x1 and y0 < other[3] and other[1] < y1), (text, placed)
+    assert placed[0][3] <= boxes[0][1]  # the most attended box keeps its label right above it
+
+
+def test_the_caption_panels_write_labels_where_the_layout_puts_them():
+    """The labels drawn on a word's panel are the layout's boxes: the backing of each label is black there."""
+    image = Image.new("RGB", (PANEL, PANEL), (255, 255, 255))
+    boxes = torch.tensor([[20.0, 30, 90, 100], [20, 30, 80, 90], [22, 32, 60, 70]])
+    panel = heat_overlay(image, boxes, torch.tensor([0.6, 0.3, 0.1]), top_k=3, labels=["a b", "c d", "e f"])
+    texts = ["0.60 a b", "0.30 c d", "0.10 e f"]
+    for x0, y0, x1, y1 in label_layout(texts, boxes.round().int().tolist(), panel.size, label_font(11)):
+        assert panel.getpixel((x1 - 1, y0)) == (0, 0, 0) and panel.getpixel((x0, y1 - 1)) == (0, 0, 0)
 
 
 def train_tiny(make_cfg, *overrides: str) -> Path:
@@ -93,7 +142,7 @@ def test_cli_draws_answers_from_a_checkpoint_and_a_data_folder(make_cfg, data_ro
     assert vqacap(args) == 0
     assert sorted(p.name for p in maps.iterdir()) == ["6100.png", "6201.png"]
     with Image.open(maps / "6100.png") as figure:
-        assert figure.width == PANEL and figure.height > PANEL
+        assert figure.width == VQA_PANEL and figure.height > VQA_PANEL
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("ground truth" in line for line in lines)
 

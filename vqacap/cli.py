@@ -41,6 +41,10 @@ COMMANDS = {
     ),
     "export": ("vqacap.export", "write a trained model as a model folder (safetensors, JSON, model card)"),
     "doctor": ("vqacap.doctor", "say what this installation can do: Java, METEOR, SPICE, GPU, wandb, data"),
+    "demo": (
+        "vqacap.demo.command",
+        "a local page in the browser: caption an image and answer questions about it",
+    ),
 }
 
 

@@ -22,7 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vqacap.images import ImageError, open_rgb
 
-PANEL = 160  # longer side of an image panel, pixels
+PANEL = 160  # longer side of a caption word's panel, pixels
+# Longer side of the one panel of a VQA map: room for its question and answers on lines of their own.
+VQA_PANEL = 320
 HIGHLIGHT = (255, 64, 32)  # outline of the most attended box; the others get a fainter colour
 OUTLINE = (255, 200, 40)
 BLANK = (255, 255, 255)
@@ -114,20 +116,83 @@ def _light(
         heat[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] += w
     heat *= 255 / max(float(heat.max()), 1e-12)
     lit = Image.composite(panel, dim, Image.fromarray(heat.round().astype(np.uint8), mode="L"))
-    draw, font = ImageDraw.Draw(lit), label_font(11)
-    for rank, (i, w, box) in reversed(list(enumerate(top))):  # the most attended box on top
-        colour = HIGHLIGHT if rank == 0 else OUTLINE
-        width = 2 if rank == 0 else 1
-        # A dark rim keeps the outline and its weight readable on objects of the outline's own colour.
-        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], outline=(0, 0, 0), width=width + 2)
-        draw.rectangle(box, outline=colour, width=width)
-        label, corner = (
-            f"{w:.2f} {labels[i]}" if labels else f"{w:.2f}",
-            (box[0], box[1] - 13 if box[1] >= 13 else box[1] + 1),
-        )  # above the box if room
-        draw.rectangle(draw.textbbox(corner, label, font=font), fill=(0, 0, 0))
-        draw.text(corner, label, fill=colour, font=font)
+    texts = [f"{w:.2f} {labels[i]}" if labels else f"{w:.2f}" for i, w, _ in top]
+    colours = [HIGHLIGHT if rank == 0 else OUTLINE for rank in range(len(top))]
+    _outline_and_label(lit, [box for _, _, box in top], texts, colours)
     return lit
+
+
+def label_size(size: tuple[int, int]) -> int:
+    """The font size of box labels on an image of `size` (width, height): 11 pixels on the small panels of the maps,
+    growing with larger images (13 at the demo's 480)."""
+    return max(11, round(max(size) / 36))
+
+
+def label_layout(
+    texts: list[str], boxes: list[list[int]], size: tuple[int, int], font: ImageFont.ImageFont
+) -> list[tuple[int, int, int, int]]:
+    """Where each box's label goes, (x0, y0, x1, y1) in pixels of an image of `size` (width, height): above the box's
+    top-left corner if there is room, else just inside it, else below the box, else the nearest free row; no label
+    covers an earlier one (the first, the most attended, gets the best place) unless the image has no room left."""
+    width, height = size
+    placed: list[tuple[int, int, int, int]] = []
+    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
+    for text, (x1, y1, _, y2) in zip(texts, boxes):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        w, h = right - left + 2, bottom - top + 2  # the dark backing reaches one pixel around the text
+        x = min(max(x1, 0), max(width - w, 0))
+        first = next(iter(_label_places(x, y1, y2, w, h, width, height)), (x, max(y1, 0)))
+        free = (
+            c
+            for c in _label_places(x, y1, y2, w, h, width, height)
+            if not any(_overlap((*c, c[0] + w, c[1] + h), p) for p in placed)
+        )
+        x, y = next(free, first)
+        placed.append((x, y, x + w, y + h))
+    return placed
+
+
+def _label_places(x: int, y1: int, y2: int, w: int, h: int, width: int, height: int):
+    """Top-left corners for a w x h label of the box whose left edge is x, top y1 and bottom y2, best first: above,
+    inside the top, below, then the rows nearest the box at its left edge, then anywhere on a coarse grid."""
+    last = height - h
+    rows = sorted(range(0, max(last, 0) + 1, 2), key=lambda y: abs(y - y1))
+    for y in [y1 - h - 1, y1 + 1, y2 + 2, *rows]:
+        if 0 <= y <= last:
+            yield x, y
+    for y in sorted(range(0, max(last, 0) + 1, h), key=lambda y: abs(y - y1)):
+        for cx in range(0, max(width - w, 0) + 1, max(w // 2, 1)):
+            yield cx, y
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _outline_and_label(
+    image: Image.Image, boxes: list[list[int]], texts: list[str], colours: list[tuple]
+) -> None:
+    """Outline each box (panel pixels) in its colour, the first one thicker, and write its label where `label_layout`
+    places it, on a dark backing."""
+    draw, font = ImageDraw.Draw(image), label_font(label_size(image.size))
+    for rank in reversed(range(len(boxes))):  # the first box on top
+        box, width = boxes[rank], 2 if rank == 0 else 1
+        # A dark rim keeps the outline and its label readable on objects of the outline's own colour.
+        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], outline=(0, 0, 0), width=width + 2)
+        draw.rectangle(box, outline=colours[rank], width=width)
+    for text, colour, (x0, y0, x1, y1) in zip(texts, colours, label_layout(texts, boxes, image.size, font)):
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=(0, 0, 0))
+        left, top, _, _ = draw.textbbox((0, 0), text, font=font)
+        draw.text((x0 + 1 - left, y0 + 1 - top), text, fill=colour, font=font)
+
+
+def boxes_figure(image: Image.Image, boxes: torch.Tensor, labels: list[str], size: int) -> Image.Image:
+    """The image scaled to `size` with every box (K, 4) outlined and named by `labels` (the detector's "red circle");
+    grid cells, which have no names, are outlined only."""
+    panel, scale = _scale(image, size)
+    scaled = [[round(c) for c in box] for box in (boxes * scale).tolist()]
+    _outline_and_label(panel, scaled, list(labels) if labels else [], [OUTLINE] * len(scaled))
+    return panel
 
 
 def _wrap(text: str, width: int, font: ImageFont.ImageFont) -> list[str]:
@@ -206,16 +271,18 @@ def caption_figure(
 def vqa_figure(
     image: Image.Image, item: dict, top_k: int = 3, image_found: bool = True, image_problem: str | None = None
 ) -> Image.Image:
-    """The question, the predicted and human answers, and the image lit by the attention (K,)."""
-    lines = [
-        f"Q: {item['question']}",
-        f"predicted: {item['answer']}    ground truth: {item['gt_answer'] or '-'}",
-    ]
+    """The question, the predicted and human answers and the top answers, each on its own line, above the image lit
+    by the attention (K,), VQA_PANEL pixels on its longer side."""
+    lines = [f"Q: {item['question']}", f"predicted: {item['answer']}"]
+    if item.get("gt_answer"):
+        lines.append(f"ground truth: {item['gt_answer']}")
     if item.get("top_answers"):
-        lines.append("top: " + ", ".join(f"{answer} {score:.2f}" for answer, score in item["top_answers"]))
+        lines.append(
+            "top answers: " + ", ".join(f"{answer} {score:.2f}" for answer, score in item["top_answers"])
+        )
     lines += _blank_canvas_note(image_found, image_problem)
-    panel = heat_overlay(image, item["boxes"], item["attention"], top_k, labels=item.get("labels"))
-    return _stack([_text_block(lines, panel.width, label_font(13)), panel])
+    panel = heat_overlay(image, item["boxes"], item["attention"], top_k, VQA_PANEL, item.get("labels"))
+    return _stack([_text_block(lines, max(panel.width, VQA_PANEL), label_font(13)), panel])
 
 
 def text_of(item: dict) -> str:

@@ -44,7 +44,11 @@ FEATURES = {
     "blind": ("_blind", None, None),
 }
 TASK_DATA = {"caption": "captions", "vqa": "vqa"}
-DETECTOR_RECIPES = {"shapes": "detector_shapes", "shapes_cluttered": "detector_shapes_cluttered"}
+DETECTOR_RECIPES = {
+    "shapes": "detector_shapes",
+    "shapes_cluttered": "detector_shapes_cluttered",
+    "shapes_demo": "detector_shapes_demo",  # a fifth of Shapes: `make demo`
+}
 COLUMNS = {
     "caption": ("Bleu_4", "METEOR", "CIDEr", "grounding"),
     "vqa": ("accuracy", "accuracy_yes_no", "accuracy_number", "accuracy_other", "grounding"),
@@ -246,7 +250,7 @@ def table(args: argparse.Namespace, log_dir: Path, data_dir: Path) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vqacap.pixels", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="shapes", choices=("shapes", "shapes_cluttered"))
+    parser.add_argument("--data", default="shapes", choices=list(DETECTOR_RECIPES))
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=list(FEATURES))
     parser.add_argument("--tasks", nargs="+", default=list(TASK_DATA), choices=list(TASK_DATA))

@@ -127,6 +127,21 @@ def predict(args: argparse.Namespace, module, data) -> list[dict]:
     return [records[n] for n in sorted(records)]
 
 
+def predict_image(path: Path, detector, module, choice, question: str | None = None) -> dict:
+    """The record `predict` gives for one image file, without a Trainer: the same collate (the detector's regions,
+    the question encoded in the model's words) and the same `predict_step` in eval mode without gradients, as
+    `trainer.predict` runs it (what `vqacap demo` answers each request with)."""
+    from vqacap.data.pixels import PixelDataModule
+
+    words = list(module.hparams.words) if question is not None else None
+    data = PixelDataModule([path], detector, choice, question=question, words=words, batch_size=1)
+    module.eval()
+    with torch.inference_mode():
+        (batch,) = list(data.predict_dataloader())
+        (record,) = module.predict_step(batch.to(module.device), 0)
+    return record
+
+
 def image_paths(images: list[Path]) -> list[Path]:
     """The files given, each folder replaced by its images in name order (as `vqacap extract --images` lists them)."""
     from vqacap.images import image_files
