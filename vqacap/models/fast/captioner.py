@@ -17,7 +17,7 @@ What changes, each only how the products are grouped:
 - The output layer gets zero rows up to a multiple of 16 for the pass (products with 9,487 rows ran slowly) and
   linear layers multiply through oneDNN (`vqacap.models.fast.linear`).
 
-tests/test_fast_equivalence.py proves outputs and gradients equal to the paper form's in every decoding mode.
+tests/models/test_fast_equivalence.py proves outputs and gradients equal to the paper form's in every decoding mode.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Each overrides only what it speeds up:
 - `UpDownVQA`'s attention computes f_a([v_i; q]) as W_v v_i + (W_q q + b): the same product without the (B, K, D + H)
   concatenation, with the question half once per question instead of once per region.
 
-tests/test_fast_equivalence.py proves each equal to its paper form.
+tests/models/test_fast_equivalence.py proves each equal to its paper form.
 """
 
 from __future__ import annotations

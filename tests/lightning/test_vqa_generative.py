@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_decoding import padded_regions
-from test_vqa_lightning import NO_LOGGER
 
+from tests.lightning.test_vqa import NO_LOGGER
+from tests.models.test_decoding import padded_regions
 from vqacap.checkpoints import load_module
 from vqacap.data.answers import process_answer
 from vqacap.data.shapes import HELD_OUT_ANSWERS, generate

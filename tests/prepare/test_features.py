@@ -302,7 +302,7 @@ def test_buffered_writer_writes_the_same_store_as_unbuffered(tmp_path):
 
 # ------------------------------------------------------------------------------------------- kills, full disks, locks
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SMALL_D = 8  # small rows: hundreds of images stream through a pipe in well under a second
 ROWS_PER_FLUSH = 4096 // 36 + 1  # the converter's write buffer holds 4096 regions
 

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import OVERFIT, TINY_OVERRIDES, logged
 
+from tests.conftest import OVERFIT, TINY_OVERRIDES, logged
 from vqacap.metrics.vqa import evaluate_vqa
 from vqacap.train import run
 

@@ -30,7 +30,7 @@ from vqacap.lightning.common import region_inputs
 from vqacap.lightning.detector import load_detector
 from vqacap.train import run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

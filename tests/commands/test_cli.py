@@ -64,7 +64,7 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
 
 
 def _official_vqa_files(tmp_path):
-    from tests.test_prepare_vqa2 import VAL, annotations_json, questions_json
+    from tests.prepare.test_vqa2 import VAL, annotations_json, questions_json
 
     files = {
         "questions": questions_json("val2014", VAL),

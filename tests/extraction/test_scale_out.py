@@ -32,7 +32,7 @@ from vqacap.models.detector import BottomUpDetector, DetectorOptions
 from vqacap.models.regions import DETECTOR_FIELDS
 from vqacap.train import CONFIG_DIR
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["__background__", "circle", "square", "triangle"]
 ATTRIBUTES = ["__no_attribute__", "red", "green", "small"]
 TINY = DetectorOptions(

@@ -22,7 +22,7 @@ TINY_R101 = DetectorOptions(
 )  # fmt: skip
 TINY_ARGS = ["--repeats", "1", "--shapes-train-batch", "2", "--shapes-extract-batch", "3", "--r101-train-batch", "1",
              "--r101-extract-batch", "2", "--r101-size", "48", "80", "--peak-sizes", "64",
-             "--published-prototxt", str(Path(__file__).parent / "fixtures" / "caffe" / "test.prototxt")]  # fmt: skip
+             "--published-prototxt", str(Path(__file__).parents[1] / "fixtures" / "caffe" / "test.prototxt")]  # fmt: skip
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from tests.conftest import TINY_CAPTIONER
-from tests.test_prepare_captions import karpathy_file
-from tests.test_prepare_features import make_image, tsv_line
-from tests.test_prepare_vqa2 import official, run_prepare  # noqa: F401 (fixture)
+from tests.prepare.test_captions import karpathy_file
+from tests.prepare.test_features import make_image, tsv_line
+from tests.prepare.test_vqa2 import official, run_prepare  # noqa: F401 (fixture)
 from vqacap.cli import main as vqacap
 from vqacap.train import run
 

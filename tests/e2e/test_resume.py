@@ -31,7 +31,7 @@ from vqacap.checkpoints import AtomicCheckpointIO
 from vqacap.data.base import ResumableSampler
 from vqacap.train import _resume_path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 15  # 60 training images, batches of 4
 KILL_AT_STEP = 22  # in the second epoch, 2 steps after the mid-epoch last.ckpt of step 20
 CAPTIONER = [
@@ -90,7 +90,7 @@ def _load(path: Path) -> dict:
 def _kill_at(step: int, run_dir: Path, marker: Path, start: Callable[..., subprocess.Popen]) -> None:
     """Start a run with `start(*overrides)` that stalls once `step` optimiser steps are done, and SIGKILL it there."""
     killed = start(
-        "+callbacks.stall._target_=tests.test_resume.StallAt", f"+callbacks.stall.step={step}",
+        "+callbacks.stall._target_=tests.e2e.test_resume.StallAt", f"+callbacks.stall.step={step}",
         f"+callbacks.stall.marker={marker}",
     )  # fmt: skip
     try:

@@ -24,7 +24,7 @@ from tests.conftest import TINY_CAPTIONER, compose_train
 from tests.references import import_reference
 from vqacap.train import CONFIG_DIR, _compile, run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # 15 test images with 91 questions: odd counts, so the distributed sampler pads the second process with a repeat.
 ODD_SHAPES = [
     "data.generator.sizes={train:60,val:13,test:15}", "data.generator.feature_dim=64", "logger=csv",

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY_CAPTIONER, logged
-from tests.test_prepare_vqa2 import official, run_prepare  # noqa: F401 (fixture)
+from tests.prepare.test_vqa2 import official, run_prepare  # noqa: F401 (fixture)
 from vqacap.train import CONFIG_DIR, run
 
 DEBUGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "debug").glob("*.yaml"))
@@ -50,8 +50,8 @@ def test_debug_config_composes_into_a_trainer_with_a_batch_in_every_loop(make_cf
 
 def _prepare_real_data(experiment: str, data_dir: Path, tmp_path: Path, files: dict) -> list[str]:
     """Tiny public-format files for a real-data recipe, through `vqacap prepare`; the overrides the run needs."""
-    from tests.test_prepare_captions import karpathy_file
-    from tests.test_prepare_features import make_image, tsv_line
+    from tests.prepare.test_captions import karpathy_file
+    from tests.prepare.test_features import make_image, tsv_line
     from vqacap.cli import main as vqacap
 
     def features(image_ids, out):

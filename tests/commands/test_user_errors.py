@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from tests.commands.test_visualize import train_tiny
 from tests.conftest import TINY_CAPTIONER
-from tests.test_debug_configs import _prepare_real_data
-from tests.test_prepare_vqa2 import VAL, annotations_json, official, questions_json  # noqa: F401 (fixture)
-from tests.test_visualize import train_tiny
+from tests.e2e.test_debug_configs import _prepare_real_data
+from tests.prepare.test_vqa2 import VAL, annotations_json, official, questions_json  # noqa: F401 (fixture)
 from vqacap.cli import main as vqacap
 from vqacap.errors import reporting
 from vqacap.train import run
@@ -81,7 +81,7 @@ def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
     kept = sorted(int(i) for i in RegionStore(data_dir / "coco" / "regions.h5").image_ids)
     # The store loses an image the captions name: rebuilt from the same TSV without it.
     (data_dir / "coco" / "regions.h5").unlink()
-    from tests.test_prepare_features import make_image, tsv_line
+    from tests.prepare.test_features import make_image, tsv_line
 
     tsv = tmp_path / "fewer.tsv"
     tsv.write_text("".join(tsv_line(i, *make_image(i, k=36)) + "\n" for i in kept[1:]))
@@ -99,7 +99,7 @@ def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
 
 
 def test_prepare_refuses_an_answer_vocabulary_too_small_to_train_on(official, tmp_path, capsys):  # noqa: F811
-    from tests.test_prepare_vqa2 import run_prepare
+    from tests.prepare.test_vqa2 import run_prepare
 
     out = tmp_path / "vqa2"
     # Train's multiple-choice answers: yes, 2 ("two"), red, no, once each (train alone; run_prepare uses count 2).
@@ -113,7 +113,7 @@ def test_prepare_refuses_an_answer_vocabulary_too_small_to_train_on(official, tm
 
 
 def test_the_datamodule_refuses_an_empty_answer_vocabulary_in_one_line(official, tmp_path, capsys):  # noqa: F811
-    from tests.test_prepare_vqa2 import run_prepare
+    from tests.prepare.test_vqa2 import run_prepare
     from vqacap.data.vqa import AnswerVocabulary, VQADataModule
 
     out = tmp_path / "vqa2"
@@ -164,7 +164,7 @@ def test_a_misspelt_option_or_experiment_gets_one_line_with_the_closest_names(tm
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "vqacap.train", override, f"paths.root_dir={tmp_path}"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1

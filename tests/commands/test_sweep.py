@@ -18,7 +18,7 @@ from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
 from vqacap.sweep import collect, find_multirun, main, table
 from vqacap.train import CONFIG_DIR
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _job(multirun: Path, number: int, overrides: list[str], metrics: dict | None) -> None:

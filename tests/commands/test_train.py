@@ -80,7 +80,7 @@ def test_testing_without_a_checkpoint_is_refused_in_one_line(make_cfg, tmp_path,
     ):
         run(make_cfg("experiment=caption_shapes", "train=false"))
     assert not (tmp_path / "run" / "test_metrics.json").exists()
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-m", "vqacap.train", "experiment=caption_shapes", "train=false", f"paths.data_dir={data_root}",
          f"hydra.run.dir={tmp_path / 'cli'}"],
