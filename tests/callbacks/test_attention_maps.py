@@ -14,7 +14,7 @@ from PIL import Image
 
 import vqacap.callbacks.attention_maps as callback_module
 from tests.conftest import TINY_CAPTIONER
-from tests.references import import_reference
+from tests.helpers.references import import_reference
 from vqacap.callbacks import AttentionMaps
 from vqacap.draw import PANEL, VQA_PANEL, attention_maps
 from vqacap.train import run

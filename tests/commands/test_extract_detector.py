@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from tests.conftest import VQACAP
-from tests.detection_fixture import awkward_boxes
+from tests.helpers.detection_data import awkward_boxes
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.shapes import generate

@@ -19,7 +19,7 @@ from PIL import Image
 from tests.conftest import PIXEL_SIZES as SIZES
 from tests.conftest import PIXEL_STEPS as FEW_STEPS
 from tests.conftest import TINY_CAPTIONER, compose_train, pixel_chain
-from tests.references import import_reference
+from tests.helpers.references import import_reference
 from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
 from vqacap.data.captions import CaptionDataModule

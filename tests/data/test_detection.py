@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.detection_fixture import ATTRIBUTES, CLASSES, write_detection_dataset
+from tests.helpers.detection_data import ATTRIBUTES, CLASSES, write_detection_dataset
 from vqacap.data.detection import (
     DetectionDataModule,
     DetectionFormatError,

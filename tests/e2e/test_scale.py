@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.strategies import DDPStrategy
 
 from tests.conftest import TINY_CAPTIONER, compose_train
-from tests.references import import_reference
+from tests.helpers.references import import_reference
 from vqacap.train import CONFIG_DIR, _compile, run
 
 REPO = Path(__file__).resolve().parents[2]

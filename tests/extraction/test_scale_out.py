@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from tests.references import import_reference
+from tests.helpers.references import import_reference
 from vqacap.cli import main
 from vqacap.data.shapes import generate
 from vqacap.data.store import RegionStore, partial_path

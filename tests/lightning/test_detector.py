@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_detector
-from tests.detection_fixture import write_detection_dataset
+from tests.helpers.detection_data import write_detection_dataset
 from vqacap.checkpoints import CheckpointError
 from vqacap.lightning.detector import load_detector
 from vqacap.train import run

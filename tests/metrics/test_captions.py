@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.references import import_reference
+from tests.helpers.references import import_reference
 from vqacap.metrics.captions import (
     evaluate_captions,
     evaluate_captions_per_image,

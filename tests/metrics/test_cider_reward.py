@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.references import import_reference
+from tests.helpers.references import import_reference
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from vqacap.metrics.captions import CiderDReward
 

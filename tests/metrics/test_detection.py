@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.detection_fixture import awkward_boxes
+from tests.helpers.detection_data import awkward_boxes
 from vqacap.metrics.detection import (
     DetectionEvaluator,
     box_iou_plus_one,

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.references import import_reference
+from tests.helpers.references import import_reference
 from vqacap.metrics.captions.ptb import ptb_lines, tokenize, tokenize_captions
 
 # Hand-written captions that exercise the tokenizer's rules (contractions, abbreviations, numbers, quotes, ...).

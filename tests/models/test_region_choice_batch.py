@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.detection_fixture import awkward_boxes
+from tests.helpers.detection_data import awkward_boxes
 from vqacap.metrics.detection import class_nms_plus_one, class_nms_plus_one_batch
 from vqacap.models.regions import ChosenRegions, select_proposals, select_proposals_batch
 
