@@ -16,7 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_CAPTIONER, VQACAP, compose_train, tiny_detector
+from tests.helpers.configs import TINY_CAPTIONER, compose_train, tiny_detector
+from tests.helpers.runs import VQACAP
 from vqacap.checkpoints import load_module, load_weights
 from vqacap.cli import main as vqacap
 from vqacap.folders import FolderError, read_checkpoint

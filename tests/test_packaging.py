@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
+from tests.helpers.configs import TINY_CAPTIONER, TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
+from tests.helpers.configs import TINY_CAPTIONER, TINY_OVERRIDES
 from vqacap import runs
 from vqacap.runs import RunFolderError
 from vqacap.sweep import collect, find_multirun

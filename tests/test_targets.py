@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES, compose_train
+from tests.helpers.configs import TINY_CAPTIONER, TINY_OVERRIDES, compose_train
 from vqacap.cli import main as vqacap
 from vqacap.targets import TargetError, allowed, locate
 from vqacap.train import run

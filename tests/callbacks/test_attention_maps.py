@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import vqacap.callbacks.attention_maps as callback_module
-from tests.conftest import TINY_CAPTIONER
+from tests.helpers.configs import TINY_CAPTIONER
 from tests.helpers.references import import_reference
 from vqacap.callbacks import AttentionMaps
 from vqacap.draw import PANEL, VQA_PANEL, attention_maps

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.conftest import TINY_CAPTIONER
+from tests.helpers.configs import TINY_CAPTIONER
 from vqacap.callbacks import NonFiniteError, StopOnNonFinite
 from vqacap.train import run
 

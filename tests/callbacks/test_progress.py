@@ -8,7 +8,7 @@ import os
 import re
 import sys
 
-from tests.conftest import TINY_CAPTIONER, TINY_SHAPES
+from tests.helpers.configs import TINY_CAPTIONER, TINY_SHAPES
 from vqacap.callbacks.progress import EpochProgress
 from vqacap.train import run
 

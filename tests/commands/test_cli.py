@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from tests.conftest import VQACAP
+from tests.helpers.runs import VQACAP
 from vqacap import cli
 
 

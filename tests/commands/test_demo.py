@@ -1,5 +1,5 @@
 """`vqacap demo` in a real browser: the server started as a user starts it (a subprocess on a free port) with tiny real
-models (tests.conftest.pixel_chain), headless Chromium (Debian's `chromium`, driven by Playwright's Python API; nothing
+models (tests.helpers.pixels.pixel_chain), headless Chromium (Debian's `chromium`, driven by Playwright's Python API; nothing
 downloads a browser) uploading a Shapes image, reading the caption and asking a question, checked against what
 `vqacap caption` and `vqacap answer` print for the same image and models; bad input shows a message in the page and
 the server goes on."""
@@ -21,7 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import compose_train, pixel_chain
+from tests.helpers.configs import compose_train
+from tests.helpers.pixels import pixel_chain
 from vqacap.cli import main as vqacap
 from vqacap.data.pixels import RegionChoice
 from vqacap.demo.app import DemoApp

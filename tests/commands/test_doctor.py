@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import VQACAP
+from tests.helpers.runs import VQACAP
 
 
 def _doctor(*args: str, **env: str) -> dict[str, list[tuple[str, str]]]:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-from tests.conftest import VQACAP
+from tests.helpers.runs import VQACAP
 from vqacap.cli import main
 from vqacap.data.store import RegionStore, RegionStoreWriter, partial_path
 from vqacap.extract import extract

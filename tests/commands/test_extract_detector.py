@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from tests.conftest import VQACAP
 from tests.helpers.detection_data import awkward_boxes
+from tests.helpers.runs import VQACAP
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.shapes import generate

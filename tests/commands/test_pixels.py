@@ -16,9 +16,10 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from tests.conftest import PIXEL_SIZES as SIZES
-from tests.conftest import PIXEL_STEPS as FEW_STEPS
-from tests.conftest import TINY_CAPTIONER, compose_train, pixel_chain
+from tests.helpers.configs import TINY_CAPTIONER, compose_train
+from tests.helpers.pixels import PIXEL_SIZES as SIZES
+from tests.helpers.pixels import PIXEL_STEPS as FEW_STEPS
+from tests.helpers.pixels import pixel_chain
 from tests.helpers.references import import_reference
 from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
+from tests.helpers.configs import TINY_CAPTIONER, TINY_OVERRIDES
 from vqacap.sweep import collect, find_multirun, main, table
 from vqacap.train import CONFIG_DIR
 

@@ -14,7 +14,7 @@ CAPTION_EXPERIMENTS = ["caption_shapes", "caption_shapes_blind"]
 
 @pytest.mark.parametrize("experiment", CAPTION_EXPERIMENTS)
 def test_caption_experiment_fast_dev_run(make_cfg, experiment):
-    from tests.conftest import TINY_CAPTIONER
+    from tests.helpers.configs import TINY_CAPTIONER
 
     cfg = make_cfg(f"experiment={experiment}", "debug=fdr", *TINY_CAPTIONER)
     metrics = run(cfg)
@@ -29,7 +29,8 @@ def test_blind_experiment_zeroes_the_regions_only(make_cfg):
 
 
 def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_path):
-    from tests.conftest import TINY_CAPTIONER, logged
+    from tests.helpers.configs import TINY_CAPTIONER
+    from tests.helpers.runs import logged
 
     cfg = make_cfg(
         "experiment=caption_shapes", "trainer.max_epochs=2", "model.decoding.beam_size=3", *TINY_CAPTIONER
@@ -52,7 +53,8 @@ def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_
 
 
 def test_overfitting_a_few_batches_drives_the_loss_down(make_cfg, tmp_path):
-    from tests.conftest import OVERFIT, TINY_CAPTIONER, logged
+    from tests.helpers.configs import OVERFIT, TINY_CAPTIONER
+    from tests.helpers.runs import logged
 
     cfg = make_cfg(
         "experiment=caption_shapes",

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.commands.test_visualize import train_tiny
-from tests.conftest import TINY_CAPTIONER
 from tests.e2e.test_debug_configs import _prepare_real_data
+from tests.helpers.configs import TINY_CAPTIONER
 from tests.prepare.test_vqa2 import VAL, annotations_json, official, questions_json  # noqa: F401 (fixture)
 from vqacap.cli import main as vqacap
 from vqacap.errors import reporting

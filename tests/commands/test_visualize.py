@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
-from tests.conftest import TINY_CAPTIONER
+from tests.helpers.configs import TINY_CAPTIONER
 from vqacap.cli import main as vqacap
 from vqacap.draw import (
     PANEL,

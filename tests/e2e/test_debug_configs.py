@@ -10,7 +10,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_CAPTIONER, logged
+from tests.helpers.configs import TINY_CAPTIONER
+from tests.helpers.runs import logged
 from tests.prepare.test_vqa2 import official, run_prepare  # noqa: F401 (fixture)
 from vqacap.train import CONFIG_DIR, run
 

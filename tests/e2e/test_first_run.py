@@ -10,7 +10,8 @@ import warnings
 
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_CAPTIONER, VQACAP
+from tests.helpers.configs import TINY_CAPTIONER
+from tests.helpers.runs import VQACAP
 from vqacap.data.generated import run_generator
 from vqacap.train import quiet_dependency_warnings, run
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import TINY_CAPTIONER
+from tests.helpers.configs import TINY_CAPTIONER
 from tests.prepare.test_captions import karpathy_file
 from tests.prepare.test_features import make_image, tsv_line
 from tests.prepare.test_vqa2 import official, run_prepare  # noqa: F401 (fixture)

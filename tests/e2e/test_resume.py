@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES, tiny_detector
+from tests.helpers.configs import TINY_CAPTIONER, TINY_OVERRIDES, tiny_detector
 from tests.helpers.detection_data import write_detection_dataset
 from vqacap.callbacks.checkpoint import LastCheckpoint, rng_states, set_rng_states
 from vqacap.checkpoints import AtomicCheckpointIO

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.strategies import DDPStrategy
 
-from tests.conftest import TINY_CAPTIONER, compose_train
+from tests.helpers.configs import TINY_CAPTIONER, compose_train
 from tests.helpers.references import import_reference
 from vqacap.train import CONFIG_DIR, _compile, run
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import tiny_detector
+from tests.helpers.configs import tiny_detector
 from tests.helpers.detection_data import write_detection_dataset
 from vqacap.checkpoints import CheckpointError
 from vqacap.lightning.detector import load_detector

@@ -136,7 +136,8 @@ def test_a_few_self_critical_steps_raise_the_reward(kind):
 
 @pytest.mark.parametrize("mode", ["sample", "beam"])
 def test_both_modes_train_through_the_recipe(make_cfg, tmp_path, mode):
-    from tests.conftest import TINY_CAPTIONER, logged
+    from tests.helpers.configs import TINY_CAPTIONER
+    from tests.helpers.runs import logged
     from vqacap.train import run
 
     cfg = make_cfg(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import OVERFIT, TINY_OVERRIDES, logged
+from tests.helpers.configs import OVERFIT, TINY_OVERRIDES
+from tests.helpers.runs import logged
 from vqacap.metrics.vqa import evaluate_vqa
 from vqacap.train import run
 

@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 from torchmetrics.utilities import dim_zero_cat
 
-from tests.conftest import TINY_CAPTIONER, logged
+from tests.helpers.configs import TINY_CAPTIONER
+from tests.helpers.runs import logged
 from vqacap.data.vocab import EOS_ID, tokenize
 from vqacap.metrics.grounding import GroundingAccuracy, box_iou, caption_targets, named_objects
 from vqacap.models.decoding import Decoded

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VQACAP, compose_train
+from tests.helpers.configs import compose_train
+from tests.helpers.runs import VQACAP
 from vqacap.metrics.captions import spice as spice_module
 from vqacap.metrics.captions.spice import CORENLP_JARS, CORENLP_VARIABLE, spice, unavailable
 

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import VQACAP
+from tests.helpers.runs import VQACAP
 from vqacap.cli import main
 from vqacap.data.store import RegionStore, RegionStoreWriter, partial_path
 from vqacap.prepare.features import Source, convert, h5_source, npz_source, tsv_source

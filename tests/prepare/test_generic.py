@@ -229,7 +229,7 @@ def tiny_detector_checkpoint(path: Path) -> Path:
 
 
 def test_prepared_data_trains_and_its_maps_find_the_images(dataset, tmp_path):
-    from tests.conftest import compose_train
+    from tests.helpers.configs import compose_train
     from vqacap.draw import attention_maps
     from vqacap.train import run
     from vqacap.visualize import load

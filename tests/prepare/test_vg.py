@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import VQACAP
+from tests.helpers.runs import VQACAP
 from vqacap.cli import main
 from vqacap.data.detection import load_detection_split
 from vqacap.prepare.common import PrepareError

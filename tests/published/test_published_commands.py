@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from tests.conftest import TINY_CAPTIONER, compose_train
+from tests.helpers.configs import TINY_CAPTIONER, compose_train
 from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
 from vqacap.data.captions import CaptionDataModule
