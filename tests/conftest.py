@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from tests.helpers import vqa2
 from tests.helpers.configs import TINY_OVERRIDES, compose_train
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -40,3 +41,9 @@ def make_cfg(tmp_path, data_root):
         return compose_train([*(TINY_OVERRIDES if tiny else []), *overrides], tmp_path / "run", data_root)
 
     return make
+
+
+@pytest.fixture
+def official(tmp_path) -> dict[str, Path]:
+    """VQA v2's official question and annotation files (tests/helpers/vqa2.py) in tmp_path; key -> path."""
+    return vqa2.write_official(tmp_path)

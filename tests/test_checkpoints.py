@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from tests.helpers.configs import TINY_CAPTIONER, TINY_OVERRIDES, compose_train
+from tests.helpers.configs import TINY_CAPTIONER, TINY_FEATURE_DIM, TINY_OVERRIDES, TINY_SHAPES, compose_train
 from vqacap import visualize
 from vqacap.checkpoints import (
     CheckpointError,
@@ -260,7 +260,6 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial_file(tmp_p
     import subprocess
     import sys
 
-    from tests.helpers.configs import TINY_FEATURE_DIM, TINY_SHAPES
     from vqacap.data.shapes import generate
 
     generate(tmp_path / "data" / "shapes", sizes=TINY_SHAPES, feature_dim=TINY_FEATURE_DIM)

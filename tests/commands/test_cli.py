@@ -11,6 +11,7 @@ import types
 import pytest
 
 from tests.helpers.runs import VQACAP
+from tests.helpers.vqa2 import VAL, annotations_json, questions_json
 from vqacap import cli
 
 
@@ -64,8 +65,6 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
 
 
 def _official_vqa_files(tmp_path):
-    from tests.prepare.test_vqa2 import VAL, annotations_json, questions_json
-
     files = {
         "questions": questions_json("val2014", VAL),
         "annotations": annotations_json("val2014", VAL),

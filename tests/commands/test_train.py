@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.configs import OVERFIT, TINY_CAPTIONER
+from tests.helpers.runs import logged
 from vqacap.metrics.captions import evaluate_captions, load_annotations, load_results
 from vqacap.metrics.captions.endings import BAD_ENDINGS
 from vqacap.train import run
@@ -14,8 +16,6 @@ CAPTION_EXPERIMENTS = ["caption_shapes", "caption_shapes_blind"]
 
 @pytest.mark.parametrize("experiment", CAPTION_EXPERIMENTS)
 def test_caption_experiment_fast_dev_run(make_cfg, experiment):
-    from tests.helpers.configs import TINY_CAPTIONER
-
     cfg = make_cfg(f"experiment={experiment}", "debug=fdr", *TINY_CAPTIONER)
     metrics = run(cfg)
     assert {"test/CIDEr", "test/Bleu_4"} <= metrics.keys()
@@ -29,9 +29,6 @@ def test_blind_experiment_zeroes_the_regions_only(make_cfg):
 
 
 def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_path):
-    from tests.helpers.configs import TINY_CAPTIONER
-    from tests.helpers.runs import logged
-
     cfg = make_cfg(
         "experiment=caption_shapes", "trainer.max_epochs=2", "model.decoding.beam_size=3", *TINY_CAPTIONER
     )
@@ -53,9 +50,6 @@ def test_short_training_run_writes_metrics_checkpoint_and_results(make_cfg, tmp_
 
 
 def test_overfitting_a_few_batches_drives_the_loss_down(make_cfg, tmp_path):
-    from tests.helpers.configs import OVERFIT, TINY_CAPTIONER
-    from tests.helpers.runs import logged
-
     cfg = make_cfg(
         "experiment=caption_shapes",
         *OVERFIT,

@@ -9,7 +9,8 @@ import pytest
 from tests.commands.test_visualize import train_tiny
 from tests.e2e.test_debug_configs import _prepare_real_data
 from tests.helpers.configs import TINY_CAPTIONER
-from tests.prepare.test_vqa2 import VAL, annotations_json, official, questions_json  # noqa: F401 (fixture)
+from tests.helpers.tsv import make_image, tsv_line
+from tests.helpers.vqa2 import VAL, annotations_json, questions_json, run_prepare
 from vqacap.cli import main as vqacap
 from vqacap.errors import reporting
 from vqacap.train import run
@@ -72,7 +73,7 @@ def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
     make_cfg,
     tmp_path,
     capsys,
-    official,  # noqa: F811
+    official,
 ):
     data_dir = tmp_path / "data"
     overrides = _prepare_real_data("caption_coco_xe", data_dir, tmp_path, official)
@@ -81,7 +82,6 @@ def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
     kept = sorted(int(i) for i in RegionStore(data_dir / "coco" / "regions.h5").image_ids)
     # The store loses an image the captions name: rebuilt from the same TSV without it.
     (data_dir / "coco" / "regions.h5").unlink()
-    from tests.prepare.test_features import make_image, tsv_line
 
     tsv = tmp_path / "fewer.tsv"
     tsv.write_text("".join(tsv_line(i, *make_image(i, k=36)) + "\n" for i in kept[1:]))
@@ -98,9 +98,7 @@ def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
     assert str(kept[0]) in _one_error_line(capsys)
 
 
-def test_prepare_refuses_an_answer_vocabulary_too_small_to_train_on(official, tmp_path, capsys):  # noqa: F811
-    from tests.prepare.test_vqa2 import run_prepare
-
+def test_prepare_refuses_an_answer_vocabulary_too_small_to_train_on(official, tmp_path, capsys):
     out = tmp_path / "vqa2"
     # Train's multiple-choice answers: yes, 2 ("two"), red, no, once each (train alone; run_prepare uses count 2).
     assert run_prepare(official, out, "--vocab-from", "train") == 2
@@ -112,8 +110,7 @@ def test_prepare_refuses_an_answer_vocabulary_too_small_to_train_on(official, tm
     assert not out.exists() or not any(out.iterdir())  # refused before writing anything
 
 
-def test_the_datamodule_refuses_an_empty_answer_vocabulary_in_one_line(official, tmp_path, capsys):  # noqa: F811
-    from tests.prepare.test_vqa2 import run_prepare
+def test_the_datamodule_refuses_an_empty_answer_vocabulary_in_one_line(official, tmp_path, capsys):
     from vqacap.data.vqa import AnswerVocabulary, VQADataModule
 
     out = tmp_path / "vqa2"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers.configs import TINY_CAPTIONER
 from vqacap.data.detection import load_detection_split
 from vqacap.data.owned import MARKER, WRITTEN, FolderNotOwnedError
 from vqacap.data.shapes import (
@@ -266,7 +267,6 @@ def test_regenerating_its_own_folder_sets_the_old_vocabulary_aside(plain, tmp_pa
 
 @pytest.mark.parametrize("data", ["shapes_cluttered_captions", "shapes_cluttered_vqa"])
 def test_cluttered_shapes_trains_the_captioner_and_the_vqa_model(make_cfg, data):
-    from tests.helpers.configs import TINY_CAPTIONER
     from vqacap.train import run
 
     experiment = (

@@ -11,8 +11,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.helpers.configs import TINY_CAPTIONER
+from tests.helpers.karpathy import karpathy_file
 from tests.helpers.runs import logged
-from tests.prepare.test_vqa2 import official, run_prepare  # noqa: F401 (fixture)
+from tests.helpers.tsv import make_image, tsv_line
+from tests.helpers.vqa2 import run_prepare
 from vqacap.train import CONFIG_DIR, run
 
 DEBUGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "debug").glob("*.yaml"))
@@ -51,8 +53,6 @@ def test_debug_config_composes_into_a_trainer_with_a_batch_in_every_loop(make_cf
 
 def _prepare_real_data(experiment: str, data_dir: Path, tmp_path: Path, files: dict) -> list[str]:
     """Tiny public-format files for a real-data recipe, through `vqacap prepare`; the overrides the run needs."""
-    from tests.prepare.test_captions import karpathy_file
-    from tests.prepare.test_features import make_image, tsv_line
     from vqacap.cli import main as vqacap
 
     def features(image_ids, out):
@@ -113,5 +113,5 @@ FAST = {(debug, "caption_shapes") for debug in DEBUGS} | {("limit", "vqa_shapes"
         for experiment in EXPERIMENTS
     ],
 )
-def test_debug_config_runs_with_the_experiment(make_cfg, tmp_path, debug, experiment, official):  # noqa: F811
+def test_debug_config_runs_with_the_experiment(make_cfg, tmp_path, debug, experiment, official):
     _run_for_real(make_cfg, tmp_path, debug, experiment, official)

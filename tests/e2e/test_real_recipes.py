@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from tests.helpers.configs import TINY_CAPTIONER
-from tests.prepare.test_captions import karpathy_file
-from tests.prepare.test_features import make_image, tsv_line
-from tests.prepare.test_vqa2 import official, run_prepare  # noqa: F401 (fixture)
+from tests.helpers.karpathy import karpathy_file
+from tests.helpers.tsv import make_image, tsv_line
+from tests.helpers.vqa2 import run_prepare
 from vqacap.cli import main as vqacap
 from vqacap.train import run
 
@@ -57,7 +57,7 @@ def test_caption_coco_recipes_run_on_prepared_karpathy_data(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("experiment", ["vqa2_updown", "vqa2_reference"])
-def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experiment, official):  # noqa: F811
+def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experiment, official):
     vqa2 = tmp_path / "data" / "vqa2"
     assert run_prepare(official, vqa2) == 0
     image_ids = sorted(

@@ -5,6 +5,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from tests.helpers.configs import TINY_CAPTIONER
 from vqacap.lightning.common import TaskModule, fused_default
 from vqacap.train import run
 
@@ -54,8 +55,6 @@ def test_fused_and_plain_adam_take_the_same_steps():
 
 def test_mixed_precision_with_clipping_trains_without_fused(make_cfg):
     """Lightning refuses gradient clipping with a fused optimiser under mixed precision; such runs keep the default."""
-    from tests.helpers.configs import TINY_CAPTIONER
-
     cfg = make_cfg(
         "experiment=caption_shapes", "debug=fdr", *TINY_CAPTIONER, "trainer.precision=bf16-mixed",
         "trainer.gradient_clip_val=0.1",

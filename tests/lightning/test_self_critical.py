@@ -10,6 +10,8 @@ from functools import partial
 import pytest
 import torch
 
+from tests.helpers.configs import TINY_CAPTIONER
+from tests.helpers.runs import logged
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.store import Regions
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -136,8 +138,6 @@ def test_a_few_self_critical_steps_raise_the_reward(kind):
 
 @pytest.mark.parametrize("mode", ["sample", "beam"])
 def test_both_modes_train_through_the_recipe(make_cfg, tmp_path, mode):
-    from tests.helpers.configs import TINY_CAPTIONER
-    from tests.helpers.runs import logged
     from vqacap.train import run
 
     cfg = make_cfg(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pickle
@@ -17,30 +16,11 @@ import numpy as np
 import pytest
 
 from tests.helpers.runs import VQACAP
+from tests.helpers.tsv import FEATURE_DIM as D
+from tests.helpers.tsv import make_image, tsv_line
 from vqacap.cli import main
 from vqacap.data.store import RegionStore, RegionStoreWriter, partial_path
 from vqacap.prepare.features import Source, convert, h5_source, npz_source, tsv_source
-
-D = 2048
-
-
-def make_image(image_id: int, k: int, w: int = 640, h: int = 480) -> tuple[np.ndarray, np.ndarray, int, int]:
-    rng = np.random.default_rng(image_id)
-    x1, y1 = rng.uniform(0, w / 2, k), rng.uniform(0, h / 2, k)
-    boxes = np.stack([x1, y1, x1 + rng.uniform(1, w / 2, k), y1 + rng.uniform(1, h / 2, k)], 1).astype(
-        np.float32
-    )
-    features = rng.uniform(0, 10, (k, D)).astype(np.float32)  # ReLU outputs: non-negative
-    return features, boxes, w, h
-
-
-def tsv_line(
-    image_id: int, features: np.ndarray, boxes: np.ndarray, w: int, h: int, num_boxes: int | None = None
-) -> str:
-    b64 = [base64.b64encode(a.astype(np.float32).tobytes()).decode() for a in (boxes, features)]
-    return "\t".join(
-        [str(image_id), str(w), str(h), str(len(boxes) if num_boxes is None else num_boxes), *b64]
-    )
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.configs import compose_train
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.store import RegionStore, RegionStoreWriter
@@ -229,7 +230,6 @@ def tiny_detector_checkpoint(path: Path) -> Path:
 
 
 def test_prepared_data_trains_and_its_maps_find_the_images(dataset, tmp_path):
-    from tests.helpers.configs import compose_train
     from vqacap.draw import attention_maps
     from vqacap.train import run
     from vqacap.visualize import load
