@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from tests.commands.test_visualize import train_tiny
-from tests.e2e.test_debug_configs import _prepare_real_data
 from tests.helpers.configs import TINY_CAPTIONER
-from tests.helpers.tsv import make_image, tsv_line
+from tests.helpers.runs import prepare_real_data, train_tiny
+from tests.helpers.tsv import write_tsv
 from tests.helpers.vqa2 import VAL, annotations_json, questions_json, run_prepare
 from vqacap.cli import main as vqacap
 from vqacap.errors import reporting
@@ -76,15 +75,14 @@ def test_captions_naming_an_image_missing_from_the_store_stop_in_one_line(
     official,
 ):
     data_dir = tmp_path / "data"
-    overrides = _prepare_real_data("caption_coco_xe", data_dir, tmp_path, official)
+    overrides = prepare_real_data("caption_coco_xe", data_dir, tmp_path, official)
     from vqacap.data.store import RegionStore
 
     kept = sorted(int(i) for i in RegionStore(data_dir / "coco" / "regions.h5").image_ids)
     # The store loses an image the captions name: rebuilt from the same TSV without it.
     (data_dir / "coco" / "regions.h5").unlink()
 
-    tsv = tmp_path / "fewer.tsv"
-    tsv.write_text("".join(tsv_line(i, *make_image(i, k=36)) + "\n" for i in kept[1:]))
+    tsv = write_tsv(tmp_path / "fewer.tsv", kept[1:])
     assert (
         vqacap(["prepare", "features", "--tsv", str(tsv), "--out", str(data_dir / "coco" / "regions.h5")])
         == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from tests.helpers.configs import TINY_CAPTIONER
+from tests.helpers.runs import train_tiny
 from vqacap.cli import main as vqacap
 from vqacap.draw import (
     PANEL,
@@ -23,10 +23,8 @@ from vqacap.draw import (
     top_boxes_text,
     vqa_figure,
 )
-from vqacap.train import run
 
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
-SHORT = ["+trainer.limit_train_batches=2", "test=false", "callbacks.attention_maps=null"]
 BOXES = torch.tensor([[0.0, 0, 50, 50], [50, 0, 100, 50]])  # the two halves of a 100 x 50 image
 
 
@@ -99,16 +97,6 @@ def test_the_caption_panels_write_labels_where_the_layout_puts_them():
     texts = ["0.60 a b", "0.30 c d", "0.10 e f"]
     for x0, y0, x1, y1 in label_layout(texts, boxes.round().int().tolist(), panel.size, label_font(11)):
         assert panel.getpixel((x1 - 1, y0)) == (0, 0, 0) and panel.getpixel((x0, y1 - 1)) == (0, 0, 0)
-
-
-def train_tiny(make_cfg, *overrides: str) -> Path:
-    """A tiny run folder as `python -m vqacap.train` leaves it: checkpoints/ and .hydra/config.yaml."""
-    cfg = make_cfg(*overrides, *SHORT)
-    run(cfg)
-    out = Path(cfg.paths.output_dir)
-    (out / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    return out
 
 
 def test_cli_draws_captions_of_a_run_folder(make_cfg, tmp_path, capsys):

@@ -3,7 +3,6 @@ through a real Trainer. Recipes written for a GPU are composed with `trainer=cpu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.helpers.configs import TINY_CAPTIONER
-from tests.helpers.karpathy import karpathy_file
-from tests.helpers.runs import logged
-from tests.helpers.tsv import make_image, tsv_line
-from tests.helpers.vqa2 import run_prepare
+from tests.helpers.runs import logged, prepare_real_data
 from vqacap.train import CONFIG_DIR, run
 
 DEBUGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "debug").glob("*.yaml"))
@@ -51,29 +47,6 @@ def test_debug_config_composes_into_a_trainer_with_a_batch_in_every_loop(make_cf
         assert trainer.fast_dev_run == 1
 
 
-def _prepare_real_data(experiment: str, data_dir: Path, tmp_path: Path, files: dict) -> list[str]:
-    """Tiny public-format files for a real-data recipe, through `vqacap prepare`; the overrides the run needs."""
-    from vqacap.cli import main as vqacap
-
-    def features(image_ids, out):
-        tsv = tmp_path / "features.tsv"
-        tsv.write_text("".join(tsv_line(i, *make_image(i, k=36)) + "\n" for i in image_ids))
-        assert vqacap(["prepare", "features", "--tsv", str(tsv), "--out", str(out), "--no-progress"]) == 0
-
-    if experiment.startswith("caption_coco"):
-        coco = data_dir / "coco"
-        args = ["--karpathy", str(karpathy_file(tmp_path)), "--out", str(coco), "--min-count", "1"]
-        assert vqacap(["prepare", "coco-captions", *args]) == 0
-        features([9, 25, 30, 42], coco / "regions.h5")
-        return [*TINY_CAPTIONER, "model.metrics=[Bleu_4,CIDEr]"]
-    vqa2 = data_dir / "vqa2"
-    assert run_prepare(files, vqa2) == 0
-    questions = [path for key, path in files.items() if not key.endswith("_ann")]
-    image_ids = sorted({q["image_id"] for f in questions for q in json.loads(f.read_text())["questions"]})
-    features(image_ids, vqa2 / "regions.h5")
-    return ["model.net.hidden_size=32"]
-
-
 def _run_for_real(make_cfg, tmp_path, debug: str, experiment: str, files: dict) -> None:
     composed = _on_cpu(make_cfg, experiment, tiny=False)
     if composed.data.get("generator"):
@@ -83,7 +56,7 @@ def _run_for_real(make_cfg, tmp_path, debug: str, experiment: str, files: dict) 
         data_dir = tmp_path / "data"
         overrides = [
             f"paths.data_dir={data_dir}",
-            *_prepare_real_data(experiment, data_dir, tmp_path, files),
+            *prepare_real_data(experiment, data_dir, tmp_path, files),
         ]
         if composed.data.get(
             "glove"

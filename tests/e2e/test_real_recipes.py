@@ -8,18 +8,12 @@ import pytest
 
 from tests.helpers.configs import TINY_CAPTIONER
 from tests.helpers.karpathy import karpathy_file
-from tests.helpers.tsv import make_image, tsv_line
+from tests.helpers.runs import prepare_features
 from tests.helpers.vqa2 import run_prepare
 from vqacap.cli import main as vqacap
 from vqacap.train import run
 
 CPU_LOADER = ["trainer=cpu", "data.num_workers=0", "data.pin_memory=false", "data.persistent_workers=false"]
-
-
-def _features(tmp_path, image_ids, out):
-    tsv = tmp_path / "features.tsv"
-    tsv.write_text("".join(tsv_line(i, *make_image(i, k=36)) + "\n" for i in image_ids))
-    assert vqacap(["prepare", "features", "--tsv", str(tsv), "--out", str(out), "--no-progress"]) == 0
 
 
 def test_caption_coco_recipes_run_on_prepared_karpathy_data(make_cfg, tmp_path):
@@ -39,7 +33,7 @@ def test_caption_coco_recipes_run_on_prepared_karpathy_data(make_cfg, tmp_path):
         )
         == 0
     )
-    _features(tmp_path, [9, 25, 30, 42], coco / "regions.h5")
+    prepare_features(tmp_path, [9, 25, 30, 42], coco / "regions.h5")
     for experiment in ("caption_coco_xe", "caption_coco_scst"):
         shutil.rmtree(tmp_path / "run", ignore_errors=True)  # each run in an empty run folder of its own
         cfg = make_cfg(
@@ -68,7 +62,7 @@ def test_vqa2_recipes_run_on_prepared_official_files(make_cfg, tmp_path, experim
             for q in json.loads(name.read_text())["questions"]
         }
     )
-    _features(tmp_path, image_ids, vqa2 / "regions.h5")
+    prepare_features(tmp_path, image_ids, vqa2 / "regions.h5")
     overrides = [
         f"experiment={experiment}",
         "debug=fdr",

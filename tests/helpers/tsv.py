@@ -4,6 +4,7 @@ features), as `vqacap prepare features --tsv` reads them."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import numpy as np
 
@@ -27,3 +28,9 @@ def tsv_line(
     return "\t".join(
         [str(image_id), str(w), str(h), str(len(boxes) if num_boxes is None else num_boxes), *b64]
     )
+
+
+def write_tsv(path: Path, image_ids, k: int = 36) -> Path:
+    """A TSV at path with one row of k random regions (make_image) per image id."""
+    path.write_text("".join(tsv_line(i, *make_image(i, k=k)) + "\n" for i in image_ids))
+    return path

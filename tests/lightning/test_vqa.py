@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.configs import OVERFIT, TINY_OVERRIDES
+from tests.helpers.configs import NO_LOGGER, OVERFIT
 from tests.helpers.runs import logged
 from vqacap.metrics.vqa import evaluate_vqa
 from vqacap.train import run
 
 TINY_VQA = ["model.net.hidden_size=32", "model.net.embedding_dim=16"]
-# Runs that keep checkpoints go without loggers: train.py's log_hyperparams resolves the whole composed config, whose
-# hydra node (hydra.job.num) is unset under the compose API.
-NO_LOGGER = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
-NO_LOGGER += ["~logger", "callbacks.learning_rate_monitor=null"]
 ANSWER_TYPES = {"test/accuracy_yes_no", "test/accuracy_number", "test/accuracy_other"}
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.lightning.test_vqa import NO_LOGGER
-from tests.models.test_decoding import padded_regions
+from tests.helpers.configs import NO_LOGGER
+from tests.helpers.regions import padded_regions
 from vqacap.checkpoints import load_module
 from vqacap.data.answers import process_answer
 from vqacap.data.shapes import HELD_OUT_ANSWERS, generate

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 
-from tests.models.test_decoding import padded_regions
+from tests.helpers.regions import padded_regions
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.store import Regions
 from vqacap.lightning.captioning import CaptioningModule, doubly_stochastic_penalty

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers.regions import padded_regions
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import (
@@ -34,16 +35,6 @@ def model(request) -> Captioner:
     return request.param(
         vocab_size=V, feature_dim=D, embed_dim=8, hidden_dim=16, attention_dim=10, dropout=0.0
     ).eval()
-
-
-def padded_regions(b: int = 3, k: int = 7, d: int = D) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random regions (b, k, d) and a mask (b, k): image 0 has all k regions, image 1 four, image 2 two."""
-    torch.manual_seed(1)
-    regions = torch.randn(b, k, d)
-    mask = torch.ones(b, k, dtype=torch.bool)
-    mask[1, 4:] = False
-    mask[2, 2:] = False
-    return regions, mask
 
 
 def test_captioners_implement_the_protocol(model):

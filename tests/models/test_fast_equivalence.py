@@ -6,7 +6,7 @@ The fast forms (vqacap.models.fast) regroup the products; only float rounding ma
 import pytest
 import torch
 
-from tests.models.test_decoding import padded_regions
+from tests.helpers.regions import padded_regions
 from vqacap.models import fast
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import DecodingOptions, beam_search, sample, sample_with_greedy
