@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import resource
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from tests.helpers.detection_data import awkward_boxes
+from tests.helpers.detector import ATTRIBUTES, CLASSES, random_detector, save_checkpoint
 from tests.helpers.runs import VQACAP
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
@@ -22,39 +22,20 @@ from vqacap.data.store import RegionStore, partial_path
 from vqacap.data.vqa import VQADataModule
 from vqacap.extract import extract_with_detector
 from vqacap.metrics.detection import nms_plus_one
-from vqacap.models.detector import BottomUpDetector, DetectorOptions
 from vqacap.models.regions import DETECTOR_FIELDS, select_proposals
-
-CLASSES = ["__background__", "circle", "square", "triangle"]
-ATTRIBUTES = ["__no_attribute__", "red", "green", "small"]
-TINY = DetectorOptions(
-    depth=18, width=8, blocks=(1, 1, 1, 1), norm="group_norm", frozen_stages=0, res5_dilation=False,
-    min_size=64, max_size=64, anchor_sizes=(16, 32), rpn_channels=16, rpn_pre_nms_top_n_test=200,
-    rpn_post_nms_top_n_test=60, pool_size=4,
-)  # fmt: skip
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def detector():
-    torch.manual_seed(0)
-    model = BottomUpDetector(CLASSES, ATTRIBUTES, TINY).eval()
-    # Sharper class scores than a random init gives, so that some proposals pass the 0.2 threshold and some do not.
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.mul_(300)
-    return model
+    return random_detector(0)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(detector, tmp_path_factory):
     """A checkpoint in the layout vqacap.lightning.detector writes (hyper-parameters + "net."-prefixed weights)."""
-    path = tmp_path_factory.mktemp("ckpt") / "detector.ckpt"
-    hparams = {"detector": dataclasses.asdict(TINY), "classes": CLASSES, "attributes": ATTRIBUTES}
-    state = {f"net.{k}": v for k, v in detector.state_dict().items()}
-    torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
-    return path
+    return save_checkpoint(detector, tmp_path_factory.mktemp("ckpt") / "detector.ckpt")
 
 
 @pytest.fixture(scope="module")

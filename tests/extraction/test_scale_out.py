@@ -4,7 +4,6 @@ completes without extracting an image twice; shards of another detector are refu
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from tests.helpers.detector import ATTRIBUTES, CLASSES, random_detector, save_checkpoint
 from tests.helpers.references import import_reference
 from vqacap.cli import main
 from vqacap.data.shapes import generate
@@ -28,18 +28,11 @@ from vqacap.data.store import RegionStore, partial_path
 from vqacap.extract import extract_with_detector
 from vqacap.extraction import shards
 from vqacap.extraction.data import aspect_ratio_batches
-from vqacap.models.detector import BottomUpDetector, DetectorOptions
+from vqacap.models.detector import BottomUpDetector
 from vqacap.models.regions import DETECTOR_FIELDS
 from vqacap.train import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = ["__background__", "circle", "square", "triangle"]
-ATTRIBUTES = ["__no_attribute__", "red", "green", "small"]
-TINY = DetectorOptions(
-    depth=18, width=8, blocks=(1, 1, 1, 1), norm="group_norm", frozen_stages=0, res5_dilation=False,
-    min_size=64, max_size=64, anchor_sizes=(16, 32), rpn_channels=16, rpn_pre_nms_top_n_test=200,
-    rpn_post_nms_top_n_test=60, pool_size=4,
-)  # fmt: skip
 IMAGES = 24  # Shapes test images; 12 per process of two
 # One image per forward pass: one and two processes then compute every image bit for bit alike.
 OPTIONS = ["--batch-size", "1", "--workers", "0", "--dtype", "float32", "--no-progress"]
@@ -48,27 +41,9 @@ OPTIONS = ["--batch-size", "1", "--workers", "0", "--dtype", "float32", "--no-pr
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_detector(seed: int) -> BottomUpDetector:
-    torch.manual_seed(seed)
-    model = BottomUpDetector(CLASSES, ATTRIBUTES, TINY).eval()
-    with torch.no_grad():  # sharper class scores: the 0.2 threshold, not a limit, decides the region counts
-        model.roi_heads.box_predictor.cls_score.weight.mul_(300)
-    return model
-
-
-def save_checkpoint(model: BottomUpDetector, path: Path) -> Path:
-    """In the layout vqacap.lightning.detector writes (hyper-parameters + "net."-prefixed weights)."""
-    hparams = {"detector": dataclasses.asdict(TINY), "classes": CLASSES, "attributes": ATTRIBUTES}
-    torch.save(
-        {"hyper_parameters": hparams, "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}},
-        path,
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_checkpoint(tiny_detector(0), tmp_path_factory.mktemp("ckpt") / "detector.ckpt")
+    return save_checkpoint(random_detector(0), tmp_path_factory.mktemp("ckpt") / "detector.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +186,7 @@ def test_one_process_killed_mid_run_then_a_rerun_extracts_each_image_once(
 
 def test_a_shard_of_another_detector_is_refused_in_one_line(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "regions.h5"
-    other = save_checkpoint(tiny_detector(1), tmp_path / "other.ckpt")
+    other = save_checkpoint(random_detector(1), tmp_path / "other.ckpt")
     foreign = shards.shard_path(out, 1)
     foreign.parent.mkdir()
     assert extract_with_detector(
@@ -353,7 +328,7 @@ def test_each_batch_is_written_at_the_end_of_the_next_one_and_the_last_at_the_en
         store_layout,
     )
 
-    detector, choice, out = tiny_detector(0), RegionChoice(), tmp_path / "regions.h5"
+    detector, choice, out = random_detector(0), RegionChoice(), tmp_path / "regions.h5"
     expected = detector_fingerprint(detector, choice, "float32", "32-true")
     writer = StoreWriter(out, {**store_layout(detector, choice), "attrs": expected}, "float32")
     written = []
@@ -403,7 +378,7 @@ def test_a_batch_the_model_fails_on_is_written_image_by_image_but_the_one_it_fai
     from vqacap.extraction.module import extract_folders
 
     files = sorted(images.glob("*.png"))
-    model = FailsOnOneImage(tiny_detector(0), read_image(str(files[7]))[:3])
+    model = FailsOnOneImage(random_detector(0), read_image(str(files[7]))[:3])
     out = tmp_path / "regions.h5"
     result = extract_folders(
         images, model, out, RegionChoice(), "float32", batch_size=5, workers=0, progress=False
