@@ -11,7 +11,14 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from tests.helpers.configs import TINY_CAPTIONER, TINY_FEATURE_DIM, TINY_OVERRIDES, TINY_SHAPES, compose_train
+from tests.helpers.configs import (
+    SHORT,
+    TINY_CAPTIONER,
+    TINY_FEATURE_DIM,
+    TINY_OVERRIDES,
+    TINY_SHAPES,
+    compose_train,
+)
 from vqacap import visualize
 from vqacap.checkpoints import (
     CheckpointError,
@@ -21,13 +28,6 @@ from vqacap.checkpoints import (
     rebuild_hyperparameters,
 )
 from vqacap.train import run
-
-SHORT = [
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "callbacks.attention_maps=null",
-    "test=false",
-]
 
 
 class Payload:

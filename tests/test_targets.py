@@ -11,17 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.helpers.configs import TINY_CAPTIONER, TINY_OVERRIDES, compose_train
+from tests.helpers.configs import SHORT, TINY_CAPTIONER, TINY_OVERRIDES, compose_train
 from vqacap.cli import main as vqacap
 from vqacap.targets import TargetError, allowed, locate
 from vqacap.train import run
 
-SHORT = [
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "callbacks.attention_maps=null",
-    "test=false",
-]
 PAYLOAD = "vqacap_test_payload"  # a module whose import, and whose call, each create a marker file
 
 

@@ -37,6 +37,14 @@ OVERFIT = [
     "test=false",
 ]
 
+# Two training batches and one validation batch, no maps, no test: a run that leaves a checkpoint to read.
+SHORT = [
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "callbacks.attention_maps=null",
+    "test=false",
+]
+
 
 def tiny_detector(pool_size: int, rpn_post_nms_top_n_test: int) -> list[str]:
     """Overrides that shrink detector_shapes to 64-pixel images and a handful of RoIs."""

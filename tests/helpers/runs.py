@@ -18,7 +18,7 @@ from vqacap.cli import main as vqacap
 from vqacap.train import run
 
 VQACAP = [sys.executable, "-m", "vqacap.cli"]  # the `vqacap` console command, for a subprocess
-SHORT = ["+trainer.limit_train_batches=2", "test=false", "callbacks.attention_maps=null"]
+TINY_RUN = ["+trainer.limit_train_batches=2", "test=false", "callbacks.attention_maps=null"]
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
@@ -29,7 +29,7 @@ def logged(run_dir: Path, key: str) -> list[float]:
 
 def train_tiny(make_cfg, *overrides: str) -> Path:
     """A tiny run folder as `python -m vqacap.train` leaves it: checkpoints/ and .hydra/config.yaml."""
-    cfg = make_cfg(*overrides, *SHORT)
+    cfg = make_cfg(*overrides, *TINY_RUN)
     run(cfg)
     out = Path(cfg.paths.output_dir)
     (out / ".hydra").mkdir(exist_ok=True)
