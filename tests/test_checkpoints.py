@@ -13,13 +13,8 @@ from omegaconf import open_dict
 
 from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES, compose_train
 from vqacap import visualize
-from vqacap.checkpoints import (
-    CheckpointError,
-    load_checkpoint,
-    load_module,
-    load_weights,
-    rebuild_hyperparameters,
-)
+from vqacap.checkpoints import CheckpointError, load_checkpoint, rebuild_hyperparameters
+from vqacap.lightning.loading import load_module, load_weights
 from vqacap.train import run
 
 SHORT = [

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import tiny_detector
 from tests.detection_fixture import write_detection_dataset
-from vqacap.lightning.detector import load_detector
+from vqacap.lightning.loading import load_detector
 from vqacap.train import run
 
 TINY_DETECTOR = tiny_detector(pool_size=6, rpn_post_nms_top_n_test=20)

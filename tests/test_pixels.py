@@ -18,14 +18,13 @@ from PIL import Image
 
 from tests.conftest import TINY_CAPTIONER, compose_train, tiny_detector
 from tests.references import import_reference
-from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.pixels import PixelDataModule, RegionChoice
 from vqacap.data.store import RegionStore
 from vqacap.data.vocab import Vocabulary
 from vqacap.lightning.common import region_inputs
-from vqacap.lightning.detector import load_detector
+from vqacap.lightning.loading import load_detector, load_module
 from vqacap.train import run
 
 TINY_DETECTOR = tiny_detector(pool_size=4, rpn_post_nms_top_n_test=30)

@@ -13,12 +13,12 @@ from hydra.utils import instantiate
 from test_decoding import padded_regions
 from test_vqa_lightning import NO_LOGGER
 
-from vqacap.checkpoints import load_module
 from vqacap.data.answers import process_answer
 from vqacap.data.shapes import HELD_OUT_ANSWERS, generate
 from vqacap.data.store import Regions
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from vqacap.data.vqa import VQABatch
+from vqacap.lightning.loading import load_module
 from vqacap.lightning.vqa_generative import GenerativeVQAModule, answer_tokens, answer_vocabulary
 from vqacap.metrics.vqa import evaluate_vqa
 from vqacap.metrics.vqa.seen import SeenAnswerAccuracy

@@ -25,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
-from vqacap.checkpoints import find_checkpoint, load_weights
+from vqacap.checkpoints import find_checkpoint
 from vqacap.configs import check_overrides, check_types
 from vqacap.errors import UserError, reporting
+from vqacap.lightning.loading import load_weights
 from vqacap.runs import check_run_folder, gpu_available_for, register_resolvers, resumed_run_folder
 
 

@@ -1,14 +1,13 @@
 """LightningModule for the bottom-up detector: the summed Faster R-CNN + attribute losses, vg_eval mAP, detections to show.
 
-The pure model lives in `vqacap.models.detector`; the metric in `vqacap.metrics.detection`. `load_detector` rebuilds the
-model from a checkpoint of this module without unpickling anything (extraction and benchmarks use it).
+The pure model lives in `vqacap.models.detector`; the metric in `vqacap.metrics.detection`. vqacap.lightning.loading
+rebuilds the model from a checkpoint of this module without unpickling anything (extraction and benchmarks use it).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vqacap.checkpoints import safe_load
 from vqacap.data.detection import DetectionBatch
 from vqacap.metrics.detection import DetectionEvaluator, select_detections
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
@@ -146,24 +144,3 @@ class DetectorModule(pl.LightningModule):
 
 def _options_dict(options: DetectorOptions) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
-
-
-def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BottomUpDetector:
-    """The BottomUpDetector of a DetectorModule checkpoint, in eval mode. Nothing is unpickled (weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: detector checkpoint not found")
-    ckpt = safe_load(path, map_location)  # one line for a pickled object, a TSV, a truncated file
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not {"classes", "attributes", "detector"} <= set(hparams) or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a checkpoint of the bottom-up detector (vqacap.lightning.detector)")
-    # The trained weights replace any ImageNet initialisation; a checkpoint older than an option was made with
-    # the behaviour before it (LEGACY_OPTIONS).
-    options = {**LEGACY_OPTIONS, **hparams["detector"], "pretrained": None}
-    detector = BottomUpDetector(hparams["classes"], hparams["attributes"], DetectorOptions(**options))
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        detector.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the detector ({str(err).splitlines()[0]})") from None
-    return detector.to(map_location).eval()
