@@ -9,6 +9,8 @@
   set-up in Lightning's fit loop. Only a string given where the declared type takes numbers or booleans alone is
   refused; declared types this cannot read are not checked.
 
+- `CONFIG_DIR`: the conf/ folder the commands compose (a checkout's, or the copy an installed wheel ships).
+
 Not here: what an option means (its class checks that when it is built).
 """
 
@@ -25,6 +27,19 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vqacap.errors import UserError
+
+
+def _config_dir() -> str:
+    """conf/ of a checkout (beside the package), else the copy an installed wheel ships inside the package."""
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent / "conf", package / "conf"):
+        if (folder / "train.yaml").is_file():
+            return str(folder)
+    return str(package.parent / "conf")
+
+
+# The folder of train.yaml and extract.yaml, which the commands and benchmarks compose.
+CONFIG_DIR = _config_dir()
 
 
 class ConfigError(UserError):
