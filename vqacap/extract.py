@@ -21,6 +21,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from vqacap.data.store import RegionStoreError, StoreWriteError, exit_after_failed_write
+from vqacap.extraction.loading import ExtractError, load_bottom_up
 from vqacap.extraction.settings import add_trainer_arguments, is_global_zero, trainer_options
 from vqacap.images import ImageError, image_files
 from vqacap.models.regions import (
@@ -30,10 +31,6 @@ from vqacap.models.regions import (
     check_grid,
 )
 from vqacap.published import add_detector_file_arguments
-
-
-class ExtractError(ValueError):
-    """Unusable input (weights, image folder); the message is one line naming the file."""
 
 
 def load_detector(
@@ -107,24 +104,6 @@ def extract(
     model = load_detector(weights, min_size, max_size, proposals)
     choice = FasterRCNNChoice(min_boxes, max_boxes, conf_thresh)
     return run_extraction(images, model, out, choice, dtype, batch_size, device, progress, **trainer)
-
-
-def load_bottom_up(
-    checkpoint: str | os.PathLike,
-    device: str = "cpu",
-    prototxt: str | os.PathLike | None = None,
-    classes: str | os.PathLike | None = None,
-    attributes: str | os.PathLike | None = None,
-) -> torch.nn.Module:
-    """The bottom-up detector of a file, in eval mode: a vqacap detector checkpoint, the published model's
-    .caffemodel (with its prototxt) or a converted .pth / .pkl of it (vqacap.published)."""
-    from vqacap.published import load_detector_file
-    from vqacap.published.safe_pickle import UnsafePickleError
-
-    try:
-        return load_detector_file(checkpoint, prototxt, classes, attributes, device).to(device).eval()
-    except (OSError, ValueError, UnsafePickleError) as err:
-        raise ExtractError(str(err)) from None
 
 
 def extract_with_detector(
