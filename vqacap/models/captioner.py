@@ -24,9 +24,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from vqacap.data.vocab import PAD_ID
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.decoding import dropout_rows, teacher_forcing
+from vqacap.tokens import PAD_ID
 
 
 @dataclass

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from vqacap.data.vocab import PAD_ID
 from vqacap.models.attention import ConcatAttention, ProductAttention, attend
 from vqacap.models.layers import GatedTanh, wn_linear, wn_relu
+from vqacap.tokens import PAD_ID
 
 SPATIAL_DIM = 6  # Regions.spatial(): x1/w, y1/h, x2/w, y2/h, box w/w, box h/h
 QUESTION_POOLINGS = ("last", "mean")

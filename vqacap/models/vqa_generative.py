@@ -29,11 +29,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from vqacap.data.vocab import PAD_ID
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
 from vqacap.models.vqa import SPATIAL_DIM, check_question_pooling, encode_question, word_embedding
+from vqacap.tokens import PAD_ID
 
 
 @dataclass
@@ -56,7 +56,7 @@ class AnswerState(NamedTuple):
 
 class GenerativeVQA(nn.Module):
     """vocab_size: question words (id 0 = <pad>); answer_vocab_size: answer words, specials first
-    (vqacap.data.vocab). feature_dim: D without box geometry; `spatial=True` adds its 6 dims."""
+    (vqacap.tokens). feature_dim: D without box geometry; `spatial=True` adds its 6 dims."""
 
     def __init__(
         self,
