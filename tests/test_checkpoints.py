@@ -256,7 +256,7 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial_file(tmp_p
     import sys
 
     from tests.conftest import TINY_FEATURE_DIM, TINY_SHAPES
-    from vqacap.data.shapes import generate
+    from vqacap.shapes import generate
 
     generate(tmp_path / "data" / "shapes", sizes=TINY_SHAPES, feature_dim=TINY_FEATURE_DIM)
     limit = 60_000  # bytes per file: the logs fit, a checkpoint does not

@@ -17,13 +17,13 @@ from tests.conftest import VQACAP
 from tests.detection_fixture import awkward_boxes
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
-from vqacap.data.shapes import generate
 from vqacap.data.store import RegionStore, partial_path
 from vqacap.data.vqa import VQADataModule
 from vqacap.extract import extract_with_detector
 from vqacap.metrics.detection import nms_plus_one
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
 from vqacap.models.regions import DETECTOR_FIELDS, select_proposals
+from vqacap.shapes import generate
 
 CLASSES = ["__background__", "circle", "square", "triangle"]
 ATTRIBUTES = ["__no_attribute__", "red", "green", "small"]

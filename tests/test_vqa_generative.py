@@ -14,7 +14,6 @@ from test_decoding import padded_regions
 from test_vqa_lightning import NO_LOGGER
 
 from vqacap.data.answers import process_answer
-from vqacap.data.shapes import HELD_OUT_ANSWERS, generate
 from vqacap.data.store import Regions
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from vqacap.data.vqa import VQABatch
@@ -26,6 +25,7 @@ from vqacap.models.decoding import DecodingOptions, beam_search, decode, sample
 from vqacap.models.fast import FastReferenceVQA, FastUpDownVQA
 from vqacap.models.vqa import ReferenceVQA, UpDownVQA
 from vqacap.models.vqa_generative import GenerativeVQA
+from vqacap.shapes import HELD_OUT_ANSWERS, generate
 from vqacap.train import run
 
 TINY_GENERATIVE = [

@@ -6,7 +6,7 @@ resizes). Training images are flipped horizontally with probability 0.5 (cfg.TRA
 doubles the training set with the flipped copies).
 
 For Shapes, `prepare_data` runs the Shapes generator, which renders the images and writes them in Visual Genome's
-format, then `vqacap.data.shapes.prepare_detection`, which runs the same preparation as real data gets.
+format, then `vqacap.shapes.prepare_detection`, which runs the same preparation as real data gets.
 Not here: the model (vqacap.models.detector) and the metric (vqacap.metrics.detection).
 """
 
@@ -194,7 +194,7 @@ class DetectionDataModule(pl.LightningDataModule):
     """Prepared detection annotations (`<annotation_dir>/detection_<split>.json`) and their images.
 
     generator: a data generator node (Shapes) run with root=data_dir in prepare_data; prepare: a node run after it with
-    root=data_dir that writes the annotations into annotation_dir (vqacap.data.shapes.prepare_detection); both None for
+    root=data_dir that writes the annotations into annotation_dir (vqacap.shapes.prepare_detection); both None for
     data prepared beforehand (`vqacap prepare vg --out <annotation_dir>`).
     """
 
