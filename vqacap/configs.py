@@ -9,7 +9,8 @@
   set-up in Lightning's fit loop. Only a string given where the declared type takes numbers or booleans alone is
   refused; declared types this cannot read are not checked.
 
-- `CONFIG_DIR`: the conf/ folder the commands compose (a checkout's, or the copy an installed wheel ships).
+- `CONFIG_DIR`: the conf/ folder the commands compose (a checkout's, or the copy an installed wheel ships), with the
+  groups built from dataclasses registered (model/detector: DetectorOptions).
 
 Not here: what an option means (its class checks that when it is built).
 """
@@ -40,6 +41,19 @@ def _config_dir() -> str:
 
 # The folder of train.yaml and extract.yaml, which the commands and benchmarks compose.
 CONFIG_DIR = _config_dir()
+
+
+def register_structured_configs() -> None:
+    """Config groups built from dataclasses, so that their defaults are written once, in the code: model/detector
+    (`default`: DetectorOptions, every field with its default)."""
+    from hydra.core.config_store import ConfigStore
+
+    from vqacap.models.detector import DetectorOptions
+
+    ConfigStore.instance().store(group="model/detector", name="default", node=DetectorOptions)
+
+
+register_structured_configs()  # whoever composes the configs takes CONFIG_DIR from here
 
 
 class ConfigError(UserError):
