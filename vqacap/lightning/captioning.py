@@ -17,6 +17,7 @@ from vqacap.lightning.common import (
     RegionTaskModule,
     configure_optimizers,
     log_grounding,
+    region_dim,
     region_inputs,
     write_results,
 )
@@ -80,7 +81,7 @@ class CaptioningModule(RegionTaskModule):
         # The references come from the data files again each run; a checkpoint need not carry them.
         self.save_hyperparameters(logger=False, ignore=["references"])
         self.vocab = Vocabulary.from_words(words)  # words = the full id -> word list, specials first
-        self.net = net(vocab_size=len(words), feature_dim=feature_dim + (6 if use_spatial else 0))
+        self.net = net(vocab_size=len(words), feature_dim=region_dim(feature_dim, use_spatial))
         self.use_spatial = use_spatial
         self.attention_penalty = float(attention_penalty)  # lambda of `doubly_stochastic_penalty`; 0: none
         decoding = {**(decoding or {}), "allowed_multiple": allowed_multiple_ids(words)}

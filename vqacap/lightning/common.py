@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from vqacap.checkpoints import check_fits, plain
-from vqacap.data.store import Regions
+from vqacap.data.store import SPATIAL_DIM, Regions
 
 
 class RegionTaskModule(pl.LightningModule):
@@ -28,6 +28,12 @@ class RegionTaskModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_fits(self, checkpoint, self.trainer.ckpt_path)
+
+
+def region_dim(feature_dim: int, use_spatial: bool) -> int:
+    """The width of what `region_inputs` gives the model: D, or D + 6 with the box geometry. Every module builds its
+    net with it, so the nets read region vectors of a given width and know nothing of box geometry."""
+    return feature_dim + (SPATIAL_DIM if use_spatial else 0)
 
 
 def region_inputs(regions: Regions, use_spatial: bool) -> torch.Tensor:

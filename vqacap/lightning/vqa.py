@@ -23,6 +23,7 @@ from vqacap.lightning.common import (
     RegionTaskModule,
     configure_optimizers,
     log_grounding,
+    region_dim,
     region_inputs,
     write_results,
 )
@@ -58,8 +59,7 @@ class VQAModule(RegionTaskModule):
         self.answers = list(answers)
         self.net = net(
             vocab_size=len(words),
-            feature_dim=feature_dim,
-            spatial=use_spatial,
+            feature_dim=region_dim(feature_dim, use_spatial),
             word_embeddings=word_embeddings,
             **self.answer_output(),
         )
