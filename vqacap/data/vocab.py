@@ -19,8 +19,18 @@ from vqacap.data.formats import normal_text
 from vqacap.tokens import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID
 
 __all__ = [
-    "BOS", "BOS_ID", "EOS", "EOS_ID", "PAD", "PAD_ID", "SPECIALS", "UNK", "UNK_ID", "Vocabulary", "tokenize",
-]  # fmt: skip
+    "BOS",
+    "BOS_ID",
+    "EOS",
+    "EOS_ID",
+    "PAD",
+    "PAD_ID",
+    "SPECIALS",
+    "UNK",
+    "UNK_ID",
+    "Vocabulary",
+    "tokenize",
+]
 
 # Anything but letters and digits separates words; letters of every script count ("café", not "caf"), as in the PTB
 # tokenizer the caption metrics use.

@@ -440,10 +440,14 @@ class AttributeRoIHeads(RoIHeads):
             keep = (scores > self.score_thresh) & (box_area(boxes) > 0)
             boxes, scores, labels, region = boxes[keep], scores[keep], labels[keep], region[keep]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            out.append({
-                "boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep],
-                "attribute_probs": attrs[region[keep]],
-            })  # fmt: skip
+            out.append(
+                {
+                    "boxes": boxes[keep],
+                    "labels": labels[keep],
+                    "scores": scores[keep],
+                    "attribute_probs": attrs[region[keep]],
+                }
+            )
         return out
 
 
@@ -631,17 +635,24 @@ class BottomUpDetector(FasterRCNN):
         counts = [len(p) for p in proposals]
         out = []
         for props, feats, probs, cboxes, attrs, size, orig in zip(
-            proposals, pooled.split(counts), F.softmax(class_logits, 1).split(counts), class_boxes.split(counts),
-            attribute_probs.split(counts), sizes, original,
-        ):  # fmt: skip
+            proposals,
+            pooled.split(counts),
+            F.softmax(class_logits, 1).split(counts),
+            class_boxes.split(counts),
+            attribute_probs.split(counts),
+            sizes,
+            original,
+        ):
             cboxes = clip_boxes_to_image(cboxes, size)
-            out.append(RegionOutputs(
-                boxes=resize_boxes(props, size, orig),
-                features=feats,
-                class_probs=probs,
-                class_boxes=resize_boxes(cboxes.reshape(-1, 4), size, orig).view_as(cboxes),
-                attribute_probs=attrs,
-            ))  # fmt: skip
+            out.append(
+                RegionOutputs(
+                    boxes=resize_boxes(props, size, orig),
+                    features=feats,
+                    class_probs=probs,
+                    class_boxes=resize_boxes(cboxes.reshape(-1, 4), size, orig).view_as(cboxes),
+                    attribute_probs=attrs,
+                )
+            )
         return out
 
     def grid(self, images: list[torch.Tensor], n: int) -> list[GridOutputs]:

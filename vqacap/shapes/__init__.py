@@ -35,7 +35,25 @@ from vqacap.shapes.scenes import (
 )
 
 __all__ = [
-    "BACKGROUNDS", "CLUTTERED_SHAPES", "CLUTTERED_SIZES", "COLOURS", "GENERATORS", "HELD_OUT_ANSWERS", "MIN_VISIBLE",
-    "PATTERNS", "SHAPES", "SIZES", "SPLITS", "STYLES", "ClutteredObject", "ClutteredScene", "ClutteredShapesGenerator",
-    "Scene", "ShapesGenerator", "ShapesObject", "generate", "prepare_detection", "write_vg",
-]  # fmt: skip
+    "BACKGROUNDS",
+    "CLUTTERED_SHAPES",
+    "CLUTTERED_SIZES",
+    "COLOURS",
+    "GENERATORS",
+    "HELD_OUT_ANSWERS",
+    "MIN_VISIBLE",
+    "PATTERNS",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "STYLES",
+    "ClutteredObject",
+    "ClutteredScene",
+    "ClutteredShapesGenerator",
+    "Scene",
+    "ShapesGenerator",
+    "ShapesObject",
+    "generate",
+    "prepare_detection",
+    "write_vg",
+]

@@ -121,9 +121,12 @@ class ClutteredShapesGenerator(ShapesGenerator):
             ]
             xs, ys = zip(*points)
             distractors.append(
-                {"points": points, "rgb": tuple(int(c) for c in rng.integers(40, 215, size=3)),
-                 "box": [min(xs), min(ys), max(xs), max(ys)]}
-            )  # fmt: skip
+                {
+                    "points": points,
+                    "rgb": tuple(int(c) for c in rng.integers(40, 215, size=3)),
+                    "box": [min(xs), min(ys), max(xs), max(ys)],
+                }
+            )
         return ClutteredScene(self._pick(list(BACKGROUNDS)), objects, masks, distractors)
 
     def render(self, scene: ClutteredScene) -> Image.Image:

@@ -239,15 +239,28 @@ def write_vg(root: str | os.PathLike, no_attribute_fraction: float = 0.03) -> Pa
         for image, scene in zip(images, scenes, strict=True):
             image_id = image["id"]
             image_data.append(
-                {"image_id": image_id, "url": image["file_name"], "width": image["width"],
-                 "height": image["height"], "coco_id": None, "flickr_id": None}
-            )  # fmt: skip
+                {
+                    "image_id": image_id,
+                    "url": image["file_name"],
+                    "width": image["width"],
+                    "height": image["height"],
+                    "coco_id": None,
+                    "flickr_id": None,
+                }
+            )
             objs, attrs = [], []
             for n, o in enumerate(scene["objects"]):
                 x1, y1, x2, y2 = o["box"]
                 x, y = math.floor(x1), math.floor(y1)
-                record = {"object_id": image_id * 100 + n, "x": x, "y": y, "w": math.ceil(x2) - x,
-                          "h": math.ceil(y2) - y, "names": [o["shape"]], "synsets": []}  # fmt: skip
+                record = {
+                    "object_id": image_id * 100 + n,
+                    "x": x,
+                    "y": y,
+                    "w": math.ceil(x2) - x,
+                    "h": math.ceil(y2) - y,
+                    "names": [o["shape"]],
+                    "synsets": [],
+                }
                 objs.append(record)
                 if rng.random() < no_attribute_fraction:
                     attrs.append(record)
