@@ -33,7 +33,7 @@ from vqacap.models.regions import (
 from vqacap.published import add_detector_file_arguments
 
 
-def load_detector(
+def load_fasterrcnn(
     weights: str | os.PathLike, min_size: int = 600, max_size: int = 1000, proposals: int = 300
 ) -> torch.nn.Module:
     """fasterrcnn_resnet50_fpn with the state dict at `weights` (a plain state dict or {"model": state_dict}).
@@ -101,7 +101,7 @@ def extract(
     if not 1 <= min_boxes <= max_boxes:
         raise ExtractError(f"need 1 <= --min-boxes <= --max-boxes, got {min_boxes} and {max_boxes}")
     image_files(images)  # a missing folder is reported before the detector is loaded
-    model = load_detector(weights, min_size, max_size, proposals)
+    model = load_fasterrcnn(weights, min_size, max_size, proposals)
     choice = FasterRCNNChoice(min_boxes, max_boxes, conf_thresh)
     return run_extraction(images, model, out, choice, dtype, batch_size, device, progress, **trainer)
 
