@@ -3,6 +3,8 @@ its own folder, so a setting added to the plain one (as `seed` once was) reaches
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -79,3 +81,32 @@ def test_detector_recipes_compose_the_options_they_always_had(experiment):
     assert built == {**composed, "blocks": built["blocks"]} and (
         composed["blocks"] in (None, built["blocks"])
     )
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+GPU_RECIPES = {"caption_coco_xe", "caption_coco_scst", "detector_vg_r101", "vqa2_reference", "vqa2_updown",
+               "vqa2_updown_adamax"}  # fmt: skip
+DEFAULT_CALLBACKS = [
+    "stop_on_non_finite", "model_checkpoint", "last_checkpoint", "random_state", "learning_rate_monitor",
+    "attention_maps", "epoch_progress", "progress_bar", "model_summary",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_its_trainer_and_callbacks_as_before(experiment):
+    """The callbacks run in the default list's order (a detector's with detection images for attention maps), and
+    the trainer is the one-GPU or the CPU delta on trainer/default.yaml."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "paths.data_dir=/data"])
+    callbacks = [name for name, node in cfg.callbacks.items() if node is not None]
+    if experiment.startswith("detector_"):
+        expected = [c for c in DEFAULT_CALLBACKS if c != "attention_maps"] + ["detection_images"]
+    else:
+        expected = DEFAULT_CALLBACKS
+    assert callbacks == expected
+    trainer = cfg.trainer
+    gpu = experiment in GPU_RECIPES
+    assert (trainer.accelerator, trainer.precision) == (("gpu", "bf16-mixed") if gpu else ("cpu", "32-true"))
+    assert trainer.plugins[0]._target_ == "vqacap.checkpoints.AtomicCheckpointIO"
+    assert trainer.enable_model_summary is False
