@@ -261,15 +261,18 @@ def test_spice_without_corenlp_models_says_so_and_never_downloads(monkeypatch, t
     assert list((tmp_path / "spice" / "lib").iterdir()) == []
 
 
-def test_spice_runs_the_jar_as_pycocoevalcap_and_reads_its_f_scores(tmp_path):
+def test_spice_runs_the_jars_main_class_and_reads_its_f_scores(tmp_path):
     # A stand-in for `java`: checks the command line and writes SPICE's output format.
     fake_java = tmp_path / "java"
     fake_java.write_text(
         f"#!{sys.executable}\n"
         "import json, sys\n"
         "args = sys.argv[1:]\n"
-        "assert args[:3] == ['-jar', '-Xmx8G', 'spice-1.0.jar'] and '-subset' in args and '-silent' in args, args\n"
-        "items = json.load(open(args[3]))\n"
+        "at = args.index('edu.anu.spice.SpiceScorer')\n"
+        "assert args[0] == '-Xmx8G' and '--add-opens=java.base/java.lang=ALL-UNNAMED' in args[:at], args\n"
+        "assert args[at - 2] == '-cp' and args[at - 1].split(':')[0].endswith('spice-1.0.jar'), args\n"
+        "assert '-subset' in args and '-silent' in args, args\n"
+        "items = json.load(open(args[at + 1]))\n"
         "out = [{'image_id': it['image_id'], 'scores': {'All': {'f': 'NaN' if it['test'] == '' else "
         "len(it['test']) / 100, 'pr': 0.5}}} for it in items]\n"
         "json.dump(out, open(args[args.index('-out') + 1], 'w'))\n"

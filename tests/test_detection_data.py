@@ -15,6 +15,7 @@ from vqacap.data.detection import (
     DetectionSet,
     load_detection_split,
 )
+from vqacap.images import ImageError
 
 
 @pytest.fixture
@@ -93,6 +94,24 @@ def test_missing_image_is_named(detection_dir):
         DetectionSet(images)[0]
 
 
+def test_unreadable_image_is_named_in_one_line(detection_dir):
+    images = load_detection_split(detection_dir / "detection_val.json").images
+    images[0].path.write_bytes(b"not a png")
+    with pytest.raises(
+        ImageError, match=f"{images[0].path}: unreadable image .*\\(image {images[0].image_id}\\)"
+    ) as err:
+        DetectionSet(images)[0]
+    assert "\n" not in str(err.value)
+
+
+def test_examples_are_the_images_of_the_ids_given(detection_dir):
+    dm = DetectionDataModule(str(detection_dir))
+    batch = dm.examples("test", [12, 10])
+    assert batch.image_ids.tolist() == [12, 10] and [t["boxes"].shape[1] for t in batch.targets] == [4, 4]
+    with pytest.raises(ValueError, match="detection_test.json: no image with id 7"):
+        dm.examples("test", [7])
+
+
 def test_datamodule_batches_and_model_kwargs(detection_dir):
     dm = DetectionDataModule(str(detection_dir), batch_size=4, eval_batch_size=2)
     dm.prepare_data()
@@ -102,7 +121,7 @@ def test_datamodule_batches_and_model_kwargs(detection_dir):
     assert len(batch.images) == 4 and batch.image_ids.shape == (4,)
     assert batch.images[0].shape == (3, 64, 64) and batch.images[0].min() >= 0 and batch.images[0].max() <= 1
     assert set(batch.targets[0]) == {"boxes", "labels", "attributes"}
-    examples = dm.examples("val", 2)
+    examples = dm.examples("val", dm.example_ids("val", 2))
     assert examples.image_ids.tolist() == [
         7,
         8,

@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import tiny_detector
 from tests.detection_fixture import write_detection_dataset
+from vqacap.checkpoints import CheckpointError
 from vqacap.lightning.loading import load_detector
 from vqacap.train import run
 
@@ -86,3 +87,18 @@ def test_load_detector_refuses_other_checkpoints(tmp_path):
         load_detector(path)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_detector(tmp_path / "missing.ckpt")
+
+
+def test_resuming_from_a_checkpoint_of_another_task_is_refused_naming_it(make_cfg, detection_dir, tmp_path):
+    path = tmp_path / "captioner.ckpt"
+    torch.save(
+        {
+            "state_dict": {"net.embed.weight": torch.zeros(4, 2)},
+            "hyper_parameters": {"words": ["<pad>", "<bos>", "<eos>", "<unk>"]},
+            "pytorch-lightning_version": "2.6.0",
+        },
+        path,
+    )
+    cfg = detector_cfg(make_cfg, detection_dir, f"ckpt_path={path}", "test=false")
+    with pytest.raises(CheckpointError, match="captioner.ckpt: a captioning checkpoint, not a detector one"):
+        run(cfg)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
+from tests.conftest import VQACAP
 from vqacap.cli import main
-from vqacap.data.store import RegionStore
+from vqacap.data.store import RegionStore, RegionStoreWriter, partial_path
 from vqacap.extract import extract
 from vqacap.models.regions import FEATURE_DIM, grid_boxes, select_regions
 
@@ -128,3 +133,24 @@ def test_bad_images_are_skipped_and_reported_and_their_batch_kept(weights, tmp_p
     assert [p.split(": ")[0] for p in problems] == [str(folder / f"{i}.png") for i in (6, 7, 8)]
     assert "10000x6000 pixels is more than" in problems[0] and "truncated" in problems[1]
     assert RegionStore(out).image_ids.tolist() == [5]
+
+
+def test_a_second_extract_into_a_store_in_use_exits_at_once_with_one_line(weights, images, tmp_path):
+    """A refused run says why in one line and ends: no worker or lock wait keeps it alive."""
+    out = tmp_path / "busy.h5"
+    command = [
+        *VQACAP, "extract", "--weights", str(weights), "--images", str(images), "--out", str(out),
+        "--min-size", "64", "--max-size", "96", "--proposals", "50", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    with RegionStoreWriter(out, FEATURE_DIM):  # the first run, holding the store
+        second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, stderr = second.communicate(timeout=120)
+        finally:
+            second.kill()
+        assert second.returncode == 2, stderr
+        assert stderr.strip().splitlines() == [
+            f"error: {partial_path(out)}: in use by another process (another run is writing this store)"
+        ]
+    assert not out.exists()  # nothing was written by either

@@ -395,7 +395,7 @@ def test_a_grid_finer_than_the_feature_map_is_refused(shapes, checkpoint, tmp_pa
 
 def test_a_forward_pass_that_fails_on_one_image_skips_that_image_only(shapes, detector, tmp_path):
     from vqacap.extraction.module import forward_each
-    from vqacap.models.regions import grid_batch
+    from vqacap.models.regions import ChosenRegions, grid_batch
 
     files = sorted((shapes / "images" / "train").glob("*.png"))[:3]
     images = [load(f) for f in files]
@@ -403,12 +403,33 @@ def test_a_forward_pass_that_fails_on_one_image_skips_that_image_only(shapes, de
     def regions(batch):  # fails on any batch holding the second image, as a model failing on one input does
         if any(float(t.sum()) == float(images[1].sum()) for t in batch):
             raise RuntimeError("Input and output sizes should be greater than 0\nmore torch text")
-        return grid_batch(detector, batch, 2)
+        return ChosenRegions.stack(grid_batch(detector, batch, 2))
 
-    found = forward_each(regions, images, files)
-    assert [isinstance(f, str) for f in found] == [False, True, False]
-    assert found[1] == (
+    found = forward_each(regions, images, files, [4, 5, 6])
+    assert [positions for positions, _ in found] == [[4], [5], [6]]
+    assert [isinstance(f, str) for _, f in found] == [False, True, False]
+    assert found[1][1] == (
         f"{files[1]}: the model failed on it (RuntimeError: Input and output sizes should be greater than 0)"
     )
     alone = grid_batch(detector, [images[2]], 2)[0]
-    assert torch.equal(found[2][0], alone[0]) and torch.equal(found[2][1], alone[1])
+    features, boxes, _ = found[2][1].unpadded()[0]
+    assert torch.equal(features, alone[0]) and torch.equal(boxes, alone[1])
+
+
+def assert_same_regions(batched, per_image):
+    """Bitwise: the batched choice's regions of each image are the per-image choice's."""
+    for (features, boxes, fields), (f, b, x) in zip(batched.unpadded(), per_image, strict=True):
+        assert torch.equal(features, f) and torch.equal(boxes, b)
+        assert fields.keys() == x.keys() and all(torch.equal(fields[n], x[n]) for n in x)
+
+
+@pytest.mark.parametrize("limits", [(10, 100), (36, 36), (1, 3)])
+def test_the_batched_region_choice_gives_the_regions_of_bottom_up_batch(shapes, detector, limits):
+    from vqacap.models.regions import bottom_up_batch, bottom_up_regions
+
+    images = [load(f) for f in sorted((shapes / "images" / "train").glob("*.png"))]
+    images[1] = images[1][:, :40]  # another size, so another proposal count
+    for conf_thresh in (0.2, 0.6):
+        batched = bottom_up_regions(detector, images, conf_thresh, *limits)
+        assert batched.features.shape[:2] == (len(images), limits[1])
+        assert_same_regions(batched, bottom_up_batch(detector, images, conf_thresh, *limits))

@@ -334,3 +334,88 @@ def test_bf16_autocast_extracts_every_image_under_its_own_fingerprint(
     assert sorted(store.image_ids.tolist()) == sorted(reference.image_ids.tolist())
     assert all(10 <= k <= 100 for k in store.num_regions.tolist())
     assert shards.recorded(out)[shards.FINGERPRINT] != shards.recorded(reference.path)[shards.FINGERPRINT]
+
+
+def test_each_batch_is_written_at_the_end_of_the_next_one_and_the_last_at_the_end(
+    images, reference, tmp_path
+):
+    """The order that lets a GPU copy batch i's regions to the host during batch i + 1 (the CPU runs the same
+    order): after batch i the store holds the batches before it; at the end, every image once."""
+    import pytorch_lightning as pl
+
+    from vqacap.data.pixels import RegionChoice
+    from vqacap.extraction.data import ExtractionData, request
+    from vqacap.extraction.module import (
+        PredictedBatch,
+        RegionExtractor,
+        StoreWriter,
+        detector_fingerprint,
+        store_layout,
+    )
+
+    detector, choice, out = tiny_detector(0), RegionChoice(), tmp_path / "regions.h5"
+    expected = detector_fingerprint(detector, choice, "float32", "32-true")
+    writer = StoreWriter(out, {**store_layout(detector, choice), "attrs": expected}, "float32")
+    written = []
+
+    class Watch(pl.Callback):
+        def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            assert isinstance(outputs, PredictedBatch) and len(outputs.parts) == 1
+            assert all(copy.event is None for _, copy in outputs.parts)  # on the CPU, nothing to wait for
+            written.append(images_flushed(partial_path(out)))
+
+    data = ExtractionData(request(images), out, expected, batch_size=5, num_workers=0)
+    trainer = pl.Trainer(
+        callbacks=[writer, Watch()], accelerator="cpu", devices=1, logger=False, enable_progress_bar=False
+    )
+    trainer.predict(RegionExtractor(detector.eval(), choice), datamodule=data, return_predictions=False)
+    writer.close()
+    assert written == [0, 5, 10, 15, 20]  # batch i's end: the batches before it
+    assert writer.extracted == IMAGES and writer.failed == []
+    found = RegionStore(out)  # five images a forward pass against one: the same regions, to float rounding
+    assert sorted(found.image_ids.tolist()) == sorted(reference.image_ids.tolist())
+    for image_id in reference.image_ids.tolist():
+        for a, b in zip(found.read(image_id), reference.read(image_id)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+class FailsOnOneImage(torch.nn.Module):
+    """The tiny detector, failing on any batch that holds one given image (as a model failing on one input does)."""
+
+    def __init__(self, detector: BottomUpDetector, bad: torch.Tensor) -> None:
+        super().__init__()
+        self.detector = detector
+        self.bad = float(bad.float().div(255).sum())
+        self.feature_dim, self.classes, self.attributes = detector.feature_dim, CLASSES, ATTRIBUTES
+
+    def regions(self, images: list[torch.Tensor]):
+        if any(abs(float(image.sum()) - self.bad) < 0.5 for image in images):
+            raise RuntimeError("the model cannot take this one")
+        return self.detector.regions(images)
+
+
+def test_a_batch_the_model_fails_on_is_written_image_by_image_but_the_one_it_fails_on(
+    images, reference, tmp_path
+):
+    from torchvision.io import read_image
+
+    from vqacap.data.pixels import RegionChoice
+    from vqacap.extraction.module import extract_folders
+
+    files = sorted(images.glob("*.png"))
+    model = FailsOnOneImage(tiny_detector(0), read_image(str(files[7]))[:3])
+    out = tmp_path / "regions.h5"
+    result = extract_folders(
+        images, model, out, RegionChoice(), "float32", batch_size=5, workers=0, progress=False
+    )
+    assert result.extracted == IMAGES - 1
+    assert result.problems == [
+        f"{files[7]}: the model failed on it (RuntimeError: the model cannot take this one)"
+    ]
+    found = RegionStore(out)
+    assert sorted(found.image_ids.tolist()) == sorted(
+        set(reference.image_ids.tolist()) - {int(files[7].stem)}
+    )
+    for image_id in found.image_ids.tolist():  # five a forward pass, or one: to float rounding
+        for a, b in zip(found.read(image_id), reference.read(image_id)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

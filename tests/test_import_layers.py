@@ -3,11 +3,12 @@ functions too), has no circle, and no module imports one of a higher layer.
 
 The layers, bottom to top:
 
-- foundation: the package root, errors, tokens, targets, images, checkpoints, configs, runs, loggers, draw, dispatch
+- foundation: the package root, errors, tokens, targets, images, folders, checkpoints, configs, runs, loggers, draw,
+  dispatch
 - library: data/, models/, metrics/ (the pure pieces; they know nothing of Lightning's modules, callbacks or commands)
 - tasks: lightning/, callbacks/, extraction/, published/, shapes/, prepare/'s steps
-- commands: what a user runs (train, evaluate, extract, visualize, caption and answer, pixels, sweep, cli,
-  extract_hydra, prepare's dispatcher, the benchmarks); no other module imports them, not even another command.
+- commands: what a user runs (train, evaluate, extract, visualize, caption and answer, pixels, sweep, cli, export,
+  doctor, extract_hydra, prepare's dispatcher, the benchmarks); no other module imports them, not even another command.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ COMMANDS = (
     "vqacap.sweep",
     "vqacap.cli",
     "vqacap.extract_hydra",
+    "vqacap.export",
+    "vqacap.doctor",
     "vqacap.bench",
 )
 # Packages whose __init__ alone is a command (its submodules are library steps).

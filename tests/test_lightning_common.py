@@ -5,7 +5,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from vqacap.lightning.common import configure_optimizers, fused_default
+from vqacap.lightning.common import TaskModule, fused_default
 from vqacap.train import run
 
 
@@ -13,10 +13,17 @@ def _params():
     return list(nn.Linear(3, 2).parameters())
 
 
+class Linear(TaskModule):
+    def __init__(self, optimizer) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(3, 2)
+
+
 def test_fused_adam_by_default_on_the_cpu():
     params = _params()
     assert fused_default(partial(torch.optim.Adam, lr=1e-3), params) == {"fused": True}
-    opt = configure_optimizers(nn.Linear(3, 2), partial(torch.optim.Adam, lr=1e-3), None)
+    opt = Linear(partial(torch.optim.Adam, lr=1e-3)).configure_optimizers()
     assert opt.defaults["fused"] is True
 
 

@@ -1,7 +1,7 @@
 """Exact resume (vqacap/callbacks/checkpoint.py, the DataModule's order in vqacap/data/base.py, vqacap/train.py): a real
-training subprocess killed mid-epoch and restarted as a requeued SLURM job resumes from its last.ckpt and ends with the
-weights and metrics of an uninterrupted run; a checkpoint write that dies half-way (vqacap/checkpoints.py) leaves the
-previous last.ckpt whole."""
+training subprocess (the captioner, the detector) killed mid-epoch and restarted as a requeued SLURM job resumes from its
+last.ckpt and ends with the weights and metrics of an uninterrupted run; a checkpoint write that dies half-way
+(vqacap/checkpoints.py) leaves the previous last.ckpt whole."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES
+from tests.conftest import TINY_CAPTIONER, TINY_OVERRIDES, tiny_detector
+from tests.detection_fixture import write_detection_dataset
 from vqacap.callbacks.checkpoint import LastCheckpoint, rng_states, set_rng_states
 from vqacap.checkpoints import AtomicCheckpointIO
 from vqacap.data.base import ResumableSampler
@@ -31,6 +34,17 @@ from vqacap.train import _resume_path
 REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 15  # 60 training images, batches of 4
 KILL_AT_STEP = 22  # in the second epoch, 2 steps after the mid-epoch last.ckpt of step 20
+CAPTIONER = [
+    *TINY_OVERRIDES, *TINY_CAPTIONER, "experiment=caption_shapes", "model.optimizer.lr=0.01",
+    "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.attention_maps=null",
+]  # fmt: skip
+DETECTOR_STEPS_PER_EPOCH = 8  # 16 training images, batches of 2
+DETECTOR_KILL_AT_STEP = 13  # in the second epoch, a step after the last.ckpt of step 12, half-way through it
+DETECTOR = [
+    "experiment=detector_shapes", "data=vg", "data.batch_size=2", "data.eval_batch_size=4", "data.num_workers=0",
+    "data.persistent_workers=false", "logger=csv", "callbacks.last_checkpoint.every_n_train_steps=4",
+    "callbacks.detection_images=null", *tiny_detector(pool_size=6, rpn_post_nms_top_n_test=20),
+]  # fmt: skip
 
 
 class StallAt(pl.Callback):
@@ -46,12 +60,12 @@ class StallAt(pl.Callback):
             time.sleep(600)
 
 
-def _train(data_root: Path, run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+def _train(
+    data_root: Path, run_dir: Path, *overrides: str, env: dict | None = None, task: list[str] = CAPTIONER
+) -> subprocess.Popen:
     args = [
-        *TINY_OVERRIDES, *TINY_CAPTIONER, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}",
-        "experiment=caption_shapes", "trainer.max_epochs=2", "trainer.deterministic=true", "model.optimizer.lr=0.01",
-        "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.attention_maps=null",
-        "+trainer.enable_progress_bar=false", *overrides,
+        *task, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2",
+        "trainer.deterministic=true", "+trainer.enable_progress_bar=false", *overrides,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -73,42 +87,72 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(make_cfg, tmp_path, data_root):
-    datamodule = instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False)
-    datamodule.prepare_data()  # generate the tiny Shapes once, before two processes would both do it
-    straight_dir, killed_dir, marker = tmp_path / "straight", tmp_path / "killed", tmp_path / "stalled"
-    straight = _train(data_root, straight_dir)
-    killed = _train(
-        data_root, killed_dir, "+callbacks.stall._target_=tests.test_resume.StallAt",
-        f"+callbacks.stall.step={KILL_AT_STEP}", f"+callbacks.stall.marker={marker}",
+def _kill_at(step: int, run_dir: Path, marker: Path, start: Callable[..., subprocess.Popen]) -> None:
+    """Start a run with `start(*overrides)` that stalls once `step` optimiser steps are done, and SIGKILL it there."""
+    killed = start(
+        "+callbacks.stall._target_=tests.test_resume.StallAt", f"+callbacks.stall.step={step}",
+        f"+callbacks.stall.marker={marker}",
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert marker.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+        assert marker.exists(), (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:]
         killed.send_signal(signal.SIGKILL)
         assert killed.wait(timeout=60) == -signal.SIGKILL
     finally:
         killed.kill()
 
-    last = killed_dir / "checkpoints" / "last.ckpt"
-    saved = _load(last)
-    assert saved["global_step"] == 20 and saved["epoch"] == 1  # mid-epoch: 5 of the second epoch's 15 batches
-    _finish(straight, straight_dir)
-    # Restarted as SLURM restarts a requeued job: same command and run folder, SLURM_RESTART_COUNT set.
-    _finish(_train(data_root, killed_dir, env={"SLURM_RESTART_COUNT": "1"}), killed_dir)
-    assert f"Restoring states from the checkpoint path at {last}" in (tmp_path / "killed.log").read_text()
 
+def _resume_and_compare(straight_dir: Path, killed_dir: Path, start: Callable[..., subprocess.Popen]) -> dict:
+    """Restart the killed run as SLURM restarts a requeued job (same command and run folder, SLURM_RESTART_COUNT
+    set) and check that it ends with the finished straight run's weights and test metrics; returns the metrics."""
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    _finish(start(env={"SLURM_RESTART_COUNT": "1"}), killed_dir)
+    assert (
+        f"Restoring states from the checkpoint path at {last}"
+        in (killed_dir.parent / f"{killed_dir.name}.log").read_text()
+    )
     expected, resumed = _load(straight_dir / "checkpoints" / "last.ckpt"), _load(last)
-    assert expected["global_step"] == resumed["global_step"] == 2 * STEPS_PER_EPOCH
+    assert expected["global_step"] == resumed["global_step"]
     assert expected["state_dict"].keys() == resumed["state_dict"].keys()
     for name, weight in expected["state_dict"].items():
         assert torch.equal(weight, resumed["state_dict"][name]), name
     metrics = [
         json.loads((d / "test_metrics.json").read_text())["metrics"] for d in (straight_dir, killed_dir)
     ]
-    assert metrics[0] == metrics[1] and metrics[0]["test/CIDEr"] > 0
+    assert metrics[0] == metrics[1]
+    return metrics[0]
+
+
+def test_a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(make_cfg, tmp_path, data_root):
+    datamodule = instantiate(make_cfg("experiment=caption_shapes").data, _recursive_=False)
+    datamodule.prepare_data()  # generate the tiny Shapes once, before two processes would both do it
+    straight_dir, killed_dir, marker = tmp_path / "straight", tmp_path / "killed", tmp_path / "stalled"
+    straight = _train(data_root, straight_dir)
+    _kill_at(KILL_AT_STEP, killed_dir, marker, partial(_train, data_root, killed_dir))
+
+    saved = _load(killed_dir / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 20 and saved["epoch"] == 1  # mid-epoch: 5 of the second epoch's 15 batches
+    _finish(straight, straight_dir)
+    metrics = _resume_and_compare(straight_dir, killed_dir, partial(_train, data_root, killed_dir))
+    assert _load(straight_dir / "checkpoints" / "last.ckpt")["global_step"] == 2 * STEPS_PER_EPOCH
+    assert metrics["test/CIDEr"] > 0
+
+
+def test_a_detector_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(tmp_path, data_root):
+    detection = write_detection_dataset(tmp_path / "detection", {"train": 16, "val": 4, "test": 4})
+    straight_dir, killed_dir, marker = tmp_path / "straight", tmp_path / "killed", tmp_path / "stalled"
+    task = [*DETECTOR, f"data.data_dir={detection}"]
+    straight = _train(data_root, straight_dir, task=task)
+    _kill_at(DETECTOR_KILL_AT_STEP, killed_dir, marker, partial(_train, data_root, killed_dir, task=task))
+
+    saved = _load(killed_dir / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 12 and saved["epoch"] == 1  # half of the second epoch's 8 batches
+    _finish(straight, straight_dir)
+    metrics = _resume_and_compare(straight_dir, killed_dir, partial(_train, data_root, killed_dir, task=task))
+    assert _load(straight_dir / "checkpoints" / "last.ckpt")["global_step"] == 2 * DETECTOR_STEPS_PER_EPOCH
+    assert 0.0 <= metrics["test/mAP"] <= 1.0
 
 
 @pytest.mark.parametrize(

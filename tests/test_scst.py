@@ -142,8 +142,7 @@ def test_both_modes_train_through_the_recipe(make_cfg, tmp_path, mode):
     cfg = make_cfg(
         "experiment=caption_shapes_scst",
         "init_from=null",
-        f"model.scst.mode={mode}",
-        "model.scst.baseline=null",
+        f"model.scst.mode={mode}",  # the recipe's baseline (null) follows the mode
         "model.scst.num_samples=3",
         "+trainer.limit_train_batches=2",
         "trainer.log_every_n_steps=1",

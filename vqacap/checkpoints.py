@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
+from vqacap.folders import is_model_folder, read_checkpoint, weights_file
 from vqacap.targets import TargetError, locate
 
 REBUILT = ("net", "optimizer", "scheduler")  # hyper-parameters that name a class
@@ -45,7 +46,7 @@ def find_checkpoint(spec: str, log_dir: str | os.PathLike, task_name: str = "tra
     """
     if not spec.startswith("latest:"):
         path = Path(spec)
-        if not path.is_file():
+        if not (path.is_file() or is_model_folder(path)):
             raise FileNotFoundError(f"{path}: checkpoint not found")
         return path
     experiment = spec.split(":", 1)[1]
@@ -78,6 +79,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """`torch.load(path, weights_only=True)`, every failure one `CheckpointError` line naming the file (and the
     refused type, for a pickled object): torch's own text is many lines advising `weights_only=False`."""
     path = Path(path)
+    if is_model_folder(path):  # a model folder (vqacap.folders): safetensors and JSON, never unpickled
+        return read_checkpoint(path, map_location)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -160,6 +163,7 @@ def task_of(hparams: Mapping[str, Any]) -> str | None:
 
 def check_fits(module: torch.nn.Module, checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
     """`CheckpointError` unless the checkpoint holds a model of the module's task, vocabulary and shapes."""
+    path = weights_file(path)  # a model folder's weights file
     hparams = checkpoint.get("hyper_parameters") or {}
     theirs, mine = task_of(hparams), getattr(module, "task", None)
     if theirs and mine and theirs != mine:

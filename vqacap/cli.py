@@ -5,6 +5,8 @@
     vqacap prepare features|coco-captions|vqa2 ...
     vqacap extract --images DIR --weights CKPT --out STORE ...
     vqacap visualize --checkpoint CKPT ...
+    vqacap export RUN_DIR|CKPT OUT_DIR
+    vqacap doctor
 
 To add a command, add one line to `COMMANDS` naming a module with `add_arguments(parser)` and `run(args) -> int` (the
 exit status), or with `command(argv) -> int` when it parses its own arguments (Hydra's). A step of `prepare` is one
@@ -35,6 +37,8 @@ COMMANDS = {
         "vqacap.predict.answer",
         "answer a question about image files with a trained detector and VQA model",
     ),
+    "export": ("vqacap.export", "write a trained model as a model folder (safetensors, JSON, model card)"),
+    "doctor": ("vqacap.doctor", "say what this installation can do: Java, METEOR, SPICE, GPU, wandb, data"),
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-from vqacap.data.store import RegionStoreError, StoreWriteError, exit_after_failed_write
+from vqacap.data.store import RegionStoreError, StoreWriteError, exit_after_failed_write, refuse_if_in_use
 from vqacap.extraction.loading import ExtractError, load_bottom_up
 from vqacap.extraction.settings import add_trainer_arguments, is_global_zero, trainer_options
 from vqacap.images import ImageError, image_files
@@ -211,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         **trainer_options(args),
     }
     try:
+        refuse_if_in_use(args.out)  # before the detector loads: a refused run ends at once
         if args.detector is not None:
             detector = load_bottom_up(
                 args.detector, args.device, args.prototxt, args.classes, args.attributes

@@ -1,5 +1,5 @@
-"""Reading one user image safely: the one place `vqacap extract`, `vqacap visualize` and the attention-map callback open
-image files.
+"""Reading one user image safely: the one place `vqacap extract`, `vqacap visualize`, the attention-map callback and
+the detection and pixel DataModules open image files.
 
 A bad file (empty, truncated, not an image, too large) raises `ImageError` with one line naming it, so callers skip and
 report that image and go on with the others. The decoded size is capped at `MAX_PIXELS` before any pixel is decoded (the
@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 MAX_PIXELS = 50_000_000
 
@@ -51,6 +53,11 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Ima
         raise ImageError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
 
 
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]; `ImageError` for an unusable file (size capped: `MAX_PIXELS`)."""
+    return pil_to_tensor(open_rgb(path)).float().div_(255)
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in _SIXTEEN_BIT:
         # convert("RGB") would clip every value above 255 to white; scale 0..65535 onto 0..255 instead.
@@ -74,3 +81,16 @@ def image_files(directories: str | os.PathLike | Sequence[str | os.PathLike]) ->
             raise ImageError(f"{directory}: image folder not found")
         files += sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return files
+
+
+def find_image(folder: str | os.PathLike, image_id: int, pattern: str | None = None) -> Path | None:
+    """The file of an image named by its id in a plain folder, None when there is none.
+
+    `pattern` is a format string of `image_id` ("{image_id}.png", "COCO_val2014_{image_id:012d}.jpg"); without one,
+    `<image_id>.<suffix>` for the suffixes of `IMAGE_SUFFIXES`, lower or upper case."""
+    folder = Path(folder)
+    if pattern:
+        names = [pattern.format(image_id=int(image_id))]
+    else:
+        names = [f"{int(image_id)}{s}" for suffix in sorted(IMAGE_SUFFIXES) for s in (suffix, suffix.upper())]
+    return next((folder / n for n in names if (folder / n).is_file()), None)

@@ -87,6 +87,9 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         raise RunConfigError("train=false tests a trained model: give ckpt_path=<checkpoint file>")
     _check_accelerator(cfg)
     _announce_generated_data(cfg)
+    if cfg.paths.get("corenlp"):
+        # Where SPICE finds CoreNLP (vqacap.metrics.captions.spice), in this process and those it starts.
+        os.environ["VQACAP_CORENLP"] = str(cfg.paths.corenlp)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()

@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="data folder (default: the one the run was trained on)")
     parser.add_argument(
-        "--image-root", type=Path, help="folder the image file names are relative to (default: data)"
+        "--image-root",
+        "--images",
+        type=Path,
+        help="folder the image file names are relative to, or a plain folder of images named by id "
+        "(default: the data's image_dir, else the data folder and its images/)",
     )
     ids = parser.add_mutually_exclusive_group()
     ids.add_argument("--image-ids", type=int, nargs="+", help="images to draw (captioning)")
@@ -96,7 +100,7 @@ def load(args: argparse.Namespace):
         if not (args.run / ".hydra" / "config.yaml").is_file():
             raise FileNotFoundError(f"{args.run}: not a run folder (no .hydra/config.yaml)")
         checkpoint = _run_checkpoint(args.run)
-    elif not args.checkpoint.is_file():
+    elif not (args.checkpoint.is_file() or args.checkpoint.is_dir()):  # or a model folder
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint not found")
     else:
         checkpoint = args.checkpoint

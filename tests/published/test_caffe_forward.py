@@ -135,3 +135,18 @@ def test_the_feature_map_size_is_known_before_the_forward_pass(detector):
     assert "less than one 16-pixel cell" in detector.size_problem(10, 10000)
     assert "fewer cells than --grid 50" in detector.size_problem(200, 300, grid=50)
     assert detector.max_grid() == 38
+
+
+def test_the_batched_region_choice_gives_the_regions_of_bottom_up_batch(detector):
+    """Both photographs in one batch: bitwise the regions, labels and scores the per-image choice gives."""
+    from vqacap.models.regions import bottom_up_regions
+
+    rgbs = []
+    for name in IMAGES:
+        bgr = np.load(FIXTURES / f"tiny_{name}.npz")["image_bgr"]
+        rgbs.append(torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255)
+    batched = bottom_up_regions(detector, rgbs).unpadded()
+    for rgb, (features, boxes, fields) in zip(rgbs, batched, strict=True):
+        f, b, x = bottom_up_batch(detector, [rgb])[0]
+        assert torch.equal(features, f) and torch.equal(boxes, b)
+        assert all(torch.equal(fields[n], x[n]) for n in x)

@@ -8,7 +8,9 @@ classes and 400 attributes, on 600 x 1000 images; random weights, as the speed d
     trunk         conv1 .. res4
     rpn           anchors, objectness, box deltas, NMS -> 300 proposals
     box head      RoIAlign, res5, pool5, class and box predictors, attribute head (and the box decoding around them)
-    region choice generate_tsv's choice (`vqacap.models.regions.bottom_up_batch`: NMS over all classes, threshold, 10-100)
+    region choice generate_tsv's choice for the batch on the device, as extraction runs it
+                  (`vqacap.models.regions.bottom_up_regions`: NMS over all classes, threshold, 10-100), and the one
+                  copy of the batch's regions to the host (`vqacap.extraction.module.HostCopy`)
     write         `RegionStoreWriter.add` of every image of the batch, then one flush (float16 store)
     end to end    `vqacap.extraction.module.extract_folders` over a folder of the images, one process: Trainer.predict,
                   DataLoader workers, the store committed; `images/s` is what a user gets, start-up included
@@ -39,10 +41,10 @@ from vqacap.bench.detector import RECIPES, SHAPES_IMAGE_SIZE, VG_ATTRIBUTES, VG_
 from vqacap.bench.models import count_flops
 from vqacap.data.pixels import RegionChoice
 from vqacap.data.store import RegionStoreWriter
-from vqacap.extraction.module import extract_folders
+from vqacap.extraction.module import HostCopy, extract_folders
 from vqacap.images import open_rgb
 from vqacap.models.detector import BottomUpDetector
-from vqacap.models.regions import DETECTOR_FIELDS, bottom_up_batch
+from vqacap.models.regions import DETECTOR_FIELDS, bottom_up_regions
 from vqacap.shapes import COLOURS, SHAPES, SIZES
 
 STAGES = ("decode", "resize", "trunk", "rpn", "box head", "region choice", "write")
@@ -64,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Given:
-    """A detector whose `regions` returns outputs computed before: `bottom_up_batch` then times the choice alone."""
+    """A detector whose `regions` returns outputs computed before: `bottom_up_regions` then times the choice alone."""
 
     def __init__(self, outputs: list) -> None:
         self.outputs = outputs
@@ -137,11 +139,8 @@ def size_rows(
                 handle.remove()
         spent["box head"] += network - sum(spent[s] for s in ("resize", "trunk", "rpn", "box head"))
         start = time.perf_counter()
-        found = bottom_up_batch(_Given(outputs), floats)
-        found = [
-            (f.float().cpu().numpy(), b.cpu().numpy(), {k: v.cpu().numpy() for k, v in x.items()})
-            for f, b, x in found
-        ]
+        found = HostCopy(bottom_up_regions(_Given(outputs), floats)).wait().unpadded()
+        found = [(f.numpy(), b.numpy(), {k: v.numpy() for k, v in x.items()}) for f, b, x in found]
         spent["region choice"] = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()

@@ -15,8 +15,9 @@ with the same weights and metrics as an uninterrupted run with the same seed and
   the run had never stopped.
 
 Not exact with `data.num_workers > 0`: what the worker processes draw (the captions drawn per image in the caption
-DataModule's collate) in the rest of the interrupted epoch comes from other worker seeds than in the uninterrupted
-run; with `persistent_workers` in every later epoch too. Data order and the main process's draws stay exact.
+DataModule's collate, the detection DataModule's flips) in the rest of the interrupted epoch comes from other worker
+seeds than in the uninterrupted run; with `persistent_workers` in every later epoch too. Data order and the main
+process's draws stay exact.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Each image's confident detections (score >= `score_threshold`, at most `max_boxes`) are drawn with their class and
 most probable attributes ("red striped circle 0.97"), as PNG files `<dirpath>/epoch_<NNN>/<image_id>.png` whatever the
 loggers, and for wandb as images with boxes (the class as the box class, the label as its caption, the score as the box
-score) under `<split>/detections`. The examples come from the DataModule (`examples`), the detections from the
-module's detector (`module.net`, eval mode).
+score) under `<split>/detections`. The examples come from the DataModule (`example_ids`, `examples`), the detections
+from the module's detector (`module.net`, eval mode).
 """
 
 from __future__ import annotations
@@ -62,11 +62,14 @@ class DetectionImages(pl.Callback):
         score_threshold: float = 0.5,
         max_boxes: int = 20,
         every_n_epochs: int = 1,
+        ids: list[int] | None = None,
     ) -> None:
+        """`ids`: image ids of the split; None: `num_examples` spread over the split."""
         super().__init__()
         self.dirpath = Path(dirpath)
         self.split = split
         self.num_examples = num_examples
+        self.ids = list(ids) if ids else None
         self.score_threshold = score_threshold
         self.max_boxes = max_boxes
         self.every_n_epochs = every_n_epochs
@@ -76,7 +79,9 @@ class DetectionImages(pl.Callback):
         epoch = trainer.current_epoch
         if trainer.sanity_checking or not trainer.is_global_zero or (epoch + 1) % self.every_n_epochs:
             return
-        batch = trainer.datamodule.examples(self.split, self.num_examples).to(pl_module.device)
+        datamodule = trainer.datamodule
+        ids = self.ids or datamodule.example_ids(self.split, self.num_examples)
+        batch = datamodule.examples(self.split, ids).to(pl_module.device)
         net = pl_module.net
         training = net.training
         net.eval()

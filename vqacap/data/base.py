@@ -1,9 +1,12 @@
-"""What the region DataModules (captions, VQA) share: the feature store, batch reading and moving, the loaders, and a
-training order that a resumed run continues exactly.
+"""What every DataModule of vqacap (captions, VQA, detection) shares: batch moving, the splits, the loaders, a training
+order that a resumed run continues exactly, and the examples the callbacks draw; and what the region DataModules
+(captions, VQA) share besides: the feature store and its batch reading.
 
-A subclass says which file defines each split (`split_files`), loads a split (`load_split`), builds its datasets
-(`train_set`, `eval_set`) and its vocabularies (`build_vocabularies`, run once in `prepare_data`). Not here: what a
-dataset's items are, or anything a model needs (`model_kwargs` of the subclasses).
+`TaskDataModule` is the base of all three: a subclass says which file defines each split (`split_files`), loads a
+split (`load_split`), builds its datasets (`train_set`, `eval_set`, each with a `collate`), and gives examples by id
+(`example_ids`, `examples`: the protocol of the attention-map and detection-image callbacks). `RegionDataModule` adds
+the region store and the vocabularies (`build_vocabularies`, run once in `prepare_data`). Not here: what a dataset's
+items are, or anything a model needs (`model_kwargs` of the subclasses).
 
 Exact resume: the training loader draws from `ResumableSampler`, whose order is a function of (seed, epoch) only. The
 DataModule counts the training batches handed to the model in the current epoch; Lightning stores `state_dict()` in
@@ -14,6 +17,7 @@ reading them.
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import fields, is_dataclass, replace
@@ -26,18 +30,23 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vqacap.data.generated import run_generator
 from vqacap.data.store import Regions, RegionStore
+from vqacap.images import find_image
 
 SPLITS = ("train", "val", "test")
 
 
 # -- batches ---------------------------------------------------------------------------------------------------------
 def apply_to_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """`value` with `fn` applied to every tensor inside it (dataclasses recursively); other values are kept as they are
-    (None, plain Python data such as scene objects)."""
+    """`value` with `fn` applied to every tensor inside it (dataclasses, lists, tuples and dicts recursively); other
+    values are kept as they are (None, strings, numbers)."""
     if isinstance(value, torch.Tensor):
         return fn(value)
     if is_dataclass(value) and not isinstance(value, type):
         return replace(value, **{f.name: apply_to_tensors(getattr(value, f.name), fn) for f in fields(value)})
+    if isinstance(value, (list, tuple)):
+        return type(value)(apply_to_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: apply_to_tensors(v, fn) for k, v in value.items()}
     return value
 
 
@@ -117,12 +126,17 @@ def loader_options(
     }
 
 
-# -- the DataModule --------------------------------------------------------------------------------------------------
-class RegionDataModule(pl.LightningDataModule):
-    """Loaders of region-feature datasets; see the module docstring for what a subclass provides.
+# -- the DataModules -------------------------------------------------------------------------------------------------
+class TaskDataModule(pl.LightningDataModule):
+    """Splits, loaders and the resumable training order of every vqacap DataModule; see the module docstring for what
+    a subclass provides.
 
+    batch_size / eval_batch_size: items per training / evaluation batch. test_split: the split `trainer.test` reads.
+    generator: a data generator node (Shapes) run with root=data_dir in prepare_data, or None for prepared data.
     seed: seed of the training order (conf: the run's `seed`). resumable_order: draw training batches from
-    `ResumableSampler` (off: a plain shuffled loader, whose order a resumed run does not continue).
+    `ResumableSampler` (off: a plain shuffled loader, whose order a resumed run does not continue). image_dir,
+    image_pattern: where the attention maps find an image the annotations name no file for (`find_image`): a plain
+    folder (default: the data folder, then its images/) of files `<image_id>.<ext>`, or named by the pattern.
     """
 
     split_files: dict[str, Path]  # the file that defines each configured split
@@ -130,45 +144,44 @@ class RegionDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str,
-        store: str = "regions.h5",
-        batch_size: int = 10,
-        eval_batch_size: int = 100,
+        batch_size: int,
+        eval_batch_size: int,
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         multiprocessing_context: str | None = None,
-        zero_regions: bool = False,
-        pad_regions_to: int | None = None,
         test_split: str = "test",
         generator: dict | None = None,
         seed: int = 0,
         resumable_order: bool = True,
+        image_dir: str | None = None,
+        image_pattern: str | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
-        self.store_path = self.data_dir / store
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.loader_options = loader_options(
             num_workers, pin_memory, persistent_workers, multiprocessing_context
         )
-        self.zero_regions = zero_regions
-        self.pad_regions_to = pad_regions_to
         self.test_split = test_split
-        self.generator = (
-            generator  # a data generator node (Shapes) run in prepare_data, or None for prepared data
-        )
+        self.generator = generator
         self.seed = seed
         self.resumable_order = resumable_order
-        self._store: RegionStore | None = None
+        self.image_dir = Path(image_dir) if image_dir else None
+        if image_pattern:
+            try:
+                image_pattern.format(image_id=0)
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(
+                    f"image_pattern {image_pattern!r}: not a format string of {{image_id}} ({err!r})"
+                ) from None
+        self.image_pattern = image_pattern
         self._sampler: ResumableSampler | None = None
         self._position = {"epoch": 0, "batches": 0}  # training batches of an epoch handed to the model
         self._resume: dict[str, int] | None = None
 
     # -- what a subclass provides ------------------------------------------------------------------------------------
-    def build_vocabularies(self) -> None:
-        """Write the vocabularies a split's tensors need, when absent (once, on one process)."""
-
     def load_split(self, split: str) -> Any:
         raise NotImplementedError
 
@@ -178,26 +191,20 @@ class RegionDataModule(pl.LightningDataModule):
     def eval_set(self, split: str) -> Dataset:
         raise NotImplementedError
 
+    def example_ids(self, split: str, count: int) -> list[int]:
+        """`count` ids spread evenly over the split: the same examples every call."""
+        raise NotImplementedError
+
+    def examples(self, split: str, ids: list[int]) -> Batch:
+        """An evaluation batch of the examples of the split with these ids."""
+        raise NotImplementedError
+
     # -- preparation (once, on one process) --------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.generator is not None:
             run_generator(self.generator, self.data_dir)
-        self.build_vocabularies()
 
     # -- per process -------------------------------------------------------------------------------------------------
-    @property
-    def store(self) -> RegionStore:
-        if self._store is None:
-            self._store = RegionStore(self.store_path)
-        return self._store
-
-    @property
-    def feature_dim(self) -> int:
-        return self.store.feature_dim
-
-    def batcher(self) -> RegionBatcher:
-        return RegionBatcher(self.store, self.zero_regions, self.pad_regions_to)
-
     def setup(self, stage: str | None = None) -> None:
         splits = {
             "fit": ("train", "val"),
@@ -208,6 +215,20 @@ class RegionDataModule(pl.LightningDataModule):
         for split in splits.get(stage, SPLITS) if stage else SPLITS:
             if split in self.split_files:
                 self.load_split(split)
+
+    def image_folders(self, image_root: str | os.PathLike | None = None) -> list[Path]:
+        """Where images are looked for: `image_root` (a command's or callback's), else `image_dir`, else the data
+        folder and its images/ (where `vqacap prepare questions --images` links them)."""
+        if image_root or self.image_dir:
+            return [Path(image_root or self.image_dir)]
+        return [self.data_dir, self.data_dir / "images"]
+
+    def find_image(self, image_id: int, image_root: str | os.PathLike | None = None) -> Path | None:
+        """The file of an image named by its id (or `image_pattern`) in a plain folder; None when there is none."""
+        for folder in self.image_folders(image_root):
+            if found := find_image(folder, image_id, self.image_pattern):
+                return found
+        return None
 
     def check_split(self, split: str) -> None:
         if split not in self.split_files:
@@ -266,3 +287,48 @@ class RegionDataModule(pl.LightningDataModule):
             self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
             # The loader built from this position does resume: Lightning's warning that it cannot is wrong here.
             warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+
+class RegionDataModule(TaskDataModule):
+    """Loaders of region-feature datasets (the region store `store` in data_dir); takes `TaskDataModule`'s loader and
+    order arguments besides its own.
+
+    zero_regions: zero every region's features and box (the "blind" control). pad_regions_to: pad every batch to this
+    many regions (None: to the largest count in the batch).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        store: str = "regions.h5",
+        batch_size: int = 10,
+        eval_batch_size: int = 100,
+        zero_regions: bool = False,
+        pad_regions_to: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
+        self.store_path = self.data_dir / store
+        self.zero_regions = zero_regions
+        self.pad_regions_to = pad_regions_to
+        self._store: RegionStore | None = None
+
+    def build_vocabularies(self) -> None:
+        """Write the vocabularies a split's tensors need, when absent (once, on one process)."""
+
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        self.build_vocabularies()
+
+    @property
+    def store(self) -> RegionStore:
+        if self._store is None:
+            self._store = RegionStore(self.store_path)
+        return self._store
+
+    @property
+    def feature_dim(self) -> int:
+        return self.store.feature_dim
+
+    def batcher(self) -> RegionBatcher:
+        return RegionBatcher(self.store, self.zero_regions, self.pad_regions_to)

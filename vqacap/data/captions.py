@@ -10,7 +10,8 @@ Training items are images, each batch carrying `captions_per_image` of every ima
 Anderson et al.'s (image, caption) pairs, with the region work done once per image); evaluation items are images, with
 their scene objects for grounding when the data has scenes. The references of every split go to the model once
 (`model_kwargs`). Regions of a batch are read with one batched store read in `collate`, which runs in the DataLoader
-workers. The loaders, the store and the resumable training order are `RegionDataModule`'s (vqacap.data.base).
+workers. The loaders, the store and the resumable training order are `RegionDataModule`'s (vqacap.data.base). The
+files and fields, and how a dataset of another format becomes them (`vqacap prepare captions`): docs/new-dataset.md.
 """
 
 from __future__ import annotations
@@ -219,10 +220,15 @@ class CaptionDataModule(RegionDataModule):
     def image_path(
         self, split: str, image_id: int, image_root: str | os.PathLike | None = None
     ) -> Path | None:
-        """The image's COCO `file_name` under `image_root` (default: the data folder); None when the file has none."""
+        """The image's COCO `file_name` under `image_root` (default: `image_dir`, else the data folder); where that
+        names no file, a plain folder of images named by id (`RegionDataModule.find_image`); None when neither has one.
+        """
         self.load_split(split)
         name = self.images[split].get(int(image_id), {}).get("file_name")
-        return Path(image_root or self.data_dir) / name if name else None
+        named = Path(image_root or self.image_dir or self.data_dir) / name if name else None
+        if named is not None and named.is_file():
+            return named
+        return self.find_image(image_id, image_root) or named
 
     def scenes(self, split: str) -> dict[int, list[dict]] | None:
         """Objects of each image id from `scenes_<split>.json` (Shapes); None for data without scenes."""

@@ -1,12 +1,13 @@
 """Detection data: prepared Visual Genome-format annotations + images -> batches for the bottom-up detector.
 
 The annotations are the `detection_<split>.json` files that `vqacap prepare vg` writes (their layout is in
-`load_detection_split`); the images are read from disk, as RGB floats in [0, 1], at their own size (the detector
-resizes). Training images are flipped horizontally with probability 0.5 (cfg.TRAIN.USE_FLIPPED of Faster R-CNN, which
-doubles the training set with the flipped copies).
+`load_detection_split`); the images are read from disk (`vqacap.images.open_rgb`), as RGB floats in [0, 1], at their
+own size (the detector resizes). Training images are flipped horizontally with probability 0.5 (cfg.TRAIN.USE_FLIPPED
+of Faster R-CNN, which doubles the training set with the flipped copies).
 
 For Shapes, `prepare_data` runs the Shapes generator, which renders the images and writes them in Visual Genome's
-format, then `vqacap.shapes.prepare_detection`, which runs the same preparation as real data gets.
+format, then `vqacap.shapes.prepare_detection`, which runs the same preparation as real data gets. The loaders,
+the splits and the resumable training order are `TaskDataModule`'s (vqacap.data.base), as for the region tasks.
 Not here: the model (vqacap.models.detector) and the metric (vqacap.metrics.detection).
 """
 
@@ -18,17 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import pil_to_tensor
+from torch.utils.data import Dataset
 
-from vqacap.data.base import loader_options
-from vqacap.data.captions import spread
-from vqacap.data.generated import run_generator
+from vqacap.data.base import SPLITS, Batch, TaskDataModule, spread
+from vqacap.images import ImageError, load_image
 
-SPLITS = ("train", "val", "test")
 FORMAT = "vqacap-detection"
 MAX_ATTRIBUTES = 16  # per object, as bottom-up-attention's vg.py keeps
 
@@ -134,17 +130,10 @@ def _image(path: Path, root: Path, record: dict, num_classes: int, num_attribute
 
 
 @dataclass
-class DetectionBatch:
+class DetectionBatch(Batch):
     image_ids: torch.Tensor  # (B,) long
     images: list[torch.Tensor]  # B x (3, H, W) float in [0, 1]
     targets: list[dict[str, torch.Tensor]]  # B x {"boxes" (n, 4), "labels" (n,), "attributes" (n, 16)}
-
-    def to(self, device) -> DetectionBatch:  # Lightning moves batches through this method
-        return DetectionBatch(
-            self.image_ids.to(device),
-            [im.to(device) for im in self.images],
-            [{k: v.to(device) for k, v in t.items()} for t in self.targets],
-        )
 
 
 class DetectionSet(Dataset):
@@ -159,13 +148,12 @@ class DetectionSet(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, dict[str, torch.Tensor]]:
         record = self.images[i]
+        if not record.path.is_file():
+            raise FileNotFoundError(f"{record.path}: image {record.image_id} not found")
         try:
-            with Image.open(record.path) as im:
-                image = pil_to_tensor(im.convert("RGB")).float().div_(255)  # (3, H, W)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{record.path}: image {record.image_id} not found") from None
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"{record.path}: image {record.image_id} is unreadable ({err})") from None
+            image = load_image(record.path)  # (3, H, W)
+        except ImageError as err:
+            raise ImageError(f"{err} (image {record.image_id})") from None
         if image.shape[1:] != (record.height, record.width):
             raise ValueError(
                 f"{record.path}: image {record.image_id} is {image.shape[2]}x{image.shape[1]}, the annotations say "
@@ -190,12 +178,14 @@ class DetectionSet(Dataset):
         return DetectionBatch(torch.as_tensor(ids), list(images), list(targets))
 
 
-class DetectionDataModule(pl.LightningDataModule):
-    """Prepared detection annotations (`<annotation_dir>/detection_<split>.json`) and their images.
+class DetectionDataModule(TaskDataModule):
+    """Prepared detection annotations (`<annotation_dir>/detection_<split>.json`) and their images; takes
+    `TaskDataModule`'s loader and order arguments besides its own.
 
     generator: a data generator node (Shapes) run with root=data_dir in prepare_data; prepare: a node run after it with
     root=data_dir that writes the annotations into annotation_dir (vqacap.shapes.prepare_detection); both None for
-    data prepared beforehand (`vqacap prepare vg --out <annotation_dir>`).
+    data prepared beforehand (`vqacap prepare vg --out <annotation_dir>`). flip: mirror each training image with
+    probability 0.5.
     """
 
     def __init__(
@@ -205,28 +195,21 @@ class DetectionDataModule(pl.LightningDataModule):
         batch_size: int = 1,
         eval_batch_size: int = 1,
         flip: bool = True,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        generator: dict | None = None,
         prepare: dict | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__()
-        self.data_dir = Path(data_dir)
+        # batch_size: images per training batch (IMS_PER_BATCH: 1 per GPU in the paper)
+        super().__init__(data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
         self.annotation_dir = Path(annotation_dir) if annotation_dir else self.data_dir
-        self.batch_size = batch_size  # images per training batch (IMS_PER_BATCH: 1 per GPU in the paper)
-        self.eval_batch_size = eval_batch_size
+        self.split_files = {s: self.annotation_dir / f"detection_{s}.json" for s in SPLITS}
         self.flip = flip
-        self.loader_options = loader_options(num_workers, pin_memory, persistent_workers)
-        self.generator = generator
         self.prepare = prepare
         self._splits: dict[str, DetectionSplit] = {}
 
     def prepare_data(self) -> None:
         from hydra.utils import instantiate
 
-        if self.generator is not None:
-            run_generator(self.generator, self.data_dir)
+        super().prepare_data()
         if self.prepare is not None:
             written = Path(instantiate(self.prepare, root=str(self.data_dir)))
             if written.resolve() != self.annotation_dir.resolve():
@@ -234,47 +217,41 @@ class DetectionDataModule(pl.LightningDataModule):
                     f"data.prepare wrote the annotations to {written}, but data.annotation_dir is {self.annotation_dir}"
                 )
 
-    def split(self, name: str) -> DetectionSplit:
-        if name not in self._splits:
-            self._splits[name] = load_detection_split(self.annotation_dir / f"detection_{name}.json")
-        return self._splits[name]
+    def load_split(self, split: str) -> DetectionSplit:
+        """The images and objects of the split (read once); its classes and attributes must be the training split's."""
+        self.check_split(split)
+        if split not in self._splits:
+            loaded = load_detection_split(self.split_files[split])
+            train = loaded if split == "train" else self.load_split("train")
+            if (loaded.classes, loaded.attributes) != (train.classes, train.attributes):
+                raise ValueError(
+                    f"{self.split_files[split]}: classes or attributes differ from the training split's (prepare all "
+                    "splits with the same vocabularies)"
+                )
+            self._splits[split] = loaded
+        return self._splits[split]
 
     def model_kwargs(self) -> dict:
         """What the LightningModule needs to know about the data to build its model: the class and attribute names."""
-        train = self.split("train")
+        train = self.load_split("train")
         return {"classes": train.classes, "attributes": train.attributes}
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        train = self.split("train")
-        for name in splits.get(stage, SPLITS) if stage else SPLITS:
-            split = self.split(name)
-            if (split.classes, split.attributes) != (train.classes, train.attributes):
-                raise ValueError(
-                    f"{self.annotation_dir / f'detection_{name}.json'}: classes or attributes differ from the "
-                    "training split's (prepare all splits with the same vocabularies)"
-                )
+    def train_set(self) -> DetectionSet:
+        return DetectionSet(self.load_split("train").images, flip=self.flip)
 
-    def examples(self, split: str, count: int) -> DetectionBatch:
-        """An evaluation batch of `count` images spread evenly over the split: the same images every call."""
-        dataset = DetectionSet(self.split(split).images)
-        return DetectionSet.collate([dataset[i] for i in spread(range(len(dataset)), count)])
+    def eval_set(self, split: str) -> DetectionSet:
+        return DetectionSet(self.load_split(split).images)
 
-    def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
-        dataset = DetectionSet(self.split(split).images, flip=self.flip and train)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            collate_fn=DetectionSet.collate,
-            **self.loader_options,
-        )
+    # -- examples, for the detection-image callback ------------------------------------------------------------------
+    def example_ids(self, split: str, count: int) -> list[int]:
+        """`count` image ids spread evenly over the split in file order: the same images every call."""
+        return spread([im.image_id for im in self.load_split(split).images], count)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, train=False)
+    def examples(self, split: str, image_ids: list[int]) -> DetectionBatch:
+        """An evaluation batch of these images of the split (not flipped)."""
+        position = {im.image_id: i for i, im in enumerate(self.load_split(split).images)}
+        unknown = [i for i in image_ids if int(i) not in position]
+        if unknown:
+            raise ValueError(f"{self.split_files[split]}: no image with id {unknown[0]}")
+        dataset = self.eval_set(split)
+        return DetectionSet.collate([dataset[position[int(i)]] for i in image_ids])

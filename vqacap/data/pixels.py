@@ -26,14 +26,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import pil_to_tensor
 
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.store import Regions
 from vqacap.data.vocab import Vocabulary, tokenize
 from vqacap.data.vqa import VQABatch
-from vqacap.images import open_rgb
-from vqacap.models.regions import ADAPTIVE_BOXES, CONF_THRESH, bottom_up_batch, grid_batch
+from vqacap.images import load_image
+from vqacap.models.regions import ADAPTIVE_BOXES, CONF_THRESH, bottom_up_regions, grid_batch
 
 
 @dataclass
@@ -75,11 +74,6 @@ def region_names(
     ]
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]; `ImageError` for an unusable file (size capped: `vqacap.images.MAX_PIXELS`)."""
-    return pil_to_tensor(open_rgb(path)).float().div(255)
-
-
 class ImageFiles(Dataset):
     """Item i is (i, the image as a (3, H, W) float tensor in [0, 1]); files are read when their batch is made."""
 
@@ -112,7 +106,8 @@ class DetectorCollate:
         if c.grid is not None:
             found = grid_batch(self.detector, images, c.grid)
         else:
-            found = bottom_up_batch(self.detector, images, c.conf_thresh, c.min_boxes, c.max_boxes)
+            chosen = bottom_up_regions(self.detector, images, c.conf_thresh, c.min_boxes, c.max_boxes)
+            found = chosen.to("cpu").unpadded()  # one copy to the host for the batch
         regions = pad_regions(
             [features.cpu() for features, _, _ in found],
             [boxes.cpu() for _, boxes, _ in found],

@@ -584,6 +584,34 @@ def _pixel_size(where: str, image_w, image_h) -> tuple[int, int]:
     return size[0], size[1]
 
 
+@contextlib.contextmanager
+def holding(path: str | os.PathLike):
+    """Hold the writers' lock of the store at `path` (on its partial file): refused in one line while a writer
+    runs, so what a live writer's file holds is never taken for an interrupted run's."""
+    fd = _lock_exclusively(partial_path(path))
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def refuse_if_in_use(path: str | os.PathLike) -> None:
+    """Raise `RegionStoreError` (one line) now if a writer holds the store at `path`; creates nothing."""
+    partial = partial_path(path)
+    try:
+        fd = os.open(partial, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RegionStoreError(
+            f"{partial}: in use by another process (another run is writing this store)"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 def _lock_exclusively(partial: Path) -> int:
     fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -591,7 +619,7 @@ def _lock_exclusively(partial: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise RegionStoreError(
-            f"{partial}: in use by another process (a conversion into this store is running)"
+            f"{partial}: in use by another process (another run is writing this store)"
         ) from None
     if not partial.exists() or os.stat(partial).st_ino != os.fstat(fd).st_ino:
         os.close(fd)  # the other writer committed (renamed) it while we waited: lock the new file

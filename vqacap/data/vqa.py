@@ -14,7 +14,8 @@ least `min_answer_count` (9) questions, most frequent first. Every annotated que
 accuracy of every candidate (`soft_scores`), and the candidate indices of its human answers, so the validation metric is
 the official accuracy; a question whose answers are all outside the candidates has an all-zero target. Questions about
 one object (Shapes `target_box`) carry that box, for grounding accuracy. Region reads happen in `collate`, one batched
-store read per batch, in the DataLoader workers; loaders, store and training order are `RegionDataModule`'s.
+store read per batch, in the DataLoader workers; loaders, store and training order are `RegionDataModule`'s. The files
+and fields, and how a dataset of another format becomes them (`vqacap prepare questions`): docs/new-dataset.md.
 """
 
 from __future__ import annotations
@@ -438,13 +439,15 @@ class VQADataModule(RegionDataModule):
     def image_path(
         self, split: str, image_id: int, image_root: str | os.PathLike | None = None
     ) -> Path | None:
-        """The file of a question's image under `image_root` (default: the data folder), None when not found.
+        """The file of a question's image under `image_root` (default: `image_dir`, else the data folder), None when
+        not found.
 
         VQA questions name no files: the image records of `captions_<split>.json` are used when the folder has one
         (Shapes writes both), else the official COCO naming `<subtype>/COCO_<subtype>_<image_id:012d>.jpg` of the
-        questions file's `data_subtype` (train2014, val2014, test2015, or two joined by '+').
+        questions file's `data_subtype` (train2014, val2014, test2015, or two joined by '+'), else a plain folder of
+        images named by id (`RegionDataModule.find_image`).
         """
-        root = Path(image_root or self.data_dir)
+        root = Path(image_root or self.image_dir or self.data_dir)
         if split not in self._image_files:
             captions = self.data_dir / f"captions_{split}.json"
             images = load_caption_annotations(captions)[1] if captions.is_file() else {}
@@ -455,4 +458,5 @@ class VQADataModule(RegionDataModule):
         files, subtypes = self._image_files[split]
         name = files.get(int(image_id))
         candidates = [name] if name else [f"{s}/COCO_{s}_{int(image_id):012d}.jpg" for s in subtypes]
-        return next((root / c for c in candidates if (root / c).is_file()), None)
+        found = next((root / c for c in candidates if (root / c).is_file()), None)
+        return found or self.find_image(image_id, image_root)

@@ -4,9 +4,11 @@
 
 `RegionExtractor` runs a detector (anything with `.regions(images)` / `.grid(images, n)`, as
 vqacap.models.detector.BottomUpDetector, or torchvision's `fasterrcnn_resnet50_fpn`) on a batch and chooses the regions
-with `vqacap.extract`'s choice (generate_tsv's, on the detector's device); `StoreWriter` adds them to this process's
-shard (or, in a one-process run, to the store itself) and flushes after every batch; the first process then merges the
-shards into the store (vqacap.extraction.shards). The trainer settings are training's: accelerator, devices,
+with `vqacap.extract`'s choice (generate_tsv's, for the whole batch on the detector's device: `bottom_up_regions`),
+then starts their copy to the host (`HostCopy`); `StoreWriter` adds each batch to this process's shard (or, in a
+one-process run, to the store itself) at the end of the next batch, so that on a GPU the copy overlaps the next forward
+pass, and flushes after every batch; the first process then merges the shards into the store
+(vqacap.extraction.shards). The trainer settings are training's: accelerator, devices,
 num_nodes, precision (fp32 by default; "tf32", "bf16-mixed", "16-mixed" for speed at a small deviation).
 """
 
@@ -31,8 +33,8 @@ from vqacap.extraction.settings import accelerator_for, all_gathered, quiet_ligh
 from vqacap.models.regions import (
     DETECTOR_FIELDS,
     FEATURE_DIM,
-    Extracted,
-    bottom_up_batch,
+    ChosenRegions,
+    bottom_up_regions,
     extract_batch,
     grid_batch,
 )
@@ -50,14 +52,15 @@ class FasterRCNNChoice:
 
 def choose_regions(
     detector: torch.nn.Module, images: list[torch.Tensor], choice: RegionChoice | FasterRCNNChoice
-) -> list[Extracted]:
-    """Images (3, H, W) in [0, 1] on the detector's device -> per image features (k, D), boxes (k, 4), fields."""
+) -> ChosenRegions:
+    """Images (3, H, W) in [0, 1] on the detector's device -> their regions, padded: features (B, K, D), boxes
+    (B, K, 4), fields (B, K), counts (B,)."""
     if isinstance(choice, FasterRCNNChoice):
         found = extract_batch(detector, images, choice.max_boxes, choice.min_boxes, choice.conf_thresh)
-        return [(features, boxes, None) for features, boxes in found]
+        return ChosenRegions.stack([(features, boxes, None) for features, boxes in found])
     if choice.grid is not None:
-        return grid_batch(detector, images, choice.grid)
-    return bottom_up_batch(detector, images, choice.conf_thresh, choice.min_boxes, choice.max_boxes)
+        return ChosenRegions.stack(grid_batch(detector, images, choice.grid))
+    return bottom_up_regions(detector, images, choice.conf_thresh, choice.min_boxes, choice.max_boxes)
 
 
 def store_layout(detector: torch.nn.Module, choice: RegionChoice | FasterRCNNChoice) -> dict:
@@ -101,39 +104,83 @@ def detector_fingerprint(
 
 
 def forward_each(
-    regions: Callable[[list[torch.Tensor]], list[Extracted]], images: list[torch.Tensor], paths: list[Path]
-) -> list[Extracted | str]:
-    """`regions(images)`; when the batch's forward pass fails, each image alone, so that only an image the model
-    fails on is lost: its entry is then the one-line problem naming its file (a per-image failure, not the run's)."""
+    regions: Callable[[list[torch.Tensor]], ChosenRegions],
+    images: list[torch.Tensor],
+    paths: list[Path],
+    positions: list[int] | None = None,
+) -> list[tuple[list[int], ChosenRegions | str]]:
+    """`regions(images)` as [(positions of the images, their regions)]; when the batch's forward pass fails, each
+    image alone, so that only an image the model fails on is lost: its part is then the one-line problem naming its
+    file (a per-image failure, not the run's). `positions`: the images' places in the batch (default 0, 1, ...)."""
+    positions = list(range(len(images))) if positions is None else positions
     try:
-        return list(regions(images))
+        return [(positions, regions(images))]
     except (RuntimeError, ValueError, AssertionError) as err:
         if len(images) == 1:
             lines = str(err).strip().splitlines() or [""]
-            return [f"{paths[0]}: the model failed on it ({type(err).__name__}: {lines[0][:200]})"]
-    return [found for image, path in zip(images, paths) for found in forward_each(regions, [image], [path])]
+            problem = f"{paths[0]}: the model failed on it ({type(err).__name__}: {lines[0][:200]})"
+            return [(positions, problem)]
+    return [
+        part
+        for image, path, at in zip(images, paths, positions)
+        for part in forward_each(regions, [image], [path], [at])
+    ]
+
+
+class HostCopy:
+    """A batch's regions on their way to the host: on a GPU a non-blocking copy into pinned memory, which `wait`
+    waits for (so the copy of batch i overlaps the forward pass of batch i + 1); elsewhere the tensors themselves."""
+
+    def __init__(self, chosen: ChosenRegions) -> None:
+        # Floats as float32: autocast leaves some outputs in bf16, which numpy has no type for.
+        tensors = {n: t.float() if t.is_floating_point() else t for n, t in chosen.tensors().items()}
+        self.event = None
+        if any(t.device.type == "cuda" for t in tensors.values()):
+            for name, t in tensors.items():
+                if t.device.type == "cuda":
+                    tensors[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                        t, non_blocking=True
+                    )
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.tensors = tensors
+
+    def wait(self) -> ChosenRegions:
+        """The regions on the host, once their copy has finished."""
+        if self.event is not None:
+            self.event.synchronize()
+        return ChosenRegions.of(self.tensors)
+
+
+@dataclass
+class PredictedBatch:
+    """What `RegionExtractor.predict_step` gives for a batch: the regions of its images, in parts of positions in the
+    batch (one part unless a forward pass failed and images went alone), and the one-line problem of each other image
+    by its position."""
+
+    parts: list[tuple[list[int], HostCopy]] = dataclasses.field(default_factory=list)
+    problems: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 class RegionExtractor(pl.LightningModule):
-    """A detector and a region choice as a LightningModule whose `predict_step` returns each image's regions, or the
-    one-line problem of an image the detector cannot take (a size it names up front, or a failed forward pass)."""
+    """A detector and a region choice as a LightningModule whose `predict_step` returns the batch's regions, padded
+    and on their way to the host, and the one-line problem of each image the detector cannot take (a size it names up
+    front, or a failed forward pass)."""
 
     def __init__(self, detector: torch.nn.Module, choice: RegionChoice | FasterRCNNChoice) -> None:
         super().__init__()
         self.detector = detector
         self.choice = choice
 
-    def predict_step(self, batch: ImageBatch, batch_idx: int) -> list[Extracted | str]:
-        if not batch.images:
-            return []
-        out: list[Extracted | str | None] = [None] * len(batch.images)
+    def predict_step(self, batch: ImageBatch, batch_idx: int) -> PredictedBatch:
+        out = PredictedBatch()
         grid = getattr(self.choice, "grid", None)
         size_problem = getattr(self.detector, "size_problem", None)
         todo = []
         for i, (image, path) in enumerate(zip(batch.images, batch.paths)):
             problem = size_problem(*image.shape[-2:], grid) if size_problem is not None else None
             if problem is not None:
-                out[i] = f"{path}: {problem}"
+                out.problems[i] = f"{path}: {problem}"
             else:
                 todo.append(i)
         if not todo:
@@ -144,16 +191,33 @@ class RegionExtractor(pl.LightningModule):
             lambda chunk: choose_regions(self.detector, chunk, self.choice),
             images,
             [batch.paths[i] for i in todo],
+            todo,
         )
-        for i, result in zip(todo, found):
-            out[i] = result
+        for positions, result in found:
+            if isinstance(result, str):
+                out.problems[positions[0]] = result
+            else:
+                out.parts.append((positions, HostCopy(result)))
         return out
+
+
+@dataclass
+class _Pending:
+    """A batch predicted, not yet written: what `StoreWriter.write` needs of it."""
+
+    image_ids: list[int]
+    sizes: list[tuple[int, int]]  # (height, width) of each image
+    problems: list[tuple[int, str]]  # (image id, why) of the images the DataLoader could not decode
+    prediction: PredictedBatch
 
 
 class StoreWriter(BasePredictionWriter):
     """Each batch's regions into this process's shard (the store itself when there is one process), flushed after
-    every batch: a kill loses at most the batch being written. Images the store refuses are reported, not fatal;
-    a failed disk write (`StoreWriteError`) ends the run with the shard as of its last flush."""
+    every batch. Batch i is written at the end of batch i + 1 (the last at the end of the run): on a GPU its copy to
+    the host then ran during batch i + 1's forward pass, and the CPU runs the same order. A kill loses at most the two
+    batches in flight (the one computed, not yet written, and the one running), which a rerun extracts; the store
+    keeps what was flushed before. Images the store refuses are reported, not fatal; a failed disk write
+    (`StoreWriteError`) ends the run with the shard as of its last flush."""
 
     def __init__(self, out: str | os.PathLike, layout: Mapping[str, Any], dtype: str) -> None:
         super().__init__(write_interval="batch")
@@ -161,6 +225,7 @@ class StoreWriter(BasePredictionWriter):
         self.layout = dict(layout)
         self.dtype = dtype
         self.writer: RegionStoreWriter | None = None
+        self.pending: _Pending | None = None  # the batch to write at the end of the next one
         self.extracted = 0
         self.failed: list[tuple[int, str]] = []  # (image id, why) of the images not extracted
 
@@ -176,29 +241,46 @@ class StoreWriter(BasePredictionWriter):
         self,
         trainer,
         pl_module,
-        prediction: list[Extracted],
+        prediction: PredictedBatch,
         batch_indices,
         batch: ImageBatch,
         batch_idx,
         dataloader_idx=0,
     ) -> None:
-        writer = self.open(trainer.global_rank, trainer.world_size)
+        self.open(trainer.global_rank, trainer.world_size)
+        # The images' sizes, not their pixels: those need not live a batch longer.
+        sizes = [tuple(image.shape[-2:]) for image in batch.images]
+        pending, self.pending = self.pending, _Pending(batch.image_ids, sizes, batch.problems, prediction)
+        if pending is not None:
+            self.write(pending)
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        """The last batch, held back by `write_on_batch_end`."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.write(pending)
+        super().on_predict_epoch_end(trainer, pl_module)
+
+    def write(self, batch: _Pending) -> None:
+        """One batch into the store, then a flush."""
+        writer = self.writer
         self.failed += batch.problems
-        for image_id, image, result in zip(batch.image_ids, batch.images, prediction):
-            if isinstance(result, str):  # an image the detector could not take, named by its file
-                self.failed.append((image_id, result))
-                continue
-            features, boxes, fields = result
-            height, width = image.shape[-2:]
-            if fields is not None:
-                fields = {name: _numpy(values) for name, values in fields.items()}
-            try:
-                writer.add(image_id, _numpy(features), _numpy(boxes), width, height, fields)
-                self.extracted += 1
-            except StoreWriteError:
-                raise  # the disk, not the image: nothing more can be written
-            except RegionStoreError as err:
-                self.failed.append((image_id, str(err)))
+        # The images the detector could not take, each named by its file.
+        for at, problem in batch.prediction.problems.items():
+            self.failed.append((batch.image_ids[at], problem))
+        for positions, copy in batch.prediction.parts:
+            for at, (features, boxes, fields) in zip(positions, copy.wait().unpadded(), strict=True):
+                image_id = batch.image_ids[at]
+                height, width = batch.sizes[at]
+                if fields is not None:
+                    fields = {name: values.numpy() for name, values in fields.items()}
+                try:
+                    writer.add(image_id, features.numpy(), boxes.numpy(), width, height, fields)
+                    self.extracted += 1
+                except StoreWriteError:
+                    raise  # the disk, not the image: nothing more can be written
+                except RegionStoreError as err:
+                    self.failed.append((image_id, str(err)))
         writer.flush()
 
     def close(self) -> None:
@@ -206,11 +288,6 @@ class StoreWriter(BasePredictionWriter):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def _numpy(values: torch.Tensor):
-    """On the host, floats as float32: autocast leaves some outputs in bf16, which numpy has no type for."""
-    return (values.float() if values.is_floating_point() else values).cpu().numpy()
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import h5py
 
-from vqacap.data.store import RegionStore, RegionStoreError, RegionStoreWriter, partial_path
+from vqacap.data.store import RegionStore, RegionStoreError, RegionStoreWriter, holding, partial_path
 
 FINGERPRINT = "extraction_fingerprint"
 OPTIONS = "extraction_options"
@@ -101,7 +101,8 @@ def settle(path: Path) -> str:
         return ""
     layout = _layout(partial) or (_layout(path) if path.is_file() else None)
     if layout is None:  # nothing readable to resume: the images are extracted again
-        partial.unlink()
+        with holding(path):  # unless a live writer holds it (an empty partial is its lock file)
+            partial.unlink()
         return f"{partial}: unreadable interrupted writes discarded"
     writer = RegionStoreWriter(path, **layout)
     writer.close()

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.vocab import PAD_ID, Vocabulary, tokenize
 from vqacap.lightning.common import (
-    RegionTaskModule,
-    configure_optimizers,
+    TaskModule,
     log_grounding,
     region_dim,
     region_inputs,
@@ -54,7 +53,7 @@ def doubly_stochastic_penalty(
     return ((1.0 - coverage) ** 2 * region_mask.unsqueeze(1)).sum()
 
 
-class CaptioningModule(RegionTaskModule):
+class CaptioningModule(TaskModule):
     """`references`: {split: {image_id: [captions]}} from the data (`model_kwargs`): the caption metrics score the val
     and test splits against them, self-critical training rewards against the train split's."""
 
@@ -227,9 +226,6 @@ class CaptioningModule(RegionTaskModule):
         results, self._results = self._results, []
         if self.results_dir:
             write_results(self, results, "image_id", Path(self.results_dir) / "test_captions.json")
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
 
     # -- attention: grounding accuracy, attention maps -------------------------------------------------------------
     def _update_grounding(self, batch: CaptionBatch, split: str, decoded: Decoded) -> None:

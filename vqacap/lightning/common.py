@@ -1,5 +1,5 @@
-"""Pieces both LightningModules use: their checkpoint hooks, region inputs, optimiser wiring, gathering results across
-ranks."""
+"""Pieces every LightningModule uses (captioning, VQA, the detector): their base class with its checkpoint hooks and
+optimiser wiring, region inputs, gathering results across ranks."""
 
 from __future__ import annotations
 
@@ -16,11 +16,17 @@ from vqacap.checkpoints import check_fits, plain
 from vqacap.data.store import SPATIAL_DIM, Regions
 
 
-class RegionTaskModule(pl.LightningModule):
-    """Base of the captioning and VQA modules: checkpoints hold plain hyper-parameters (read without running code, see
-    vqacap.checkpoints), and a checkpoint of another task, vocabulary or size is refused in one line naming the file."""
+class TaskModule(pl.LightningModule):
+    """Base of the captioning, VQA and detector modules.
 
-    task: str  # "captioning" or "VQA", as `vqacap.checkpoints.task_of` names a checkpoint's task
+    Checkpoints hold plain hyper-parameters (read without running code, see vqacap.checkpoints), and a checkpoint of
+    another task, vocabulary or size is refused in one line naming the file. The optimiser and scheduler are
+    `_partial_` Hydra nodes (`optimizer_nodes`) that `configure_optimizers` calls with the parameters and the optimiser;
+    a module with its own parameter groups or schedule length overrides `make_optimizer` or `make_scheduler`.
+    """
+
+    task: str  # "captioning", "VQA" or "detector"; `vqacap.checkpoints.task_of` names a checkpoint's task
+    scheduler_interval: str = "epoch"  # when the scheduler steps: "epoch" or "step"
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if "hyper_parameters" in checkpoint:
@@ -28,6 +34,29 @@ class RegionTaskModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_fits(self, checkpoint, self.trainer.ckpt_path)
+
+    # -- optimisation --------------------------------------------------------------------------------------------------
+    def optimizer_nodes(self) -> tuple[Callable, Callable | None]:
+        """The optimiser and scheduler nodes (`_partial_`; the scheduler None for a constant rate)."""
+        return self.hparams.optimizer, self.hparams.get("scheduler")
+
+    def make_optimizer(self, optimizer: Callable) -> torch.optim.Optimizer:
+        """`optimizer` over the trained parameters, with the fused CPU step when the config leaves it open."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        trainer = getattr(self, "_trainer", None)
+        mixed = trainer is not None and "mixed" in str(trainer.precision)
+        return optimizer(params=params, **({} if mixed else fused_default(optimizer, params)))
+
+    def make_scheduler(self, scheduler: Callable, optimizer: torch.optim.Optimizer):
+        return scheduler(optimizer=optimizer)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = self.optimizer_nodes()
+        opt = self.make_optimizer(optimizer)
+        if scheduler is None:
+            return opt
+        config = {"scheduler": self.make_scheduler(scheduler, opt), "interval": self.scheduler_interval}
+        return {"optimizer": opt, "lr_scheduler": config}
 
 
 def region_dim(feature_dim: int, use_spatial: bool) -> int:
@@ -41,20 +70,6 @@ def region_inputs(regions: Regions, use_spatial: bool) -> torch.Tensor:
     if use_spatial:
         return torch.cat([regions.features, regions.spatial()], dim=-1)
     return regions.features
-
-
-def configure_optimizers(module, optimizer: Callable, scheduler: Callable | None, monitor: str | None = None):
-    """Optimiser and scheduler are `_partial_` Hydra nodes; the module calls them with its parameters."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    trainer = getattr(module, "_trainer", None)
-    mixed = trainer is not None and "mixed" in str(trainer.precision)
-    opt = optimizer(params=params, **({} if mixed else fused_default(optimizer, params)))
-    if scheduler is None:
-        return opt
-    config = {"scheduler": scheduler(optimizer=opt), "interval": "epoch"}
-    if monitor:
-        config["monitor"] = monitor
-    return {"optimizer": opt, "lr_scheduler": config}
 
 
 def fused_default(optimizer: Callable, params: list[torch.Tensor]) -> dict:

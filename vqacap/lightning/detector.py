@@ -1,6 +1,7 @@
 """LightningModule for the bottom-up detector: the summed Faster R-CNN + attribute losses, vg_eval mAP, detections to show.
 
-The pure model lives in `vqacap.models.detector`; the metric in `vqacap.metrics.detection`. vqacap.lightning.loading
+The pure model lives in `vqacap.models.detector`; the metric in `vqacap.metrics.detection`; checkpoint hooks and the
+optimiser wiring are `TaskModule`'s (vqacap.lightning.common), as for the region tasks. vqacap.lightning.loading
 rebuilds the model from a checkpoint of this module without unpickling anything (extraction and benchmarks use it).
 """
 
@@ -12,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vqacap.checkpoints import plain
 from vqacap.data.detection import DetectionBatch
+from vqacap.lightning.common import TaskModule
 from vqacap.metrics.detection import DetectionEvaluator, select_detections
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
 
@@ -25,14 +26,11 @@ LEGACY_OPTIONS = {"pooler": "roi_align", "box_loss_beta": 1 / 9, "bias_lr_mult":
 LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_attribute")
 
 
-def _plain(value):
-    """Hydra containers -> plain Python, so a checkpoint's hyper-parameters load with torch.load(weights_only=True)."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+class DetectorModule(TaskModule):
+    """The bottom-up detector's training (summed losses), evaluation (vg_eval AP) and optimisation (bias groups)."""
 
+    task = "detector"
 
-class DetectorModule(pl.LightningModule):
     def __init__(
         self,
         classes: list[str],
@@ -47,7 +45,7 @@ class DetectorModule(pl.LightningModule):
         """detector: DetectorOptions fields; optimizer/scheduler: `_partial_` Hydra nodes called with the parameters
         (scheduler stepped every `scheduler_interval`: "step" for the paper's iteration schedule, or "epoch")."""
         super().__init__()
-        options = DetectorOptions(**(_plain(detector) or {}))
+        options = DetectorOptions(**(plain(detector) or {}))
         self.save_hyperparameters(
             {"classes": list(classes), "attributes": list(attributes), "detector": _options_dict(options)},
             logger=False,
@@ -119,27 +117,29 @@ class DetectorModule(pl.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(table, indent=1))
 
-    def configure_optimizers(self):
+    # -- optimisation: the solver of train.prototxt, SGD with momentum by default (conf/model/optimizer) ------------------
+    def optimizer_nodes(self) -> tuple[Callable, Callable | None]:
+        return self.optimizer, self.scheduler
+
+    def make_optimizer(self, optimizer: Callable) -> torch.optim.Optimizer:
+        # No fused default: the detector's solver is kept as its config gives it.
         trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         weights = [p for n, p in trained if not n.endswith(".bias")]
         biases = [p for n, p in trained if n.endswith(".bias")]
-        opt = self.optimizer(params=[{"params": weights}, {"params": biases}])
+        opt = optimizer(params=[{"params": weights}, {"params": biases}])
         # Every bias learns bias_lr_mult times faster (train.prototxt: `param { lr_mult: 2 }` on each bias), its
         # decay unchanged (no decay_mult there). A scheduler made next starts each group from its own rate.
         opt.param_groups[1]["lr"] *= self.net.options.bias_lr_mult
-        if self.scheduler is None:
-            return opt
+        return opt
+
+    def make_scheduler(self, scheduler: Callable, optimizer: torch.optim.Optimizer):
         # A schedule over the whole run (OneCycleLR) is told its length, which depends on the data and the trainer.
-        takes_total = "total_steps" in inspect.signature(self.scheduler).parameters
+        takes_total = "total_steps" in inspect.signature(scheduler).parameters
         extra = {"total_steps": int(self.trainer.estimated_stepping_batches)} if takes_total else {}
-        max_lr = (getattr(self.scheduler, "keywords", None) or {}).get("max_lr")
+        max_lr = (getattr(scheduler, "keywords", None) or {}).get("max_lr")
         if isinstance(max_lr, (int, float)):  # OneCycleLR sets every group to max_lr: the biases' is larger
             extra["max_lr"] = [max_lr, max_lr * self.net.options.bias_lr_mult]
-        scheduler = self.scheduler(optimizer=opt, **extra)
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
-        }
+        return scheduler(optimizer=optimizer, **extra)
 
 
 def _options_dict(options: DetectorOptions) -> dict:

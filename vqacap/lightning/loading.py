@@ -57,7 +57,12 @@ def _refusal(task: str | None, tasks: Collection[str]) -> str:
 
 def load_detector(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
     """The BottomUpDetector of a detector checkpoint, in eval mode. Nothing is unpickled (weights_only=True)."""
-    if not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():  # a model folder (vqacap.folders): safetensors and JSON, never unpickled
+        from vqacap.models.detector import BottomUpDetector
+
+        return BottomUpDetector.from_pretrained(path, map_location)
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: detector checkpoint not found")
     return load_module(path, map_location, tasks=("detector",)).net
 

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from vqacap.data.vocab import PAD_ID
 from vqacap.data.vqa import VQABatch
 from vqacap.lightning.common import (
-    RegionTaskModule,
-    configure_optimizers,
+    TaskModule,
     log_grounding,
     region_dim,
     region_inputs,
@@ -32,7 +31,7 @@ from vqacap.metrics.vqa.seen import SeenAnswerAccuracy
 from vqacap.models.vqa import VQAOutput
 
 
-class VQAModule(RegionTaskModule):
+class VQAModule(TaskModule):
     """`test_split` (from the data's `model_kwargs`) names the results files of testing."""
 
     task = "VQA"
@@ -174,9 +173,6 @@ class VQAModule(RegionTaskModule):
         if scores is not None and self.trainer.is_global_zero:
             as_floats = json.dumps(scores, default=float, indent=1)
             (folder / f"vqa_{self.test_split}_scores.json").write_text(as_floats)
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
 
     # -- attention: grounding accuracy, attention maps -------------------------------------------------------------
     def _update_grounding(self, batch: VQABatch, split: str, attention: torch.Tensor) -> None:

@@ -100,6 +100,34 @@ def class_nms_plus_one(boxes: torch.Tensor, class_scores: torch.Tensor, threshol
     return kept.t()
 
 
+def class_nms_plus_one_batch(
+    boxes: torch.Tensor, class_scores: torch.Tensor, valid: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """`class_nms_plus_one` of B images at once, padded: boxes (B, R, 4), class_scores (B, R, C), valid (B, R) marks
+    each image's real boxes (its first R_b). Kept mask (B, R, C), equal to class_nms_plus_one of each image's real
+    boxes and False on padding; it asks the host nothing about the data, so a GPU runs it without waiting."""
+    b, r, c = class_scores.shape
+    shifted = boxes.float().clone()
+    shifted[..., 2:] += 1  # _plus_one's shift, without a host-to-device copy of the offsets
+    pairs = valid[:, :, None] & valid[:, None, :]
+    iou = torch.stack([box_iou(s, s) for s in shifted]) if b else boxes.new_zeros(0, r, r)  # (B, R, R)
+    suppresses = (iou.double() > threshold) & pairs
+    suppresses = torch.cat([suppresses, suppresses.new_zeros(b, 1, r)], dim=1)  # row R suppresses nothing
+    # Padding scores -inf: each class visits an image's padded boxes after all its real ones, which they never touch.
+    scores = class_scores.float().masked_fill(~valid[..., None], -math.inf).transpose(1, 2)  # (B, C, R)
+    order = torch.sort(scores, dim=2, descending=True, stable=True).indices  # (B, C, R)
+    images = torch.arange(b, device=order.device)[:, None]
+    classes = torch.arange(c, device=order.device)[None, :]
+    removed = torch.zeros(order.shape, dtype=torch.bool, device=order.device)  # (B, C, R)
+    kept = torch.zeros_like(removed)
+    for rank in range(r):
+        box = order[:, :, rank]  # (B, C)
+        alive = ~removed[images, classes, box]
+        kept[images, classes, box] = alive
+        removed |= suppresses[images, torch.where(alive, box, r)]
+    return (kept & valid[:, None, :]).transpose(1, 2)
+
+
 def cap_per_image(scores: torch.Tensor, max_per_image: int) -> torch.Tensor:
     """Mask of the detections test_net keeps: all of them, or those scoring >= the max_per_image-th highest score."""
     if max_per_image <= 0 or scores.numel() <= max_per_image:

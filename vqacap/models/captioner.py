@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.decoding import dropout_rows, teacher_forcing
 from vqacap.tokens import PAD_ID
@@ -62,7 +63,9 @@ def lstm_cell(
     return h.view(b, g, -1), c.view(b, g, -1)
 
 
-class UpDownCaptioner(nn.Module):
+class UpDownCaptioner(PretrainedMixin, nn.Module):
+    folder_task = "captioning"  # save_pretrained / from_pretrained: vqacap.folders
+
     def __init__(
         self,
         vocab_size: int,

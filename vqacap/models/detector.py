@@ -35,6 +35,8 @@ from torchvision.ops import (
     roi_pool,
 )
 
+from vqacap.folders import PretrainedMixin
+
 # Blocks per stage (res2..res5) of the ResNets of He et al. 2016, as torchvision builds them.
 DEPTHS = {
     18: (BasicBlock, (2, 2, 2, 2)),
@@ -484,9 +486,17 @@ class GridOutputs:
     features: torch.Tensor  # (n * n, D)
 
 
-class BottomUpDetector(FasterRCNN):
+class BottomUpDetector(PretrainedMixin, FasterRCNN):
     """torchvision's FasterRCNN with a ResNet C4 trunk, the res5 box head and the attribute head (see the module
     docstring). `classes` and `attributes` are the names, index 0 included (background, no attribute)."""
+
+    folder_task = "detector"
+
+    @classmethod
+    def _init_from_json(cls, init: dict) -> dict:
+        # The folder's weights replace any ImageNet initialisation, which a folder's reader need not have.
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in (init.get("options") or {}).items()}
+        return {**init, "options": DetectorOptions(**{**options, "pretrained": None})}
 
     def __init__(
         self, classes: list[str], attributes: list[str], options: DetectorOptions | None = None

@@ -1,16 +1,21 @@
 """Which regions of an image a captioner or VQA model attends over, chosen from a detector's outputs: bottom-up-
 attention's generate_tsv.py choice (`select_proposals`, `bottom_up_batch`: per-class NMS over the RPN proposals, a
 score threshold, 10-100 or a fixed count), grid cells (`grid_batch`), and the torchvision Faster R-CNN stand-in's
-choice (`extract_batch`, `select_regions`). Used by extraction, by `vqacap caption` / `answer` and by the benchmarks;
-docs/detector.md (Extraction) describes each rule.
+choice (`extract_batch`, `select_regions`). `select_proposals_batch` / `bottom_up_regions` are generate_tsv's choice
+for a whole batch on the device, padded (`ChosenRegions`), equal to the per-image form bit for bit. Used by
+extraction, by `vqacap caption` / `answer` and by the benchmarks; docs/detector.md (Extraction) describes each rule.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_iou, nms, roi_align
 
-from vqacap.metrics.detection import class_nms_plus_one
+from vqacap.metrics.detection import class_nms_plus_one, class_nms_plus_one_batch
 
 FEATURE_DIM = 2048  # ResNet-50 C5 channels
 _DUPLICATE_IOU = 0.7
@@ -179,10 +184,137 @@ def bottom_up_batch(
     return out
 
 
+# -- the same choice for a batch, on the device ----------------------------------------------------------------------
+@dataclass
+class ChosenRegions:
+    """The regions of B images padded to K: image b's are [b, :counts[b]], the rest zeros."""
+
+    features: torch.Tensor  # (B, K, D)
+    boxes: torch.Tensor  # (B, K, 4) in each image's pixels
+    fields: dict[str, torch.Tensor] | None  # (B, K) each: DETECTOR_FIELDS, or None
+    counts: torch.Tensor  # (B,) k_b
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"features": self.features, "boxes": self.boxes, "counts": self.counts, **(self.fields or {})}
+
+    @classmethod
+    def of(cls, tensors: dict[str, torch.Tensor]) -> ChosenRegions:
+        """The inverse of `tensors`."""
+        named = dict(tensors)
+        features, boxes, counts = named.pop("features"), named.pop("boxes"), named.pop("counts")
+        return cls(features, boxes, named or None, counts)
+
+    def to(self, device: torch.device | str) -> ChosenRegions:
+        return ChosenRegions.of({n: t.to(device) for n, t in self.tensors().items()})
+
+    @classmethod
+    def stack(cls, found: list[Extracted]) -> ChosenRegions:
+        """Per-image regions (as `bottom_up_batch`, `grid_batch`, `extract_batch` give them) padded into one batch."""
+        names = found[0][2]
+        fields = None if names is None else {n: _padded([f[n] for *_, f in found]) for n in names}
+        return cls(
+            _padded([features for features, _, _ in found]),
+            _padded([boxes for _, boxes, _ in found]),
+            fields,
+            torch.tensor([len(features) for features, _, _ in found]),
+        )
+
+    def unpadded(self) -> list[Extracted]:
+        """Per image features (k, D), boxes (k, 4), fields (k,): the per-image form (one read of the counts)."""
+        return [
+            (
+                self.features[b, :k],
+                self.boxes[b, :k],
+                None if self.fields is None else {n: v[b, :k] for n, v in self.fields.items()},
+            )
+            for b, k in enumerate(self.counts.tolist())
+        ]
+
+
+def select_proposals_batch(
+    proposals: torch.Tensor,
+    class_probs: torch.Tensor,
+    valid: torch.Tensor,
+    conf_thresh: float = CONF_THRESH,
+    min_boxes: int = ADAPTIVE_BOXES[0],
+    max_boxes: int = ADAPTIVE_BOXES[1],
+    nms_threshold: float = NMS_THRESHOLD,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`select_proposals` of B images at once: proposals (B, R, 4), class_probs (B, R, C + 1), valid (B, R) marking
+    each image's real proposals -> indices (B, max_boxes) and counts (B,): image b keeps indices[b, :counts[b]],
+    exactly select_proposals' indices in its order. No `nonzero`, no length of data, no branch on the host: a GPU runs
+    it without waiting."""
+    scores = class_probs[..., 1:]  # (B, R, C)
+    kept = class_nms_plus_one_batch(proposals, scores, valid, nms_threshold)
+    max_conf = torch.where(kept, scores, 0).amax(dim=2).masked_fill(~valid, -math.inf)  # (B, R)
+    above = (max_conf >= conf_thresh) & valid
+    n_above, n_valid = above.sum(dim=1), valid.sum(dim=1)
+    in_range = (n_above >= min_boxes) & (n_above <= max_boxes)
+    # The above-threshold indices in ascending order: a stable sort puts them first.
+    thresholded = torch.sort((~above).to(torch.uint8), dim=1, stable=True).indices
+    # generate_tsv's order, as select_proposals; padding (-inf) sorts first, so last once flipped.
+    best = torch.sort(max_conf, dim=1, stable=True).indices.flip(1)
+    indices = torch.where(in_range[:, None], thresholded, best)[:, :max_boxes]
+    # Fewer than max_boxes proposals: index 0 in the slots past every count.
+    indices = torch.nn.functional.pad(indices, (0, max_boxes - indices.shape[1]))
+    limit = torch.where(n_above < min_boxes, n_valid.clamp(max=min_boxes), n_valid.clamp(max=max_boxes))
+    return indices, torch.where(in_range, n_above, limit)
+
+
+@torch.no_grad()
+def bottom_up_regions(
+    detector: torch.nn.Module,
+    images: list[torch.Tensor],
+    conf_thresh: float = CONF_THRESH,
+    min_boxes: int = ADAPTIVE_BOXES[0],
+    max_boxes: int = ADAPTIVE_BOXES[1],
+) -> ChosenRegions:
+    """`bottom_up_batch` for the whole batch on the detector's device (`select_proposals_batch`): the same regions,
+    padded to max_boxes, so that the host reads them in one copy."""
+    found = detector.regions(images)
+    proposals = _padded([r.boxes for r in found])  # (B, R, 4)
+    class_probs = _padded([r.class_probs for r in found])  # (B, R, C + 1)
+    valid = torch.zeros(proposals.shape[:2], dtype=torch.bool, device=proposals.device)
+    for b, r in enumerate(found):
+        valid[b, : len(r.boxes)] = True
+    indices, counts = select_proposals_batch(
+        proposals, class_probs, valid, conf_thresh, min_boxes, max_boxes
+    )  # (B, K), (B,)
+    chosen = torch.arange(max_boxes, device=counts.device)[None, :] < counts[:, None]  # (B, K)
+    rows = torch.arange(len(found), device=indices.device)[:, None]
+
+    def gather(padded: torch.Tensor) -> torch.Tensor:  # (B, R, ...) -> (B, K, ...), zeros past each count
+        picked = padded[rows, indices]
+        return torch.where(chosen.view(*chosen.shape, *[1] * (picked.dim() - 2)), picked, 0)
+
+    boxes = gather(proposals)
+    for b, image in enumerate(images):
+        height, width = image.shape[-2:]
+        boxes[b, :, 0::2] = boxes[b, :, 0::2].clamp(0, width)
+        boxes[b, :, 1::2] = boxes[b, :, 1::2].clamp(0, height)
+    object_scores, object_labels = gather(class_probs)[..., 1:].max(dim=2)
+    attributes = _padded([r.attribute_probs for r in found])
+    attribute_scores, attribute_labels = gather(attributes)[..., 1:].max(dim=2)
+    fields = {
+        "object_labels": torch.where(chosen, object_labels + 1, 0),
+        "object_scores": object_scores,
+        "attribute_labels": torch.where(chosen, attribute_labels + 1, 0),
+        "attribute_scores": attribute_scores,
+    }
+    features = gather(_padded([r.features for r in found]))
+    return ChosenRegions(features, boxes, fields, counts)
+
+
 @torch.no_grad()
 def grid_batch(detector: torch.nn.Module, images: list[torch.Tensor], n: int) -> list[Extracted]:
     """Images -> per image the n x n cells of the detector's res5 map as regions."""
     return [(g.features, _clamp(g.boxes, image), None) for image, g in zip(images, detector.grid(images, n))]
+
+
+def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(R_b, ...) each -> (B, max(R_b, 1), ...) zero-padded: at least one row, so that a gather has one to index."""
+    out = pad_sequence(tensors, batch_first=True)
+    return out if out.shape[1] else out.new_zeros(out.shape[0], 1, *out.shape[2:])
 
 
 def _clamp(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

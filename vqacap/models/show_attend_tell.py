@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
@@ -46,7 +47,9 @@ class SoftAttentionState(NamedTuple):
     c: torch.Tensor  # (B, G, H)
 
 
-class ShowAttendTell(nn.Module):
+class ShowAttendTell(PretrainedMixin, nn.Module):
+    folder_task = "captioning"  # save_pretrained / from_pretrained: vqacap.folders
+
     def __init__(
         self,
         vocab_size: int,

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import ConcatAttention, ProductAttention, attend
 from vqacap.models.layers import GatedTanh, wn_linear, wn_relu
 from vqacap.tokens import PAD_ID
@@ -80,7 +81,7 @@ class VQAOutput:
     attention: torch.Tensor  # (B, K) attention weights, exactly 0 on padded regions
 
 
-class TopDownVQA(nn.Module):
+class TopDownVQA(PretrainedMixin, nn.Module):
     """What both models share: the question encoder, the options and the forward pass. Subclasses build the layers
     `attention`, `f_q`, `f_v`, `f_o` and `w_o` in `build_layers`, and name their classifier dropout.
 
@@ -89,6 +90,7 @@ class TopDownVQA(nn.Module):
     W_o; None: the model's own, `default_dropout`.
     """
 
+    folder_task = "VQA"  # save_pretrained / from_pretrained: vqacap.folders
     default_dropout: float
     attention: nn.Module
     f_q: nn.Module

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
@@ -54,10 +55,12 @@ class AnswerState(NamedTuple):
     c2: torch.Tensor
 
 
-class GenerativeVQA(nn.Module):
+class GenerativeVQA(PretrainedMixin, nn.Module):
     """vocab_size: question words (id 0 = <pad>); answer_vocab_size: answer words, specials first
     (vqacap.tokens). feature_dim: the width of the region vectors
     read (D, or D + 6 with box geometry)."""
+
+    folder_task = "VQA"  # save_pretrained / from_pretrained: vqacap.folders
 
     def __init__(
         self,

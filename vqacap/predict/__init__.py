@@ -78,7 +78,7 @@ def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str
     from vqacap.lightning.loading import load_module
     from vqacap.published import load_detector_file
 
-    if not model_path.is_file():
+    if not (model_path.is_file() or model_path.is_dir()):  # a checkpoint or a model folder (vqacap.folders)
         raise ValueError(f"{model_path}: checkpoint not found")
     # First: the classes it names are checked before anything is imported (vqacap.targets).
     module = load_module(model_path, map_location=args.device)

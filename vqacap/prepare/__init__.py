@@ -3,6 +3,8 @@
 vqacap prepare features       bottom-up features (TSV, bottom-up-attention-vqa HDF5, npz dirs) -> region store
 vqacap prepare coco-captions  Karpathy split JSON -> COCO-format caption files per split + caption vocabulary
 vqacap prepare vqa2           VQA v2 questions/annotations -> per-split files + answer and question vocabularies
+vqacap prepare questions      question/answer records of any VQA dataset, split by split -> the same files
+vqacap prepare captions       caption records of any dataset, split by split -> COCO-format caption files + vocabulary
 vqacap prepare vg             Visual Genome objects/attributes -> per-split detection annotations (bottom-up cleaning)
 vqacap prepare merge          shard stores of a distributed extraction -> one region store
 """
@@ -24,6 +26,14 @@ STEPS = {
         "Karpathy splits -> COCO-format caption files and vocabulary",
     ),
     "vqa2": ("vqacap.prepare.vqa2", "VQA v2 questions/annotations -> per-split files and vocabularies"),
+    "questions": (
+        "vqacap.prepare.questions",
+        "question/answer records of any VQA dataset, split by split -> VQA files and vocabularies",
+    ),
+    "captions": (
+        "vqacap.prepare.generic_captions",
+        "caption records of any dataset, split by split -> caption files and vocabulary",
+    ),
     "vg": ("vqacap.prepare.vg", "Visual Genome objects/attributes -> detection annotations per split"),
     "merge": ("vqacap.prepare.merge", "shard stores of a distributed extraction -> one region store"),
 }

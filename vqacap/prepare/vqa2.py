@@ -199,7 +199,7 @@ def prepare(
         written[f"vqa_{split}_questions.json"] = data
     for split, (_, data) in annotations.items():
         written[f"vqa_{split}_annotations.json"] = data
-    _check_answer_count(annotations[vocab_from][1]["annotations"], min_answer_count, vocab_from)
+    check_answer_count(annotations[vocab_from][1]["annotations"], min_answer_count, vocab_from)
     for name, data in written.items():
         write_json(out / name, data)
 
@@ -267,7 +267,7 @@ def write_glove_subset(glove: str | Path, words: list[str], out: Path) -> int:
 MIN_ANSWERS = 2  # a classifier needs two candidate answers to choose between
 
 
-def _check_answer_count(annotations: list[dict], min_answer_count: int, vocab_from: str) -> None:
+def check_answer_count(annotations: list[dict], min_answer_count: int, vocab_from: str) -> None:
     """Refuse, before writing anything, a vocabulary too small to train on; say what smaller thresholds would keep."""
     counts = Counter(process_answer(ann["multiple_choice_answer"]) for ann in annotations)
     counts.pop("", None)

@@ -52,6 +52,10 @@ def load_detector_file(
     from vqacap.published.detector import load_caffe_detector
 
     path = Path(path)
+    if path.is_dir():  # a model folder of a vqacap detector (vqacap.folders)
+        from vqacap.lightning.loading import load_detector
+
+        return load_detector(path, map_location=device)
     kind = file_kind(path)
     if kind == "caffemodel":
         model = load_caffe_detector(path, prototxt, classes, attributes)

@@ -1,6 +1,7 @@
 """`python -m vqacap.evaluate captions`: score a COCO caption results file against COCO caption annotations.
 
     python -m vqacap.evaluate captions --annotations A --results R [--metrics Bleu_4 CIDEr ...] [--no-tokenize] [--json]
+        [--corenlp DIR]
 
 Prints one `name: value` line per metric as coco-caption does, or with --json one object keyed as pycocoevalcap.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from vqacap.data.formats import load_coco_results as load_results
 from vqacap.metrics import REFUSED
+from vqacap.metrics.captions import spice
 from vqacap.metrics.captions.evaluation import METRICS, evaluate_captions, load_annotations
 
 
@@ -43,9 +46,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score only the annotated images the results caption (their count is printed; a debug=limit run's)",
     )
 
+    parser.add_argument(
+        "--corenlp",
+        metavar="DIR",
+        help="folder holding stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar, which SPICE needs "
+        "(default: $VQACAP_CORENLP, else pycocoevalcap's spice/lib)",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.corenlp is not None:
+        # SPICE asked for by name: a folder without the jars is an error, not a skipped metric.
+        reason = spice.unavailable(args.corenlp) if args.metrics is None or "SPICE" in args.metrics else None
+        if reason is not None:
+            print(f"error: {reason.removeprefix('SPICE skipped: ')}", file=sys.stderr)
+            return REFUSED
+        os.environ[spice.CORENLP_VARIABLE] = str(
+            args.corenlp
+        )  # where the scorer looks (vqacap.metrics.captions.spice)
     try:
         references = load_annotations(args.annotations)
         results = load_results(args.results)
