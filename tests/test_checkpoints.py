@@ -20,13 +20,8 @@ from tests.helpers.configs import (
     compose_train,
 )
 from vqacap import visualize
-from vqacap.checkpoints import (
-    CheckpointError,
-    load_checkpoint,
-    load_module,
-    load_weights,
-    rebuild_hyperparameters,
-)
+from vqacap.checkpoints import CheckpointError, load_checkpoint, rebuild_hyperparameters
+from vqacap.lightning.loading import load_module, load_weights
 from vqacap.train import run
 
 
@@ -260,7 +255,7 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial_file(tmp_p
     import subprocess
     import sys
 
-    from vqacap.data.shapes import generate
+    from vqacap.shapes import generate
 
     generate(tmp_path / "data" / "shapes", sizes=TINY_SHAPES, feature_dim=TINY_FEATURE_DIM)
     limit = 60_000  # bytes per file: the logs fit, a checkpoint does not

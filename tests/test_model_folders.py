@@ -18,10 +18,9 @@ from omegaconf import OmegaConf
 
 from tests.helpers.configs import TINY_CAPTIONER, compose_train, tiny_detector
 from tests.helpers.runs import VQACAP
-from vqacap.checkpoints import load_module, load_weights
 from vqacap.cli import main as vqacap
 from vqacap.folders import FolderError, read_checkpoint
-from vqacap.lightning.detector import load_detector
+from vqacap.lightning.loading import load_detector, load_module, load_weights
 from vqacap.models.captioner import UpDownCaptioner
 from vqacap.models.decoding import decode
 from vqacap.models.detector import BottomUpDetector
@@ -324,7 +323,7 @@ def _small_models():
         UpDownCaptioner(9, 8, embed_dim=5, hidden_dim=7, attention_dim=4),
         FastUpDownCaptioner(9, 8, embed_dim=5, hidden_dim=7, attention_dim=4),
         ShowAttendTell(9, 8, embed_dim=5, hidden_dim=7, attention_dim=4),
-        UpDownVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6, spatial=True, word_embeddings=glove),
+        UpDownVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6, dropout=0.3, word_embeddings=glove),
         FastUpDownVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6),
         ReferenceVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6),
         FastReferenceVQA(9, 3, feature_dim=8, hidden_size=6, embedding_dim=6),

@@ -136,7 +136,7 @@ def test_the_patterns_accept_what_vqacap_writes_and_nothing_beside_it():
         "scheduler", "torch.optim.lr_scheduler.StepLR"
     )
     assert allowed("data", "vqacap.data.vqa.VQADataModule")
-    for kind, target in [("net", "vqacapx.models.A"), ("net", "os.system"), ("data", "vqacap.data.shapes.generate"),
+    for kind, target in [("net", "vqacapx.models.A"), ("net", "os.system"), ("data", "vqacap.shapes.generate"),
                          ("optimizer", "torch.optim"), ("net", "vqacap.models.A;B"), ("net", None)]:  # fmt: skip
         assert not allowed(kind, target), target
     with pytest.raises(TargetError, match="not a Optimizer class"):

@@ -4,12 +4,13 @@ A vqacap checkpoint holds tensors and plain containers only (dict, list, tuple, 
 hyper-parameters are stored as plain dicts too, a Hydra partial as {"_target_": "<module>.<Class>", "_partial_": True,
 ...}. Every checkpoint is read with `torch.load(weights_only=True)`, which unpickles those types and refuses any other
 (a pickled object could run code as it is loaded). Entry points: Lightning's own restore (`ckpt_path`, through
-`AtomicCheckpointIO`), `init_from` (`load_weights`) and `vqacap visualize --checkpoint` (`load_module`). Rebuilding a
-module from its hyper-parameters imports only the classes named under `net`, `optimizer` and `scheduler`, each dotted
-path checked as a string against the allowed ones first (vqacap.targets: vqacap's models, torch's optimisers and
-schedulers), then the class for what that key must be; nothing is called while loading.
+`AtomicCheckpointIO`) and the loader of every task's module (vqacap.lightning.loading). Rebuilding a module from its
+hyper-parameters imports only the classes named under `net`, `optimizer` and `scheduler`, each dotted path checked as a
+string against the allowed ones first (vqacap.targets: vqacap's models, torch's optimisers and schedulers), then the
+class for what that key must be; nothing is called while loading.
 
-Not here: which checkpoints a run writes and when (vqacap.callbacks.checkpoint).
+Not here: rebuilding a LightningModule from a file (vqacap.lightning.loading); which checkpoints a run writes and when
+(vqacap.callbacks.checkpoint).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def rebuild_hyperparameters(hparams: Mapping[str, Any], path: str | os.PathLike)
     return out
 
 
-# -- checking and loading into a module -------------------------------------------------------------------------------
+# -- checking a checkpoint against a module --------------------------------------------------------------------------
 def task_of(hparams: Mapping[str, Any]) -> str | None:
     """ "VQA" or "captioning" from a checkpoint's hyper-parameters (VQA modules have answers); None when unknown."""
     if "answers" in hparams:
@@ -186,41 +187,6 @@ def check_fits(module: torch.nn.Module, checkpoint: Mapping[str, Any], path: str
     if problems:
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
         raise CheckpointError(f"{path}: checkpoint does not fit this model ({problems[0]}{more})")
-
-
-def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load a checkpoint's weights into `module` (the optimiser state is not restored)."""
-    checkpoint = load_checkpoint(path)
-    check_fits(module, checkpoint, path)
-    module.load_state_dict(checkpoint["state_dict"])
-
-
-def load_module(path: str | os.PathLike, map_location: Any = "cpu"):
-    """The LightningModule (captioning or VQA) a checkpoint holds, rebuilt from its hyper-parameters, in eval mode."""
-    from vqacap.lightning.captioning import CaptioningModule
-    from vqacap.lightning.vqa import VQAModule
-
-    checkpoint = load_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters")
-    task = task_of(hparams or {})
-    if task is None and {"classes", "attributes", "detector"} <= set(hparams or {}):
-        raise CheckpointError(f"{path}: a detector checkpoint, where a captioner or VQA model is needed")
-    if task is None:
-        raise CheckpointError(f"{path}: no vqacap hyper-parameters (not a checkpoint of a vqacap run)")
-    module_class = VQAModule if task == "VQA" else CaptioningModule
-    if task == "VQA" and "decoding" in hparams:  # answers decoded word by word
-        from vqacap.lightning.vqa_generative import GenerativeVQAModule
-
-        module_class = GenerativeVQAModule
-    try:
-        module = module_class(**rebuild_hyperparameters(hparams, path))
-    except TypeError as err:
-        raise CheckpointError(
-            f"{path}: hyper-parameters do not build a {module_class.__name__} ({err})"
-        ) from None
-    check_fits(module, checkpoint, path)
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.to(map_location).eval()
 
 
 # -- Lightning's reads and writes ------------------------------------------------------------------------------------

@@ -18,11 +18,9 @@ traceback).
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable
 
-from vqacap.errors import reporting
+from vqacap.dispatch import add_dispatch, command_parser, main_of, run_dispatch
 
 # Command -> (module providing `add_arguments(parser)` and `run(args) -> int`, or `command(argv) -> int`; help line).
 COMMANDS = {
@@ -48,22 +46,6 @@ COMMANDS = {
 }
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Each option's help ends with its default, unless it has none (None, False), is a flag (its default is the
-    opposite of what the flag does: `--no-tokenize` defaults to tokenize=True) or the help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            not action.option_strings
-            or action.nargs == 0
-            or action.default in (None, False, argparse.SUPPRESS)
-            or "default" in text.lower()
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 def main(argv: list[str] | None = None) -> int:
     return main_of("vqacap", __doc__, lambda parser: add_dispatch(parser, COMMANDS, "COMMAND"), _run)(argv)
 
@@ -72,59 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     return run_dispatch("vqacap", COMMANDS, args)
 
 
-def main_of(
-    prog: str,
-    doc: str | None,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace], int],
-) -> Callable[[list[str] | None], int]:
-    """A `main(argv) -> int` for a module's `add_arguments` / `run`, for its `python -m` form."""
-
-    def main(argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(
-            prog=prog, description=(doc or "").split("\n\n")[0], formatter_class=HelpFormatter
-        )
-        add_arguments(parser)
-        args = parser.parse_args(argv)
-        return reporting(lambda: run(args))
-
-    return main
-
-
-def add_dispatch(parser: argparse.ArgumentParser, registry: dict, metavar: str) -> None:
-    """A command word chosen from `registry` followed by that command's own arguments, parsed by `run_dispatch`."""
-    parser.formatter_class = HelpFormatter
-    width = max(len(name) for name in registry)
-    parser.epilog = f"{metavar.lower()}s:\n" + "\n".join(
-        f"  {name:<{width}}  {help_text}" for name, (_, help_text) in registry.items()
-    )
-    parser.add_argument("command", choices=registry, metavar=metavar, help=f"one of: {', '.join(registry)}")
-    parser.add_argument(
-        "args", nargs=argparse.REMAINDER, help=f"arguments of the {metavar.lower()} (see its --help)"
-    )
-
-
-def run_dispatch(prog: str, registry: dict, args: argparse.Namespace) -> int:
-    module = importlib.import_module(registry[args.command][0])
-    if not hasattr(module, "add_arguments"):  # parses its own arguments
-        return module.command(list(args.args))
-    parsed = command_parser(prog, registry, args.command).parse_args(args.args)
-    return reporting(lambda: module.run(parsed))
-
-
-def command_parser(prog: str, registry: dict, name: str) -> argparse.ArgumentParser | None:
-    """The parser of command `name` of `registry` (None when the command parses its own arguments, as `train`);
-    what `run_dispatch` parses with, and what the docs' CLI reference is generated from."""
-    module_name, help_text = registry[name]
-    module = importlib.import_module(module_name)
-    if not hasattr(module, "add_arguments"):
-        return None
-    parser = argparse.ArgumentParser(
-        prog=f"{prog} {name}", description=help_text, formatter_class=HelpFormatter
-    )
-    module.add_arguments(parser)
-    return parser
-
+__all__ = ["COMMANDS", "command_parser", "main"]  # command_parser: what the docs' CLI reference reads
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,9 @@
   set-up in Lightning's fit loop. Only a string given where the declared type takes numbers or booleans alone is
   refused; declared types this cannot read are not checked.
 
+- `CONFIG_DIR`: the conf/ folder the commands compose (a checkout's, or the copy an installed wheel ships), with the
+  groups built from dataclasses registered (model/detector: DetectorOptions).
+
 Not here: what an option means (its class checks that when it is built).
 """
 
@@ -25,6 +28,32 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vqacap.errors import UserError
+
+
+def _config_dir() -> str:
+    """conf/ of a checkout (beside the package), else the copy an installed wheel ships inside the package."""
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent / "conf", package / "conf"):
+        if (folder / "train.yaml").is_file():
+            return str(folder)
+    return str(package.parent / "conf")
+
+
+# The folder of train.yaml and extract.yaml, which the commands and benchmarks compose.
+CONFIG_DIR = _config_dir()
+
+
+def register_structured_configs() -> None:
+    """Config groups built from dataclasses, so that their defaults are written once, in the code: model/detector
+    (`default`: DetectorOptions, every field with its default)."""
+    from hydra.core.config_store import ConfigStore
+
+    from vqacap.models.detector import DetectorOptions
+
+    ConfigStore.instance().store(group="model/detector", name="default", node=DetectorOptions)
+
+
+register_structured_configs()  # whoever composes the configs takes CONFIG_DIR from here
 
 
 class ConfigError(UserError):

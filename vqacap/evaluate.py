@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vqacap.cli import add_dispatch, main_of, run_dispatch
+from vqacap.dispatch import add_dispatch, main_of, run_dispatch
 
 # Subcommand -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line).
 METRICS = {

@@ -70,8 +70,7 @@ def source_checkpoint(source: str, log_dir: Path) -> Path:
 
 def export(checkpoint: Path, out: Path) -> Path:
     """Write the model of `checkpoint` (a captioner, VQA model or detector checkpoint of a vqacap run) into `out`."""
-    from vqacap.checkpoints import load_module
-    from vqacap.lightning.detector import load_detector
+    from vqacap.lightning.loading import load_detector, load_module
 
     raw = safe_load(checkpoint)
     hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None

@@ -21,6 +21,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from vqacap.data.store import RegionStoreError, StoreWriteError, exit_after_failed_write, refuse_if_in_use
+from vqacap.extraction.loading import ExtractError, load_bottom_up
 from vqacap.extraction.settings import add_trainer_arguments, is_global_zero, trainer_options
 from vqacap.images import ImageError, image_files
 from vqacap.models.regions import (
@@ -32,11 +33,7 @@ from vqacap.models.regions import (
 from vqacap.published import add_detector_file_arguments
 
 
-class ExtractError(ValueError):
-    """Unusable input (weights, image folder); the message is one line naming the file."""
-
-
-def load_detector(
+def load_fasterrcnn(
     weights: str | os.PathLike, min_size: int = 600, max_size: int = 1000, proposals: int = 300
 ) -> torch.nn.Module:
     """fasterrcnn_resnet50_fpn with the state dict at `weights` (a plain state dict or {"model": state_dict}).
@@ -104,27 +101,9 @@ def extract(
     if not 1 <= min_boxes <= max_boxes:
         raise ExtractError(f"need 1 <= --min-boxes <= --max-boxes, got {min_boxes} and {max_boxes}")
     image_files(images)  # a missing folder is reported before the detector is loaded
-    model = load_detector(weights, min_size, max_size, proposals)
+    model = load_fasterrcnn(weights, min_size, max_size, proposals)
     choice = FasterRCNNChoice(min_boxes, max_boxes, conf_thresh)
     return run_extraction(images, model, out, choice, dtype, batch_size, device, progress, **trainer)
-
-
-def load_bottom_up(
-    checkpoint: str | os.PathLike,
-    device: str = "cpu",
-    prototxt: str | os.PathLike | None = None,
-    classes: str | os.PathLike | None = None,
-    attributes: str | os.PathLike | None = None,
-) -> torch.nn.Module:
-    """The bottom-up detector of a file, in eval mode: a vqacap detector checkpoint, the published model's
-    .caffemodel (with its prototxt) or a converted .pth / .pkl of it (vqacap.published)."""
-    from vqacap.published import load_detector_file
-    from vqacap.published.safe_pickle import UnsafePickleError
-
-    try:
-        return load_detector_file(checkpoint, prototxt, classes, attributes, device).to(device).eval()
-    except (OSError, ValueError, UnsafePickleError) as err:
-        raise ExtractError(str(err)) from None
 
 
 def extract_with_detector(

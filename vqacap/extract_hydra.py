@@ -12,19 +12,22 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vqacap.configs import CONFIG_DIR
 from vqacap.errors import reporting
-from vqacap.train import CONFIG_DIR
+from vqacap.runs import register_resolvers
+
+register_resolvers()  # conf/hydra/default.yaml's run folder
 
 
 def run(cfg: DictConfig) -> int:
-    import vqacap.extract as extract_command  # its loader, looked up at call time: whatever loader it has now
     from vqacap.data.pixels import RegionChoice
+    from vqacap.extraction.loading import load_bottom_up
     from vqacap.extraction.module import extract_folders
 
     trainer = cfg.trainer
     result = extract_folders(
         list(cfg.images) if OmegaConf.is_list(cfg.images) else [cfg.images],
-        extract_command.load_bottom_up(cfg.detector, "cpu", cfg.prototxt, cfg.classes, cfg.attributes),
+        load_bottom_up(cfg.detector, "cpu", cfg.prototxt, cfg.classes, cfg.attributes),
         cfg.out,
         RegionChoice(**cfg.regions),
         dtype=cfg.dtype,

@@ -1,6 +1,7 @@
 """Where a training run is filed: run names, run and sweep folders, resuming in a run's own folder.
 
-Hydra resolves `conf/hydra/default.yaml` with the resolvers registered here (on import of `vqacap.train`):
+Hydra resolves `conf/hydra/default.yaml` with the resolvers registered here (on import of `vqacap.train` or
+`vqacap.extract_hydra`):
 
 - `vqacap.run_name`: the experiment's name, or `<data>-<model>` when the command line swaps the data or model group
   (a run of `data=coco_karpathy` under the default experiment is not a `caption_shapes` run).

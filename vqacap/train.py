@@ -25,22 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
-from vqacap.checkpoints import find_checkpoint, load_weights
-from vqacap.configs import check_overrides, check_types
+from vqacap.checkpoints import find_checkpoint
+from vqacap.configs import CONFIG_DIR, check_overrides, check_types
 from vqacap.errors import UserError, reporting
+from vqacap.lightning.loading import load_weights
 from vqacap.runs import check_run_folder, gpu_available_for, register_resolvers, resumed_run_folder
 
-
-def _config_dir() -> str:
-    """conf/ of a checkout (beside the package), else the copy an installed wheel ships inside the package."""
-    package = Path(__file__).resolve().parent
-    for folder in (package.parent / "conf", package / "conf"):
-        if (folder / "train.yaml").is_file():
-            return str(folder)
-    return str(package.parent / "conf")
-
-
-CONFIG_DIR = _config_dir()
 register_resolvers()
 
 

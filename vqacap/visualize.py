@@ -91,9 +91,9 @@ def _constructor_arguments(data) -> dict:
 
 def load(args: argparse.Namespace):
     """(LightningModule in eval mode, DataModule) from --run or --checkpoint/--data-dir."""
-    from vqacap.checkpoints import load_module
     from vqacap.data.captions import CaptionDataModule
     from vqacap.data.vqa import VQADataModule
+    from vqacap.lightning.loading import load_module
     from vqacap.lightning.vqa import VQAModule
 
     if args.run is not None:

@@ -17,12 +17,12 @@ from tests.helpers.detector import ATTRIBUTES, CLASSES, random_detector, save_ch
 from tests.helpers.runs import VQACAP
 from vqacap.cli import main
 from vqacap.data.captions import CaptionDataModule
-from vqacap.data.shapes import generate
 from vqacap.data.store import RegionStore, partial_path
 from vqacap.data.vqa import VQADataModule
 from vqacap.extract import extract_with_detector
 from vqacap.metrics.detection import nms_plus_one
 from vqacap.models.regions import DETECTOR_FIELDS, select_proposals
+from vqacap.shapes import generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,14 +21,13 @@ from tests.helpers.pixels import PIXEL_SIZES as SIZES
 from tests.helpers.pixels import PIXEL_STEPS as FEW_STEPS
 from tests.helpers.pixels import pixel_chain
 from tests.helpers.references import import_reference
-from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.pixels import PixelDataModule, RegionChoice
 from vqacap.data.store import RegionStore
 from vqacap.data.vocab import Vocabulary
 from vqacap.lightning.common import region_inputs
-from vqacap.lightning.detector import load_detector
+from vqacap.lightning.loading import load_detector, load_module
 from vqacap.train import run
 
 REPO = Path(__file__).resolve().parents[2]

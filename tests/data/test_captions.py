@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from vqacap.data.captions import CaptionDataModule, load_caption_annotations
-from vqacap.data.shapes import generate
 from vqacap.data.store import RegionStoreError
 from vqacap.data.vocab import BOS_ID, EOS_ID
+from vqacap.shapes import generate
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ from PIL import Image
 from tests.helpers.configs import TINY_CAPTIONER
 from vqacap.data.detection import load_detection_split
 from vqacap.data.owned import MARKER, WRITTEN, FolderNotOwnedError
-from vqacap.data.shapes import (
+from vqacap.data.store import RegionStore
+from vqacap.prepare.common import PrepareError
+from vqacap.shapes import (
     CLUTTERED_SHAPES,
     MIN_VISIBLE,
     PATTERNS,
@@ -26,8 +28,6 @@ from vqacap.data.shapes import (
     generate,
     prepare_detection,
 )
-from vqacap.data.store import RegionStore
-from vqacap.prepare.common import PrepareError
 
 TINY = {"train": 40, "val": 10, "test": 10}
 # sha256 of what generate(TINY, seed 0, feature_dim 32) wrote at commit 5b473f1, before the Visual Genome files and the
@@ -282,7 +282,7 @@ def test_runs_started_together_fill_a_shared_folder_one_after_the_other(tmp_path
     """A sweep's jobs on a fresh clone all ask for the same Shapes folder at once: every one gets a complete copy."""
     root = tmp_path / "shapes"
     script = (
-        "import sys; from vqacap.data.shapes import generate, prepare_detection; "
+        "import sys; from vqacap.shapes import generate, prepare_detection; "
         "root = generate(sys.argv[1], sizes={'train': 20, 'val': 4, 'test': 4}, feature_dim=8); "
         "prepare_detection(root)"
     )

@@ -50,3 +50,11 @@ def test_decomposed_text_is_one_word_for_the_vocabulary_and_the_metric():
     decomposed, composed = "Une e\u0301cole.", "Une \u00e9cole."
     assert tokenize(decomposed) == tokenize(composed) == ["une", "\u00e9cole"]
     assert tokenize_captions([decomposed]) == tokenize_captions([composed]) == ["une \u00e9cole"]
+
+
+def test_from_words_reads_a_full_word_list_and_refuses_one_without_specials():
+    vocab = Vocabulary.build(["a circle", "a square"], min_count=1, max_length=5)
+    again = Vocabulary.from_words(vocab.words, max_length=5)
+    assert again.words == vocab.words and again.max_length == 5
+    with pytest.raises(ValueError, match="starts with <pad>"):
+        Vocabulary.from_words(["a", "circle"])

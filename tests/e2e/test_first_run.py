@@ -50,7 +50,7 @@ def test_lightnings_leafspec_deprecation_is_silenced_by_the_train_command():
 def test_shapes_generation_says_what_it_makes_and_where_once(tmp_path, capfd):
     node = OmegaConf.create(
         {
-            "_target_": "vqacap.data.shapes.generate",
+            "_target_": "vqacap.shapes.generate",
             "sizes": {"train": 6, "val": 2, "test": 2},
             "feature_dim": 8,
         }

@@ -23,13 +23,13 @@ from omegaconf import OmegaConf
 from tests.helpers.detector import ATTRIBUTES, CLASSES, random_detector, save_checkpoint
 from tests.helpers.references import import_reference
 from vqacap.cli import main
-from vqacap.data.shapes import generate
 from vqacap.data.store import RegionStore, partial_path
 from vqacap.extract import extract_with_detector
 from vqacap.extraction import shards
 from vqacap.extraction.data import aspect_ratio_batches
 from vqacap.models.detector import BottomUpDetector
 from vqacap.models.regions import DETECTOR_FIELDS
+from vqacap.shapes import generate
 from vqacap.train import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]

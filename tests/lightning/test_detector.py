@@ -10,7 +10,7 @@ import torch
 from tests.helpers.configs import tiny_detector
 from tests.helpers.detection_data import write_detection_dataset
 from vqacap.checkpoints import CheckpointError
-from vqacap.lightning.detector import load_detector
+from vqacap.lightning.loading import load_detector
 from vqacap.train import run
 
 TINY_DETECTOR = tiny_detector(pool_size=6, rpn_post_nms_top_n_test=20)

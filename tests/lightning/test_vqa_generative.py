@@ -13,12 +13,11 @@ from hydra.utils import instantiate
 
 from tests.helpers.configs import NO_LOGGER
 from tests.helpers.regions import padded_regions
-from vqacap.checkpoints import load_module
 from vqacap.data.answers import process_answer
-from vqacap.data.shapes import HELD_OUT_ANSWERS, generate
 from vqacap.data.store import Regions
 from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from vqacap.data.vqa import VQABatch
+from vqacap.lightning.loading import load_module
 from vqacap.lightning.vqa_generative import GenerativeVQAModule, answer_tokens, answer_vocabulary
 from vqacap.metrics.vqa import evaluate_vqa
 from vqacap.metrics.vqa.seen import SeenAnswerAccuracy
@@ -26,6 +25,7 @@ from vqacap.models.decoding import DecodingOptions, beam_search, decode, sample
 from vqacap.models.fast import FastReferenceVQA, FastUpDownVQA
 from vqacap.models.vqa import ReferenceVQA, UpDownVQA
 from vqacap.models.vqa_generative import GenerativeVQA
+from vqacap.shapes import HELD_OUT_ANSWERS, generate
 from vqacap.train import run
 
 TINY_GENERATIVE = [

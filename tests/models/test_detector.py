@@ -326,7 +326,7 @@ def test_rpn_drops_proposals_under_16_original_pixels_before_its_top_n():
 def test_a_checkpoint_older_than_the_prototxt_options_loads_with_what_it_was_trained_with(tmp_path):
     from dataclasses import asdict
 
-    from vqacap.lightning.detector import load_detector
+    from vqacap.lightning.loading import load_detector
 
     model = tiny_detector(pooler="roi_align", rpn_min_size=0)
     options = {k: v for k, v in asdict(model.options).items() if k not in ("pooler", "rpn_min_size")}

@@ -80,7 +80,10 @@ def test_models_use_their_layers():
 
 def test_word_embeddings_and_spatial_features():
     glove = torch.randn(V, 300)
-    model = _model("updown", word_embeddings=glove, spatial=True).eval()
+    torch.manual_seed(0)
+    model = UpDownVQA(
+        vocab_size=V, num_answers=A, feature_dim=D + 6, hidden_size=H, word_embeddings=glove
+    ).eval()
     assert torch.equal(model.embedding.weight[1:], glove[1:])
     assert (model.embedding.weight[0] == 0).all()  # <pad>
     regions, mask, question = _batch()

@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from tests.helpers.configs import TINY_CAPTIONER, compose_train
-from vqacap.checkpoints import load_module
 from vqacap.cli import main as vqacap
 from vqacap.data.captions import CaptionDataModule
 from vqacap.data.store import RegionStore
+from vqacap.lightning.loading import load_module
 from vqacap.train import run
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "caffe"

@@ -39,10 +39,10 @@ from omegaconf import OmegaConf
 
 from vqacap.bench import peak
 from vqacap.bench.models import Path, judge, measure
-from vqacap.data.shapes import COLOURS, SHAPES, SIZES
+from vqacap.configs import CONFIG_DIR
 from vqacap.models.detector import BottomUpDetector, DetectorOptions
 from vqacap.models.regions import bottom_up_batch
-from vqacap.train import CONFIG_DIR
+from vqacap.shapes import COLOURS, SHAPES, SIZES
 
 # % of the matmul peak asked for on the project's 2-core CPU machine, fp32: (model, path).
 TARGETS = {("r101", "train"): 40, ("r101", "extract"): 50, ("published", "extract"): 50}

@@ -40,12 +40,12 @@ from vqacap.bench import peak
 from vqacap.bench.detector import RECIPES, SHAPES_IMAGE_SIZE, VG_ATTRIBUTES, VG_CLASSES, recipe
 from vqacap.bench.models import count_flops
 from vqacap.data.pixels import RegionChoice
-from vqacap.data.shapes import COLOURS, SHAPES, SIZES
 from vqacap.data.store import RegionStoreWriter
 from vqacap.extraction.module import HostCopy, extract_folders
 from vqacap.images import open_rgb
 from vqacap.models.detector import BottomUpDetector
 from vqacap.models.regions import DETECTOR_FIELDS, bottom_up_regions
+from vqacap.shapes import COLOURS, SHAPES, SIZES
 
 STAGES = ("decode", "resize", "trunk", "rpn", "box head", "region choice", "write")
 

@@ -49,6 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vqacap.bench import peak
 from vqacap.bench.cider import sentences
+from vqacap.configs import CONFIG_DIR
 from vqacap.data.captions import CaptionBatch
 from vqacap.data.store import Regions
 from vqacap.data.vocab import EOS_ID, SPECIALS
@@ -61,7 +62,6 @@ from vqacap.models.decoding import DecodingOptions
 from vqacap.models.fast import FastReferenceVQA, FastUpDownCaptioner, FastUpDownVQA
 from vqacap.models.fast.captioner import ALIGN_ROWS
 from vqacap.models.vqa import ReferenceVQA, UpDownVQA
-from vqacap.train import CONFIG_DIR
 
 # The model classes of each form: `fast` (the CPU recipes' choice, the default here) or `paper`, e.g. to compare on a GPU.
 FORMS = {

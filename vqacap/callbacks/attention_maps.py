@@ -63,9 +63,11 @@ class AttentionMaps(pl.Callback):
             elif isinstance(logger, TensorBoardLogger):
                 for m in maps:
                     logger.experiment.add_image(
-                        f"{self.split}/attention/{m.item['id']}", np.asarray(m.figure), trainer.global_step,
+                        f"{self.split}/attention/{m.item['id']}",
+                        np.asarray(m.figure),
+                        trainer.global_step,
                         dataformats="HWC",
-                    )  # fmt: skip
+                    )
 
     def _log_wandb(self, logger: WandbLogger, maps: list[AttentionMap], paths: list[Path], step: int) -> None:
         import wandb
@@ -92,13 +94,15 @@ class AttentionMaps(pl.Callback):
         for class_id, (label, weights) in enumerate(zip(labels, attention)):
             for i, w in top_regions(weights, self.top_k):
                 x1, y1, x2, y2 = (float(c) for c in item["boxes"][i])
-                boxes.append({
-                    "position": {"minX": x1, "minY": y1, "maxX": x2, "maxY": y2},
-                    "domain": "pixel",
-                    "class_id": class_id,
-                    "box_caption": f"{label} {w:.2f}",
-                    "scores": {"attention": w},
-                })  # fmt: skip
+                boxes.append(
+                    {
+                        "position": {"minX": x1, "minY": y1, "maxX": x2, "maxY": y2},
+                        "domain": "pixel",
+                        "class_id": class_id,
+                        "box_caption": f"{label} {w:.2f}",
+                        "scores": {"attention": w},
+                    }
+                )
         return {"box_data": boxes, "class_labels": {n: f"{n}: {label}" for n, label in enumerate(labels)}}
 
     def top_boxes(self, item: dict) -> str:

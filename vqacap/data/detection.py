@@ -6,7 +6,7 @@ own size (the detector resizes). Training images are flipped horizontally with p
 of Faster R-CNN, which doubles the training set with the flipped copies).
 
 For Shapes, `prepare_data` runs the Shapes generator, which renders the images and writes them in Visual Genome's
-format, then `vqacap.data.shapes.prepare_detection`, which runs the same preparation as real data gets. The loaders,
+format, then `vqacap.shapes.prepare_detection`, which runs the same preparation as real data gets. The loaders,
 the splits and the resumable training order are `TaskDataModule`'s (vqacap.data.base), as for the region tasks.
 Not here: the model (vqacap.models.detector) and the metric (vqacap.metrics.detection).
 """
@@ -183,7 +183,7 @@ class DetectionDataModule(TaskDataModule):
     `TaskDataModule`'s loader and order arguments besides its own.
 
     generator: a data generator node (Shapes) run with root=data_dir in prepare_data; prepare: a node run after it with
-    root=data_dir that writes the annotations into annotation_dir (vqacap.data.shapes.prepare_detection); both None for
+    root=data_dir that writes the annotations into annotation_dir (vqacap.shapes.prepare_detection); both None for
     data prepared beforehand (`vqacap prepare vg --out <annotation_dir>`). flip: mirror each training image with
     probability 0.5.
     """

@@ -144,7 +144,7 @@ def pad_regions(
 def encode_question(question: str, words: list[str], max_length: int = 14) -> torch.Tensor:
     """(T,) token ids of a question in a VQA model's vocabulary (`words`, specials first); ValueError when none of its
     words is known to the model (it would answer an empty question)."""
-    vocab = Vocabulary(words[4:], max_length=max_length)
+    vocab = Vocabulary.from_words(words, max_length=max_length)
     ids = vocab.encode(question, field="--question")
     if len(tokenize(question)) > max_length:  # a question trained on reads at most max_length words
         logging.getLogger(__name__).warning(

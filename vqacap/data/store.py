@@ -68,6 +68,9 @@ def exit_after_failed_write(err: StoreWriteError) -> NoReturn:
     os._exit(2)
 
 
+SPATIAL_DIM = 6  # the box geometry `Regions.spatial` appends to each region's features
+
+
 @dataclass
 class Regions:
     """Padded region batch. B images, K = the largest region count in the batch (or a fixed pad size)."""
@@ -78,7 +81,7 @@ class Regions:
     image_size: torch.Tensor  # (B, 2) float32, (width, height)
 
     def spatial(self) -> torch.Tensor:
-        """Normalised box geometry (x1/w, y1/h, x2/w, y2/h, box w/w, box h/h), shape (B, K, 6)."""
+        """Normalised box geometry (x1/w, y1/h, x2/w, y2/h, box w/w, box h/h), shape (B, K, SPATIAL_DIM)."""
         import torch
 
         w = self.image_size[:, 0].view(-1, 1)

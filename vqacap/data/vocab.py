@@ -16,10 +16,21 @@ from pathlib import Path
 import torch
 
 from vqacap.data.formats import normal_text
+from vqacap.tokens import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID
 
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIALS = (PAD, BOS, EOS, UNK)
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+__all__ = [
+    "BOS",
+    "BOS_ID",
+    "EOS",
+    "EOS_ID",
+    "PAD",
+    "PAD_ID",
+    "SPECIALS",
+    "UNK",
+    "UNK_ID",
+    "Vocabulary",
+    "tokenize",
+]
 
 # Anything but letters and digits separates words; letters of every script count ("café", not "caf"), as in the PTB
 # tokenizer the caption metrics use.
@@ -39,6 +50,14 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(self.words)}
         self.max_length = int(max_length)
         self.min_count = int(min_count)
+
+    @classmethod
+    def from_words(cls, words: Iterable[str], max_length: int = 16) -> Vocabulary:
+        """The vocabulary of a full id -> word list, specials first (`vocab.words`, as a checkpoint stores it)."""
+        words = list(words)
+        if tuple(words[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a word list starts with {', '.join(SPECIALS)}, not {words[: len(SPECIALS)]}")
+        return cls(words[len(SPECIALS) :], max_length=max_length)
 
     @classmethod
     def build(cls, texts: Iterable[str | list[str]], min_count: int = 5, max_length: int = 16) -> Vocabulary:

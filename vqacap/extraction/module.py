@@ -317,9 +317,19 @@ def extract_folders(
     on `num_nodes` x `devices` processes, then merge the shards into `out`."""
     with quiet_lightning():
         return _extract_folders(
-            images, detector, out, choice, dtype, batch_size, workers, accelerator, devices, num_nodes, precision,
+            images,
+            detector,
+            out,
+            choice,
+            dtype,
+            batch_size,
+            workers,
+            accelerator,
+            devices,
+            num_nodes,
+            precision,
             progress,
-        )  # fmt: skip
+        )
 
 
 def _extract_folders(
@@ -379,7 +389,17 @@ def run_extraction(
     """`extract_folders` with `vqacap extract`'s --device: (extracted, skipped, problems)."""
     accelerator, chosen = accelerator_for(device, accelerator, devices)
     result = extract_folders(
-        images, detector, out, choice, dtype=dtype, batch_size=batch_size, workers=workers, accelerator=accelerator,
-        devices=chosen, num_nodes=num_nodes, precision=precision, progress=progress,
-    )  # fmt: skip
+        images,
+        detector,
+        out,
+        choice,
+        dtype=dtype,
+        batch_size=batch_size,
+        workers=workers,
+        accelerator=accelerator,
+        devices=chosen,
+        num_nodes=num_nodes,
+        precision=precision,
+        progress=progress,
+    )
     return result.extracted, result.skipped, result.problems

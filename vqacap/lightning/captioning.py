@@ -16,6 +16,7 @@ from vqacap.data.vocab import PAD_ID, Vocabulary, tokenize
 from vqacap.lightning.common import (
     TaskModule,
     log_grounding,
+    region_dim,
     region_inputs,
     write_results,
 )
@@ -78,8 +79,8 @@ class CaptioningModule(TaskModule):
         super().__init__()
         # The references come from the data files again each run; a checkpoint need not carry them.
         self.save_hyperparameters(logger=False, ignore=["references"])
-        self.vocab = Vocabulary(words[4:])  # words = the full id -> word list, specials first
-        self.net = net(vocab_size=len(words), feature_dim=feature_dim + (6 if use_spatial else 0))
+        self.vocab = Vocabulary.from_words(words)  # words = the full id -> word list, specials first
+        self.net = net(vocab_size=len(words), feature_dim=region_dim(feature_dim, use_spatial))
         self.use_spatial = use_spatial
         self.attention_penalty = float(attention_penalty)  # lambda of `doubly_stochastic_penalty`; 0: none
         decoding = {**(decoding or {}), "allowed_multiple": allowed_multiple_ids(words)}
@@ -138,7 +139,7 @@ class CaptioningModule(TaskModule):
         (`full_references`), where a word outside the vocabulary is a word of its own, as in SCSTLayer's string
         matching (an id past the vocabulary that no caption emits), not <unk>."""
         if not self.scst.full_references:
-            vocab = Vocabulary(self.vocab.words[4:], max_length=self.scst_decoding.max_length)
+            vocab = Vocabulary.from_words(self.vocab.words, max_length=self.scst_decoding.max_length)
             encoded = {i: [vocab.encode(c) for c in captions] for i, captions in references.items()}
             return CiderDReward(encoded, count_eos=self.scst.count_eos)
         index = dict(self.vocab.index)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from vqacap.checkpoints import check_fits, plain
-from vqacap.data.store import Regions
+from vqacap.data.store import SPATIAL_DIM, Regions
 
 
 class TaskModule(pl.LightningModule):
@@ -57,6 +57,12 @@ class TaskModule(pl.LightningModule):
             return opt
         config = {"scheduler": self.make_scheduler(scheduler, opt), "interval": self.scheduler_interval}
         return {"optimizer": opt, "lr_scheduler": config}
+
+
+def region_dim(feature_dim: int, use_spatial: bool) -> int:
+    """The width of what `region_inputs` gives the model: D, or D + 6 with the box geometry. Every module builds its
+    net with it, so the nets read region vectors of a given width and know nothing of box geometry."""
+    return feature_dim + (SPATIAL_DIM if use_spatial else 0)
 
 
 def region_inputs(regions: Regions, use_spatial: bool) -> torch.Tensor:

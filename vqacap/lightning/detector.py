@@ -1,22 +1,21 @@
 """LightningModule for the bottom-up detector: the summed Faster R-CNN + attribute losses, vg_eval mAP, detections to show.
 
 The pure model lives in `vqacap.models.detector`; the metric in `vqacap.metrics.detection`; checkpoint hooks and the
-optimiser wiring are `TaskModule`'s (vqacap.lightning.common), as for the region tasks. `load_detector` rebuilds the
-model from a checkpoint of this module without unpickling anything (extraction and benchmarks use it).
+optimiser wiring are `TaskModule`'s (vqacap.lightning.common), as for the region tasks. vqacap.lightning.loading
+rebuilds the model from a checkpoint of this module without unpickling anything (extraction and benchmarks use it).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from vqacap.checkpoints import plain, safe_load
+from vqacap.checkpoints import plain
 from vqacap.data.detection import DetectionBatch
 from vqacap.lightning.common import TaskModule
 from vqacap.metrics.detection import DetectionEvaluator, select_detections
@@ -145,26 +144,3 @@ class DetectorModule(TaskModule):
 
 def _options_dict(options: DetectorOptions) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
-
-
-def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BottomUpDetector:
-    """The BottomUpDetector of a DetectorModule checkpoint, in eval mode. Nothing is unpickled (weights_only=True)."""
-    path = Path(path)
-    if path.is_dir():  # a model folder (vqacap.folders): safetensors and JSON, never unpickled
-        return BottomUpDetector.from_pretrained(path, map_location)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: detector checkpoint not found")
-    ckpt = safe_load(path, map_location)  # one line for a pickled object, a TSV, a truncated file
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not {"classes", "attributes", "detector"} <= set(hparams) or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a checkpoint of the bottom-up detector (vqacap.lightning.detector)")
-    # The trained weights replace any ImageNet initialisation; a checkpoint older than an option was made with
-    # the behaviour before it (LEGACY_OPTIONS).
-    options = {**LEGACY_OPTIONS, **hparams["detector"], "pretrained": None}
-    detector = BottomUpDetector(hparams["classes"], hparams["attributes"], DetectorOptions(**options))
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        detector.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the detector ({str(err).splitlines()[0]})") from None
-    return detector.to(map_location).eval()

@@ -22,6 +22,7 @@ from vqacap.data.vqa import VQABatch
 from vqacap.lightning.common import (
     TaskModule,
     log_grounding,
+    region_dim,
     region_inputs,
     write_results,
 )
@@ -57,8 +58,7 @@ class VQAModule(TaskModule):
         self.answers = list(answers)
         self.net = net(
             vocab_size=len(words),
-            feature_dim=feature_dim,
-            spatial=use_spatial,
+            feature_dim=region_dim(feature_dim, use_spatial),
             word_embeddings=word_embeddings,
             **self.answer_output(),
         )

@@ -24,10 +24,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from vqacap.data.vocab import PAD_ID
 from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.decoding import dropout_rows, teacher_forcing
+from vqacap.tokens import PAD_ID
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from vqacap.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from vqacap.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 State = tuple[torch.Tensor, ...]  # every tensor (B, G, ...): the recurrent state of G hypotheses per image
 

@@ -51,30 +51,29 @@ POOLERS = ("roi_pool", "roi_align")
 
 @dataclass
 class DetectorOptions:
-    """The detector's settings; defaults are the paper's (bottom-up-attention's ResNet-101 prototxt and yml)."""
+    """The detector's settings; defaults are the paper's (bottom-up-attention's ResNet-101 prototxt and yml).
 
-    # trunk
+    The one place these defaults are written: conf/model/bottom_up_detector.yaml composes them as `model.detector`
+    (a structured config registered by vqacap.configs), recipes override single fields."""
+
+    # -- trunk
     depth: int = 101  # 18, 34, 50, 101, 152
-    width: int = 64  # channels of res2 (doubling per stage); 64 is the published ResNets, smaller for Shapes
+    # channels of res2 (doubling per stage); 64 is the published ResNets, smaller for Shapes
+    width: int = 64
     blocks: tuple[int, ...] | None = None  # blocks per stage res2..res5; None: the depth's
-    norm: str = (
-        "frozen_bn"  # frozen_bn (a pretrained trunk), group_norm or batch_norm (a trunk trained from scratch)
-    )
+    # frozen_bn (a pretrained trunk), group_norm or batch_norm (a trunk trained from scratch)
+    norm: str = "frozen_bn"
     pretrained: str | None = None  # local torchvision ResNet state dict (ImageNet); never downloaded
-    frozen_stages: int = (
-        3  # conv1, res2, res3 are not trained (lr_mult 0 in train.prototxt); 0: train everything
-    )
+    # conv1, res2, res3 are not trained (lr_mult 0 in train.prototxt); 0: train everything
+    frozen_stages: int = 3
     res5_dilation: bool = True  # res5 at stride 1, dilation 2 (the prototxt): pool5 over 14 x 14, not 7 x 7
-    # input
+    # -- input
     min_size: int = 600  # shorter side (cfg.TRAIN.SCALES)
     max_size: int = 1000  # longer side at most (cfg.TRAIN.MAX_SIZE)
-    image_mean: tuple[float, float, float] = (
-        0.485,
-        0.456,
-        0.406,
-    )  # of the ImageNet weights, images in [0, 1]
+    # of the ImageNet weights, images in [0, 1]
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    # RPN
+    # -- RPN
     anchor_sizes: tuple[int, ...] = (64, 128, 256, 512)  # scales 4, 8, 16, 32 x the 16-pixel stride
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_channels: int = 512
@@ -86,7 +85,7 @@ class DetectorOptions:
     rpn_min_size: float = 16.0  # RPN_MIN_SIZE: original-image pixels, train and test; 0: torchvision's filter
     rpn_batch_size_per_image: int = 64  # RPN_BATCHSIZE of faster_rcnn_end2end_resnet.yml
     rpn_positive_fraction: float = 0.5
-    # RoI heads
+    # -- RoI heads
     # roi_pool: the prototxt's ROIPooling (max over quantised bins); roi_align: torchvision's RoIAlign.
     pooler: str = "roi_pool"
     pool_size: int = 14  # roi_pool5: 14 x 14 at spatial scale 1/16
@@ -97,13 +96,14 @@ class DetectorOptions:
     box_bg_iou_thresh: float = 0.5
     box_score_thresh: float = 0.0  # test_net keeps every score (thresh=-inf)
     box_nms_thresh: float = 0.3  # per-class NMS of vg_eval / generate_tsv
-    box_loss_beta: float = 1.0  # smooth-L1 beta of the box loss: loss_bbox's sigma 1 (beta = 1 / sigma^2)
+    # smooth-L1 beta of the box loss: loss_bbox's sigma 1 (beta = 1 / sigma^2); torchvision's is 1/9
+    box_loss_beta: float = 1.0
     bias_lr_mult: float = 2.0  # every bias's learning rate, times the model's (lr_mult: 2 in train.prototxt)
     detections_per_img: int = 400  # max_per_image of test_net
-    # attribute head
+    # -- attribute head
     class_embedding_dim: int = 256
     attribute_hidden_dim: int = 512
-    attribute_loss_weight: float = 0.5
+    attribute_loss_weight: float = 0.5  # loss_weight of loss_attr in train.prototxt
 
     def __post_init__(self) -> None:
         if self.depth not in DEPTHS:
@@ -442,10 +442,14 @@ class AttributeRoIHeads(RoIHeads):
             keep = (scores > self.score_thresh) & (box_area(boxes) > 0)
             boxes, scores, labels, region = boxes[keep], scores[keep], labels[keep], region[keep]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            out.append({
-                "boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep],
-                "attribute_probs": attrs[region[keep]],
-            })  # fmt: skip
+            out.append(
+                {
+                    "boxes": boxes[keep],
+                    "labels": labels[keep],
+                    "scores": scores[keep],
+                    "attribute_probs": attrs[region[keep]],
+                }
+            )
         return out
 
 
@@ -641,17 +645,24 @@ class BottomUpDetector(PretrainedMixin, FasterRCNN):
         counts = [len(p) for p in proposals]
         out = []
         for props, feats, probs, cboxes, attrs, size, orig in zip(
-            proposals, pooled.split(counts), F.softmax(class_logits, 1).split(counts), class_boxes.split(counts),
-            attribute_probs.split(counts), sizes, original,
-        ):  # fmt: skip
+            proposals,
+            pooled.split(counts),
+            F.softmax(class_logits, 1).split(counts),
+            class_boxes.split(counts),
+            attribute_probs.split(counts),
+            sizes,
+            original,
+        ):
             cboxes = clip_boxes_to_image(cboxes, size)
-            out.append(RegionOutputs(
-                boxes=resize_boxes(props, size, orig),
-                features=feats,
-                class_probs=probs,
-                class_boxes=resize_boxes(cboxes.reshape(-1, 4), size, orig).view_as(cboxes),
-                attribute_probs=attrs,
-            ))  # fmt: skip
+            out.append(
+                RegionOutputs(
+                    boxes=resize_boxes(props, size, orig),
+                    features=feats,
+                    class_probs=probs,
+                    class_boxes=resize_boxes(cboxes.reshape(-1, 4), size, orig).view_as(cboxes),
+                    attribute_probs=attrs,
+                )
+            )
         return out
 
     def grid(self, images: list[torch.Tensor], n: int) -> list[GridOutputs]:

@@ -20,7 +20,7 @@ attended feature by an element-wise product and score every candidate answer:
 
 Not for: the loss (binary cross-entropy against soft scores), the answer vocabulary or the tokenizer; those live in the
 LightningModule and `vqacap.data`. Box geometry, when used, is concatenated to the features by the caller
-(`Regions.spatial()`), and `spatial=True` makes room for its 6 dims. The faster CPU forms are in `vqacap.models.fast`.
+(`Regions.spatial()`), who gives its width in `feature_dim`, as for the captioners. The faster CPU forms are in `vqacap.models.fast`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from vqacap.data.vocab import PAD_ID
 from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import ConcatAttention, ProductAttention, attend
 from vqacap.models.layers import GatedTanh, wn_linear, wn_relu
+from vqacap.tokens import PAD_ID
 
-SPATIAL_DIM = 6  # Regions.spatial(): x1/w, y1/h, x2/w, y2/h, box w/w, box h/h
 QUESTION_POOLINGS = ("last", "mean")
 
 
@@ -87,7 +86,7 @@ class TopDownVQA(PretrainedMixin, nn.Module):
     `attention`, `f_q`, `f_v`, `f_o` and `w_o` in `build_layers`, and name their classifier dropout.
 
     vocab_size: question words, id 0 = <pad>. word_embeddings: optional (vocab_size, embedding_dim) initialisation
-    (GloVe). feature_dim: region feature size D, without box geometry; `spatial=True` adds its 6 dims. dropout: before
+    (GloVe). feature_dim: the width of the region vectors read (D, or D + 6 with box geometry). dropout: before
     W_o; None: the model's own, `default_dropout`.
     """
 
@@ -106,14 +105,13 @@ class TopDownVQA(PretrainedMixin, nn.Module):
         feature_dim: int = 2048,
         hidden_size: int = 1024,
         embedding_dim: int = 300,
-        spatial: bool = False,
         dropout: float | None = None,
         word_embeddings: torch.Tensor | None = None,
         question_pooling: str = "last",
     ) -> None:
         super().__init__()
         self.question_pooling = check_question_pooling(question_pooling)
-        self.region_dim = feature_dim + (SPATIAL_DIM if spatial else 0)
+        self.region_dim = feature_dim
         self.embedding = word_embedding(vocab_size, embedding_dim, word_embeddings)
         self.question_encoder = nn.GRU(embedding_dim, hidden_size, batch_first=True)
         self.build_layers(hidden_size, num_answers)

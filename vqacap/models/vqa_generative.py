@@ -29,12 +29,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from vqacap.data.vocab import PAD_ID
 from vqacap.folders import PretrainedMixin
 from vqacap.models.attention import AdditiveAttention, attend, mean_region
 from vqacap.models.captioner import check_feature_dim, lstm_cell
 from vqacap.models.decoding import dropout_rows, teacher_forcing
-from vqacap.models.vqa import SPATIAL_DIM, check_question_pooling, encode_question, word_embedding
+from vqacap.models.vqa import check_question_pooling, encode_question, word_embedding
+from vqacap.tokens import PAD_ID
 
 
 @dataclass
@@ -57,7 +57,8 @@ class AnswerState(NamedTuple):
 
 class GenerativeVQA(PretrainedMixin, nn.Module):
     """vocab_size: question words (id 0 = <pad>); answer_vocab_size: answer words, specials first
-    (vqacap.data.vocab). feature_dim: D without box geometry; `spatial=True` adds its 6 dims."""
+    (vqacap.tokens). feature_dim: the width of the region vectors
+    read (D, or D + 6 with box geometry)."""
 
     folder_task = "VQA"  # save_pretrained / from_pretrained: vqacap.folders
 
@@ -70,13 +71,12 @@ class GenerativeVQA(PretrainedMixin, nn.Module):
         embedding_dim: int = 300,
         answer_embedding_dim: int = 300,
         attention_dim: int = 512,
-        spatial: bool = False,
         dropout: float = 0.5,
         question_pooling: str = "last",
         word_embeddings: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.feature_dim = feature_dim + (SPATIAL_DIM if spatial else 0)
+        self.feature_dim = feature_dim
         self.hidden_size = hidden_size
         self.question_pooling = check_question_pooling(question_pooling)
         d, h = self.feature_dim, hidden_size

@@ -75,7 +75,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str):
     """(detector, LightningModule) in eval mode, or ValueError naming the file that does not fit."""
-    from vqacap.checkpoints import load_module
+    from vqacap.lightning.loading import load_module
     from vqacap.published import load_detector_file
 
     if not (model_path.is_file() or model_path.is_dir()):  # a checkpoint or a model folder (vqacap.folders)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqacap.cli import add_dispatch, run_dispatch
+from vqacap.dispatch import add_dispatch, run_dispatch
 
 # Step -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line).
 STEPS = {

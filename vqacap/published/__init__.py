@@ -53,7 +53,7 @@ def load_detector_file(
 
     path = Path(path)
     if path.is_dir():  # a model folder of a vqacap detector (vqacap.folders)
-        from vqacap.lightning.detector import load_detector
+        from vqacap.lightning.loading import load_detector
 
         return load_detector(path, map_location=device)
     kind = file_kind(path)
@@ -64,7 +64,7 @@ def load_detector_file(
     else:
         state = _torch_file(path)
         if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint: vqacap's own
-            from vqacap.lightning.detector import load_detector  # a vqacap checkpoint: Lightning's side
+            from vqacap.lightning.loading import load_detector  # a vqacap checkpoint: Lightning's side
 
             if prototxt is not None:
                 raise CaffeFormatError(f"{path}: a vqacap detector checkpoint takes no --prototxt")

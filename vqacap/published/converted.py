@@ -86,15 +86,17 @@ def spec_from_state(path: Path, state: dict[str, torch.Tensor], layout: str) -> 
         for i, name in enumerate(names[stage]):
             conv1 = _need(path, state, f"{prefix}.{i}.conv1.weight")
             out = _need(path, state, f"{prefix}.{i}.conv3.weight").shape[0]
-            blocks.append(BlockSpec(
-                name=name,
-                in_channels=int(channels),
-                mid_channels=int(conv1.shape[0]),
-                out_channels=int(out),
-                stride=2 if i == 0 and stage in "34" else 1,
-                dilation=2 if stage == "5" else 1,
-                projection=f"{prefix}.{i}.shortcut.weight" in state,
-            ))  # fmt: skip
+            blocks.append(
+                BlockSpec(
+                    name=name,
+                    in_channels=int(channels),
+                    mid_channels=int(conv1.shape[0]),
+                    out_channels=int(out),
+                    stride=2 if i == 0 and stage in "34" else 1,
+                    dilation=2 if stage == "5" else 1,
+                    projection=f"{prefix}.{i}.shortcut.weight" in state,
+                )
+            )
             channels = out
     trunk = sum(len(names[s]) for s in "234")
     cls = _need(path, state, "roi_heads.box_predictor.cls_score.weight")

@@ -76,16 +76,18 @@ def spec_from_prototxt(path: str | os.PathLike) -> CaffeDetectorSpec:
         branch2a, branch2b = conv(f"res{block}_branch2a"), conv(f"res{block}_branch2b")
         out = _param(conv(f"res{block}_branch2c"), "convolution_param", "num_output")
         projection = f"res{block}_branch1" in layers
-        blocks.append(BlockSpec(
-            name=block,
-            in_channels=int(channels),
-            mid_channels=int(_param(branch2a, "convolution_param", "num_output")),
-            out_channels=int(out),
-            stride=int(_param(branch2a, "convolution_param", "stride", 1)),
-            dilation=int(_param(branch2b, "convolution_param", "dilation", 1)),
-            projection=projection,
-            eps=eps(f"bn{block}_branch2a"),
-        ))  # fmt: skip
+        blocks.append(
+            BlockSpec(
+                name=block,
+                in_channels=int(channels),
+                mid_channels=int(_param(branch2a, "convolution_param", "num_output")),
+                out_channels=int(out),
+                stride=int(_param(branch2a, "convolution_param", "stride", 1)),
+                dilation=int(_param(branch2b, "convolution_param", "dilation", 1)),
+                projection=projection,
+                eps=eps(f"bn{block}_branch2a"),
+            )
+        )
         channels = out
         if name == trunk_top:
             trunk_count = len(blocks)

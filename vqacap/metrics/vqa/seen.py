@@ -1,7 +1,7 @@
 """VQA accuracy of any answer string, split by whether the question's answer occurs among the training answers.
 
 A classifier can only give a training answer; a model that composes its answer word by word can give a string no
-training question had. Shapes flags such questions (`answer_seen`, vqacap.data.shapes.HELD_OUT_ANSWERS) so the two
+training question had. Shapes flags such questions (`answer_seen`, vqacap.shapes.HELD_OUT_ANSWERS) so the two
 groups are reported apart. Decoded strings are scored with the official accuracy on the raw human answers
 (`answer_accuracy`, vqacap.data.answers), normalisation quirks included, the numbers `evaluate vqa` gives.
 """

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from vqacap.data.vocab import PAD_ID
 from vqacap.models.attention import ConcatAttention, masked_softmax
 from vqacap.models.fast.linear import OneDNNProducts, linear
 from vqacap.models.vqa import ReferenceVQA, TopDownVQA, UpDownVQA, VQAOutput
+from vqacap.tokens import PAD_ID
 
 
 def gru_cell(
