@@ -6,9 +6,10 @@ The layers, bottom to top:
 - foundation: the package root, errors, tokens, targets, images, folders, checkpoints, configs, runs, loggers, draw,
   dispatch
 - library: data/, models/, metrics/ (the pure pieces; they know nothing of Lightning's modules, callbacks or commands)
-- tasks: lightning/, callbacks/, extraction/, published/, shapes/, prepare/'s steps
-- commands: what a user runs (train, evaluate, extract, visualize, caption and answer, pixels, sweep, cli, export,
-  doctor, extract_hydra, prepare's dispatcher, the benchmarks); no other module imports them, not even another command.
+- tasks: lightning/, callbacks/, extraction/, published/, shapes/, prepare/'s steps, predict/'s shared steps
+- commands: what a user runs (train, evaluate, extract, visualize, caption and answer, demo, pixels, sweep, cli,
+  export, doctor, extract_hydra, prepare's dispatcher, the benchmarks); no other module imports them, not even
+  another command.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ COMMANDS = (
     "vqacap.evaluate",
     "vqacap.extract",
     "vqacap.visualize",
-    "vqacap.predict",
+    "vqacap.predict.caption",  # vqacap.predict itself: the steps caption, answer and the demo share
+    "vqacap.predict.answer",
+    "vqacap.demo",
     "vqacap.pixels",
     "vqacap.sweep",
     "vqacap.cli",
@@ -180,3 +183,20 @@ def test_models_take_token_ids_from_vqacap_tokens_not_from_the_data():
         if _under(target, ("vqacap.data",))
     )
     assert from_data == []
+
+
+def _subpackage(name: str) -> str:
+    """The top-level unit a module belongs to: its subpackage of vqacap (vqacap.data, ...) or the module itself."""
+    return ".".join(name.split(".")[:2])
+
+
+def test_subpackages_import_each_other_one_way():
+    """No circle between subpackages either (extraction/ and prepare/ once imported each other through a constant
+    and a file-name helper): each subpackage sits wholly above or below another."""
+    graph = import_graph()
+    units: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        units.setdefault(_subpackage(module), set()).update(
+            _subpackage(t) for t in targets if _subpackage(t) != _subpackage(module)
+        )
+    assert _cycles(units) == []

@@ -11,6 +11,7 @@ not clipped.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+_DIGITS = re.compile(r"\d+")
+
+
+def image_id_from_name(path: str | os.PathLike) -> int | None:
+    """The last run of digits before the first dot: 'COCO_val2014_000000391895.jpg.npz' -> 391895, '42.npz' -> 42."""
+    stem = Path(path).name.split(".", 1)[0]
+    runs = _DIGITS.findall(stem)
+    return int(runs[-1]) if runs else None
 
 
 def image_files(directories: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

@@ -20,7 +20,7 @@ from vqacap.data.captions import CaptionDataModule
 from vqacap.data.store import RegionStore, partial_path
 from vqacap.data.vqa import VQADataModule
 from vqacap.extract import extract_with_detector
-from vqacap.metrics.detection import nms_plus_one
+from vqacap.models.boxes import nms_plus_one
 from vqacap.models.regions import DETECTOR_FIELDS, select_proposals
 from vqacap.shapes import generate
 

@@ -9,14 +9,12 @@ import torch
 from tests.helpers.detection_data import awkward_boxes
 from vqacap.metrics.detection import (
     DetectionEvaluator,
-    box_iou_plus_one,
     cap_per_image,
-    class_nms_plus_one,
     match_detections,
-    nms_plus_one,
     select_detections,
     voc_ap,
 )
+from vqacap.models.boxes import box_iou_plus_one, class_nms_plus_one, nms_plus_one
 
 
 def t(values, dtype=torch.float32):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.detection_data import awkward_boxes
-from vqacap.metrics.detection import class_nms_plus_one, class_nms_plus_one_batch
+from vqacap.models.boxes import class_nms_plus_one, class_nms_plus_one_batch
 from vqacap.models.regions import ChosenRegions, select_proposals, select_proposals_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")

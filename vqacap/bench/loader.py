@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vqacap.data.store import RegionStore, RegionStoreWriter, collate_regions
-from vqacap.prepare.features import CHUNK_REGIONS
+from vqacap.data.store import CHUNK_REGIONS, RegionStore, RegionStoreWriter, collate_regions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,8 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from vqacap.extraction import shards
-from vqacap.images import ImageError, image_files, open_rgb
-from vqacap.prepare.common import image_id_from_name
+from vqacap.images import ImageError, image_files, image_id_from_name, open_rgb
 
 
 @dataclass

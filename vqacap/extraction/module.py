@@ -26,7 +26,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from vqacap.data.pixels import RegionChoice
-from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError
+from vqacap.data.store import CHUNK_REGIONS, RegionStoreError, RegionStoreWriter, StoreWriteError
 from vqacap.extraction import shards
 from vqacap.extraction.data import ExtractionData, ImageBatch, request
 from vqacap.extraction.settings import accelerator_for, all_gathered, quiet_lightning, trainer_settings
@@ -38,7 +38,6 @@ from vqacap.models.regions import (
     extract_batch,
     grid_batch,
 )
-from vqacap.prepare.features import CHUNK_REGIONS
 
 
 @dataclass(frozen=True)

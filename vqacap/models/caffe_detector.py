@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from vqacap.metrics.detection import nms_plus_one
+from vqacap.models.boxes import nms_plus_one
 from vqacap.models.detector import GridOutputs, RegionOutputs, grid_cell_boxes, max_roi_pool
 
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)  # cfg.PIXEL_MEANS

@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_iou, nms, roi_align
 
-from vqacap.metrics.detection import class_nms_plus_one, class_nms_plus_one_batch
+from vqacap.models.boxes import class_nms_plus_one, class_nms_plus_one_batch
 
 FEATURE_DIM = 2048  # ResNet-50 C5 channels
 _DUPLICATE_IOU = 0.7

@@ -155,7 +155,7 @@ def write_results(path: Path, images: list[Path], records: list[dict], task: str
     without digits, the image's position."""
     import json
 
-    from vqacap.prepare.common import image_id_from_name
+    from vqacap.images import image_id_from_name
 
     ids = [image_id_from_name(p) for p in images]
     ids = [n if i is None else i for n, i in enumerate(ids)]

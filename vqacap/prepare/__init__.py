@@ -35,7 +35,7 @@ STEPS = {
         "caption records of any dataset, split by split -> caption files and vocabulary",
     ),
     "vg": ("vqacap.prepare.vg", "Visual Genome objects/attributes -> detection annotations per split"),
-    "merge": ("vqacap.prepare.merge", "shard stores of a distributed extraction -> one region store"),
+    "merge": ("vqacap.extraction.merge", "shard stores of a distributed extraction -> one region store"),
 }
 
 

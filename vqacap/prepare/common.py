@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
-
-_DIGITS = re.compile(r"\d+")
 
 
 class PrepareError(ValueError):
@@ -20,13 +17,6 @@ MAX_ID = 2**63 - 1  # ids are stored as int64 (region stores, tensors)
 def is_id(value) -> bool:
     """Whether `value` is an image, sentence or question id: an int (not a bool) in 0 .. 2^63 - 1."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
-
-
-def image_id_from_name(path: str | os.PathLike) -> int | None:
-    """The last run of digits before the first dot: 'COCO_val2014_000000391895.jpg.npz' -> 391895, '42.npz' -> 42."""
-    stem = Path(path).name.split(".", 1)[0]
-    runs = _DIGITS.findall(stem)
-    return int(runs[-1]) if runs else None
 
 
 def load_image_sizes(paths: list[str | os.PathLike]) -> dict[int, tuple[int, int]]:

@@ -44,14 +44,18 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from vqacap.data.store import RegionStoreError, RegionStoreWriter, StoreWriteError, exit_after_failed_write
-from vqacap.prepare.common import PrepareError, image_id_from_name, is_id, load_image_sizes
+from vqacap.data.store import (
+    CHUNK_REGIONS,
+    RegionStoreError,
+    RegionStoreWriter,
+    StoreWriteError,
+    exit_after_failed_write,
+)
+from vqacap.images import image_id_from_name
+from vqacap.prepare.common import PrepareError, is_id, load_image_sizes
 
 # Regions queued by the writer before one HDF5 write: ~16 MB of float16 features at D = 2048.
 _BUFFER_REGIONS = 4096
-# HDF5 chunk of 36 regions: a fixed-36 image is one chunk, and random image reads run ~3x faster than with 256-region
-# chunks (measured by `python -m vqacap.bench loader`).
-CHUNK_REGIONS = 36
 
 
 class CorruptRow(ValueError):

@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from vqacap.images import ImageError, image_files
-from vqacap.prepare.common import PrepareError, image_id_from_name, is_id
+from vqacap.images import ImageError, image_files, image_id_from_name
+from vqacap.prepare.common import PrepareError, is_id
 
 SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 

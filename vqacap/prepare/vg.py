@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from vqacap.data.owned import FolderNotOwnedError, claim_folder
-from vqacap.prepare.common import PrepareError, image_id_from_name, is_id, write_json
+from vqacap.images import image_id_from_name
+from vqacap.prepare.common import PrepareError, is_id, write_json
 
 FORMAT_NAME = "vqacap-detection"
 FORMAT_VERSION = 1

@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
             print(note)
         requested = None
         if args.images:
-            from vqacap.images import ImageError, image_files
-            from vqacap.prepare.common import image_id_from_name
+            from vqacap.images import ImageError, image_files, image_id_from_name
 
             try:
                 requested = {image_id_from_name(p) for p in image_files(args.images)} - {None}
