@@ -15,9 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-from vqacap.published import add_detector_file_arguments
+from vqacap.predict import add_device_arguments, add_region_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,23 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of example images (default: the Shapes test images, <VQACAP_ROOT>/data/shapes/images/test)",
     )
     parser.add_argument("--beam", type=int, help="beam size (default: the checkpoint's decoding)")
-    parser.add_argument(
-        "--fixed", type=int, metavar="K", help="exactly K regions per image, as `extract --fixed`"
-    )
-    parser.add_argument("--min-boxes", type=int, default=10, help="at least this many regions per image")
-    parser.add_argument("--max-boxes", type=int, default=100, help="at most this many regions per image")
-    parser.add_argument(
-        "--grid", type=int, metavar="N", help="N x N grid cells instead of regions (grid-trained models)"
-    )
-    parser.add_argument("--conf-thresh", type=float, default=0.2, help="class score to keep a region")
-    parser.add_argument("--top-k", type=int, default=3, help="most attended boxes drawn per word or answer")
+    add_region_arguments(parser)
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file the page takes")
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda when a GPU is available, else cpu)",
-    )
-    add_detector_file_arguments(parser)
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,23 +43,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="folder for the attention maps (<image>_<task>.png)"
     )
-    parser.add_argument(
-        "--fixed", type=int, metavar="K", help="exactly K regions per image, as `extract --fixed`"
-    )
-    parser.add_argument("--min-boxes", type=int, default=10, help="at least this many regions per image")
-    parser.add_argument("--max-boxes", type=int, default=100, help="at most this many regions per image")
-    parser.add_argument(
-        "--grid", type=int, metavar="N", help="N x N grid cells instead of regions (grid-trained models)"
-    )
-    parser.add_argument("--conf-thresh", type=float, default=0.2, help="class score to keep a region")
-    parser.add_argument("--top-k", type=int, default=3, help="most attended boxes drawn per word or answer")
+    add_region_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda when a GPU is available, else cpu)",
-    )
-    add_detector_file_arguments(parser)
+    add_device_arguments(parser)
     parser.add_argument(
         "--results",
         type=Path,
@@ -71,6 +57,30 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-nodes", type=int, default=1, metavar="M", help="nodes (SLURM or torchrun)")
     parser.add_argument("--accelerator", help="cpu, gpu, ... (default: the kind of --device)")
+
+
+def add_region_arguments(parser: argparse.ArgumentParser) -> None:
+    """The region choice and the maps' boxes, as `vqacap caption`, `answer` and `demo` take them."""
+    parser.add_argument(
+        "--fixed", type=int, metavar="K", help="exactly K regions per image, as `extract --fixed`"
+    )
+    parser.add_argument("--min-boxes", type=int, default=10, help="at least this many regions per image")
+    parser.add_argument("--max-boxes", type=int, default=100, help="at most this many regions per image")
+    parser.add_argument(
+        "--grid", type=int, metavar="N", help="N x N grid cells instead of regions (grid-trained models)"
+    )
+    parser.add_argument("--conf-thresh", type=float, default=0.2, help="class score to keep a region")
+    parser.add_argument("--top-k", type=int, default=3, help="most attended boxes drawn per word or answer")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and the published detector's files (--prototxt, --classes, --attributes)."""
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when a GPU is available, else cpu)",
+    )
+    add_detector_file_arguments(parser)
 
 
 def load_models(args: argparse.Namespace, model_path: Path, task: str, flag: str):

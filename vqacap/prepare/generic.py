@@ -7,6 +7,7 @@ file of one line is one record). Ids are integers in 0 .. 2^63 - 1. The input fo
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -219,3 +220,23 @@ def split_images(
         for record in splits[split]:
             files[record["image_id"] + shift[names[key]]] = scanned[key][record["image_id"]]
     return {split: shift[names[group_of[split]]] if split in group_of else 0 for split in splits}, files
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """--split NAME FILE (repeated, train needed) and --images NAME DIR, as every generic prepare step takes them."""
+    parser.add_argument(
+        "--split",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("NAME", "FILE"),
+        help="a split (train, val, test, ...) and its records file; repeat for each split, train needed",
+    )
+    parser.add_argument(
+        "--images",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "DIR"),
+        help="the folder of a split's images named by id; linked into DIR/images with the final ids",
+    )

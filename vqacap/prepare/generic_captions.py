@@ -21,6 +21,7 @@ from pathlib import Path
 from vqacap.data.vocab import Vocabulary, tokenize
 from vqacap.prepare.common import PrepareError, output_folder, write_json
 from vqacap.prepare.generic import (
+    add_split_arguments,
     check_splits,
     link_images,
     planned_links,
@@ -120,22 +121,7 @@ def prepare(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--split",
-        nargs=2,
-        action="append",
-        required=True,
-        metavar=("NAME", "FILE"),
-        help="a split (train, val, test) and its records file; repeat for each split, train needed",
-    )
-    parser.add_argument(
-        "--images",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "DIR"),
-        help="the folder of a split's images named by id; linked into DIR/images with the final ids",
-    )
+    add_split_arguments(parser)
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="data folder the caption DataModule reads"
     )
