@@ -41,7 +41,7 @@ DEMO_RUNS  := $${VQACAP_ROOT:-.}/outputs/train/runs
 DEMO_TRAIN := $(BIN)/python -m vqacap.pixels --data shapes_demo --features detected --stages detector extract caption vqa
 DEMO_ARGS  ?=
 
-demo-models: $(STAMP)  ## the demo's detector, captioner and VQA model on a fifth of Shapes (~10 min on 2 cores)
+demo-models: $(STAMP)  ## the demo's detector, captioner and VQA model on a fifth of Shapes (~3 min on 2 cores)
 	$(DEMO_TRAIN)
 
 demo: $(STAMP)  ## the local demo page on http://127.0.0.1:8000/ (trains its models first if there are none)
