@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Callable
 
 from vqacap.errors import reporting
@@ -67,7 +68,18 @@ def run_dispatch(prog: str, registry: dict, args: argparse.Namespace) -> int:
     if not hasattr(module, "add_arguments"):  # parses its own arguments
         return module.command(list(args.args))
     parsed = command_parser(prog, registry, args.command).parse_args(args.args)
-    return reporting(lambda: module.run(parsed))
+    try:
+        return reporting(lambda: module.run(parsed))
+    finally:
+        end_distributed()
+
+
+def end_distributed() -> None:
+    """Destroy the process group a command's Trainer left behind (several devices): with it alive at exit, gloo's
+    threads now and then abort the interpreter ("terminate called without an active exception", status -6)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def command_parser(prog: str, registry: dict, name: str) -> argparse.ArgumentParser | None:

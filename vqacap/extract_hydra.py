@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vqacap.configs import CONFIG_DIR
+from vqacap.dispatch import end_distributed
 from vqacap.errors import reporting
 from vqacap.runs import register_resolvers
 
@@ -52,7 +53,10 @@ def run(cfg: DictConfig) -> int:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="extract")
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
-    status = reporting(lambda: run(cfg))
+    try:
+        status = reporting(lambda: run(cfg))
+    finally:
+        end_distributed()
     if status:
         sys.exit(status)
 
