@@ -117,7 +117,14 @@ def prepare(
     )
     if not splits["train"]["annotations"]:
         raise PrepareError(f"{karpathy_path}: no training captions (split train or restval)")
-    out = output_folder(out)
+    write_caption_files(output_folder(out), splits, dropped, min_count, max_length)
+    return splits
+
+
+def write_caption_files(
+    out: Path, splits: dict[str, dict], dropped: int, min_count: int, max_length: int
+) -> None:
+    """`captions_<split>.json` per split and `caption_vocab.json` into the folder `out`, each reported in a line."""
     for split, data in splits.items():
         write_json(out / f"captions_{split}.json", data)
     # Training captions only: val and test words the model never saw would only be <unk> targets anyway.
@@ -132,7 +139,6 @@ def prepare(
     print(f"{out / 'caption_vocab.json'}: {len(vocab)} words (count >= {min_count}, incl. 4 specials)")
     if dropped:
         print(f"dropped {dropped} training captions without words")
-    return splits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -173,9 +173,10 @@ def planned_links(files: dict[int, Path], out: Path) -> list[tuple[Path, Path]]:
     return planned
 
 
-def link_images(planned: list[tuple[Path, Path]], out: Path) -> Path:
+def link_images(planned: list[tuple[Path, Path]], out: Path, images: int) -> Path:
     """Symbolic links `<out>/images/<image id><suffix>` to the image files (`planned_links`), so that one folder named
-    by the final ids serves `vqacap extract --images` and the attention maps. Links of an earlier run are replaced."""
+    by the final ids serves `vqacap extract --images` and the attention maps; says so in a line counting the split's
+    `images` (those already linked included). Links of an earlier run are replaced."""
     folder = out / "images"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,6 +186,7 @@ def link_images(planned: list[tuple[Path, Path]], out: Path) -> Path:
             link.symlink_to(source)
     except OSError as err:
         raise PrepareError(f"{folder}: cannot write links ({err.strerror or err})") from None
+    print(f"{folder}: {images} images linked as <image id>.<ext> (for vqacap extract --images {folder})")
     return folder
 
 

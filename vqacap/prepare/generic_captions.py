@@ -18,8 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from vqacap.data.vocab import Vocabulary, tokenize
-from vqacap.prepare.common import PrepareError, output_folder, write_json
+from vqacap.data.vocab import tokenize
+from vqacap.prepare.captions import write_caption_files
+from vqacap.prepare.common import PrepareError, output_folder
 from vqacap.prepare.generic import (
     add_split_arguments,
     check_splits,
@@ -100,23 +101,9 @@ def prepare(
 
     links = planned_links(files, Path(out))
     out = output_folder(out)
-    for split, data in written.items():
-        write_json(out / f"captions_{split}.json", data)
-    train = [a["caption"] for a in written["train"]["annotations"]]
-    vocab = Vocabulary.build(train, min_count=min_count, max_length=max_length)
-    vocab.save(out / "caption_vocab.json")
-    for split, data in written.items():
-        print(
-            f"{out / f'captions_{split}.json'}: {len(data['images'])} images, {len(data['annotations'])} captions"
-        )
-    print(f"{out / 'caption_vocab.json'}: {len(vocab)} words (count >= {min_count}, incl. 4 specials)")
-    if dropped:
-        print(f"dropped {dropped} training captions without words")
+    write_caption_files(out, written, dropped, min_count, max_length)
     if files:
-        folder = link_images(links, out)
-        print(
-            f"{folder}: {len(files)} images linked as <image id>.<ext> (for vqacap extract --images {folder})"
-        )
+        link_images(links, out, len(files))
     return written
 
 

@@ -42,7 +42,7 @@ from vqacap.prepare.generic import (
     split_images,
     where,
 )
-from vqacap.prepare.vqa2 import check_answer_count, write_glove_subset
+from vqacap.prepare.vqa2 import check_answer_count, write_question_glove
 
 HUMAN_ANSWERS = 10  # copies of a single `answer`: the official accuracy then scores an exact match 1
 
@@ -265,15 +265,9 @@ def prepare(
     print(f"{out / 'answer_vocab.json'}: {len(vocabulary)} answers seen >= {min_answer_count} times in train")
     print(f"{out / 'question_vocab.json'}: {len(words)} words (incl. 4 specials) of the train questions")
     if files:
-        folder = link_images(links, out)
-        print(
-            f"{folder}: {len(files)} images linked as <image id>.<ext> (for vqacap extract --images {folder})"
-        )
+        link_images(links, out, len(files))
     if glove:
-        covered = write_glove_subset(glove, words.words, out / "glove_question_vocab.txt")
-        print(
-            f"{out / 'glove_question_vocab.txt'}: GloVe vectors for {covered} of {len(words) - 4} question words"
-        )
+        write_question_glove(glove, words, out)
     return {"answers": vocabulary, "words": words}
 
 

@@ -221,11 +221,16 @@ def prepare(
         f"{out / 'question_vocab.json'}: {len(words)} words (incl. 4 specials) of the {vocab_from} questions"
     )
     if glove:
-        covered = write_glove_subset(glove, words.words, out / "glove_question_vocab.txt")
-        print(
-            f"{out / 'glove_question_vocab.txt'}: GloVe vectors for {covered} of {len(words) - 4} question words"
-        )
+        write_question_glove(glove, words, out)
     return {"answers": answers, "words": words}
+
+
+def write_question_glove(glove: str | Path, words: Vocabulary, out: Path) -> None:
+    """`glove_question_vocab.txt`: the GloVe vectors of the question words, reported in a line."""
+    covered = write_glove_subset(glove, words.words, out / "glove_question_vocab.txt")
+    print(
+        f"{out / 'glove_question_vocab.txt'}: GloVe vectors for {covered} of {len(words) - 4} question words"
+    )
 
 
 def _merge(first: dict, second: dict, key: str) -> dict:
