@@ -610,11 +610,13 @@ def refuse_if_in_use(path: str | os.PathLike) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RegionStoreError(
-            f"{partial}: in use by another process (another run is writing this store)"
-        ) from None
+        raise _in_use(partial) from None
     finally:
         os.close(fd)
+
+
+def _in_use(partial: Path) -> RegionStoreError:
+    return RegionStoreError(f"{partial}: in use by another process (another run is writing this store)")
 
 
 def _lock_exclusively(partial: Path) -> int:
@@ -623,9 +625,7 @@ def _lock_exclusively(partial: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RegionStoreError(
-            f"{partial}: in use by another process (another run is writing this store)"
-        ) from None
+        raise _in_use(partial) from None
     if not partial.exists() or os.stat(partial).st_ino != os.fstat(fd).st_ino:
         os.close(fd)  # the other writer committed (renamed) it while we waited: lock the new file
         return _lock_exclusively(partial)

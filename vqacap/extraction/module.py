@@ -315,59 +315,29 @@ def extract_folders(
     """Extract every image of the folders that is not yet in the store `out` (nor in a shard of an earlier run),
     on `num_nodes` x `devices` processes, then merge the shards into `out`."""
     with quiet_lightning():
-        return _extract_folders(
-            images,
-            detector,
-            out,
-            choice,
-            dtype,
-            batch_size,
-            workers,
-            accelerator,
-            devices,
-            num_nodes,
-            precision,
-            progress,
-        )
-
-
-def _extract_folders(
-    images,
-    detector,
-    out,
-    choice,
-    dtype,
-    batch_size,
-    workers,
-    accelerator,
-    devices,
-    num_nodes,
-    precision,
-    progress,
-) -> ExtractionResult:
-    detector = detector.eval()
-    wanted = request(images)
-    expected = detector_fingerprint(detector, choice, dtype, precision)
-    settings = trainer_settings(accelerator, devices, num_nodes, precision)
-    # Pinned host memory: the copy of a batch to the GPU can overlap the work on the previous one.
-    pinned = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    data = ExtractionData(wanted, out, expected, batch_size, workers, pin_memory=pinned)
-    writer = StoreWriter(out, {**store_layout(detector, choice), "attrs": expected}, dtype)
-    trainer = pl.Trainer(callbacks=[writer], enable_progress_bar=progress, **settings)
-    trainer.predict(RegionExtractor(detector, choice), datamodule=data, return_predictions=False)
-    writer.close()
-    counts = all_gathered((writer.extracted, writer.failed))
-    extracted = sum(n for n, _ in counts)
-    position = {image_id: n for n, (image_id, _) in enumerate(wanted.images)}
-    failed = sorted((found for _, failures in counts for found in failures), key=lambda f: position[f[0]])
-    merged = 0
-    if trainer.global_rank == 0:
-        found = shards.shards_of(out)
-        requested = {image_id for image_id, _ in wanted.images} - {image_id for image_id, _ in failed}
-        merged, _ = shards.merge(found, out, requested=requested, expected=expected)
-        shards.remove(found)
-    problems = [*wanted.problems, *(line for _, line in failed)]
-    return ExtractionResult(extracted, data.skipped, problems, merged, trainer.global_rank)
+        detector = detector.eval()
+        wanted = request(images)
+        expected = detector_fingerprint(detector, choice, dtype, precision)
+        settings = trainer_settings(accelerator, devices, num_nodes, precision)
+        # Pinned host memory: the copy of a batch to the GPU can overlap the work on the previous one.
+        pinned = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        data = ExtractionData(wanted, out, expected, batch_size, workers, pin_memory=pinned)
+        writer = StoreWriter(out, {**store_layout(detector, choice), "attrs": expected}, dtype)
+        trainer = pl.Trainer(callbacks=[writer], enable_progress_bar=progress, **settings)
+        trainer.predict(RegionExtractor(detector, choice), datamodule=data, return_predictions=False)
+        writer.close()
+        counts = all_gathered((writer.extracted, writer.failed))
+        extracted = sum(n for n, _ in counts)
+        position = {image_id: n for n, (image_id, _) in enumerate(wanted.images)}
+        failed = sorted((found for _, failures in counts for found in failures), key=lambda f: position[f[0]])
+        merged = 0
+        if trainer.global_rank == 0:
+            found = shards.shards_of(out)
+            requested = {image_id for image_id, _ in wanted.images} - {image_id for image_id, _ in failed}
+            merged, _ = shards.merge(found, out, requested=requested, expected=expected)
+            shards.remove(found)
+        problems = [*wanted.problems, *(line for _, line in failed)]
+        return ExtractionResult(extracted, data.skipped, problems, merged, trainer.global_rank)
 
 
 def run_extraction(
